@@ -1,0 +1,377 @@
+"""Vertical config files: TOML in, a validated `Vertical` out, or errors that say where.
+
+Every error names the file, the key path and what was expected, e.g.
+``examples/salon/vertical.toml: chain[2].model: unknown model "gpt-4o-mni" for
+openai.llm; did you mean "gpt-4o-mini"?``. All errors of a file are reported
+at once. ``${NAME}`` in a string is read from the environment; secrets are
+never written in the file itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+)
+
+from pipeline.registry import Registry, Role, StageKind, StageOptions, default_registry
+
+VERTICAL_FILE = "vertical.toml"
+VERTICAL_GLOB = "*vertical.toml"
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_OPTION = re.compile(r"(api_?key|auth_?token|secret|password)$", re.I)
+
+
+class ConfigError(Exception):
+    """One or more problems in config files, each already formatted with its location."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def did_you_mean(value: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
+def e164(number: str) -> str:
+    if not E164.match(number):
+        raise ValueError(f'"{number}" is not an E.164 phone number (like +15550100200)')
+    return number
+
+
+PhoneNumber = Annotated[str, AfterValidator(e164)]
+
+
+def _resolve_file(value: str, info: ValidationInfo) -> str:
+    base = Path((info.context or {}).get("base_dir", "."))
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise ValueError(f'file "{value}" not found (looked for {_display(path)})')
+    return str(path)
+
+
+ConfigFile = Annotated[str, AfterValidator(_resolve_file)]
+"""An option naming a file: resolved against the config file's folder, must exist."""
+
+
+class Telephony(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    direction: Literal["inbound", "outbound"] = "inbound"
+    number_type: Literal["local", "toll_free"] = "local"
+    recording: bool = False
+    monthly_minutes_per_number: int = Field(1000, gt=0)
+    caller_id: PhoneNumber | None = None
+    """The number outbound calls come from (defaults to the first of `numbers`)."""
+
+
+class PriceOverride(BaseModel):
+    """A negotiated rate replacing one catalog row for this vertical."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item: str
+    usd: Decimal = Field(ge=0)
+    source: str = "negotiated"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One validated chain entry: its kind and its typed options."""
+
+    index: int
+    kind: StageKind
+    options: StageOptions
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+
+class _VerticalFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    tenant: str = Field(min_length=1)
+    numbers: list[PhoneNumber] = Field(default_factory=list)
+    description: str = ""
+    greeting: str | None = None
+    budget_usd: Decimal | None = Field(None, gt=0)
+    telephony: Telephony = Field(default_factory=Telephony)
+    prices: list[PriceOverride] = Field(default_factory=list)
+    chain: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Vertical:
+    """A validated vertical: who it is, how it is reached, and its chain."""
+
+    path: Path
+    name: str
+    tenant: str
+    numbers: list[str]
+    telephony: Telephony
+    chain: list[Stage]
+    description: str = ""
+    greeting: str | None = None
+    budget_usd: Decimal | None = None
+    prices: list[PriceOverride] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def stage(self, role: Role) -> Stage | None:
+        return next((s for s in self.chain if s.kind.role is role), None)
+
+    def required_env(self) -> dict[str, str]:
+        """Environment variable → the stage needing it (for key checks)."""
+        needed: dict[str, str] = {}
+        for stage in self.chain:
+            name = stage.kind.api_key_env(stage.options)
+            if name:
+                needed.setdefault(name, f"chain[{stage.index}]")
+        return needed
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _messages(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    """(key path, message) pairs from a pydantic error, in the file's terms."""
+    found = []
+    for item in error.errors(include_url=False):
+        loc = prefix + tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown option"
+        elif item["type"] == "missing":
+            message = "required option is missing"
+        elif item["type"].endswith("_type") or item["type"].endswith("_parsing"):
+            message = f"{message} (got {item['input']!r})"
+        found.append((_key_path(loc), message))
+    return found
+
+
+def _substitute_env(value: Any, env: Mapping[str, str], missing: set[str]) -> Any:
+    """Replace ${NAME} in strings; unknown names are collected and left as written."""
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in env:
+                return env[name]
+            missing.add(name)
+            return match.group(0)
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, list):
+        return [_substitute_env(v, env, missing) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, env, missing) for k, v in value.items()}
+    return value
+
+
+def check_chain(stages: list[Stage]) -> list[tuple[str, str]]:
+    """Reject chains that cannot work, before anything starts."""
+    problems: list[tuple[str, str]] = []
+    roles = [s.kind.role for s in stages]
+    transports = [s for s in stages if s.kind.role is Role.TRANSPORT]
+    if not transports:
+        problems.append(("chain", "no transport stage; the first stage must be one (e.g. \"twilio\")"))
+    elif len(transports) > 1:
+        problems.append((f"chain[{transports[1].index}].use", "a chain has exactly one transport"))
+    elif roles[0] is not Role.TRANSPORT:
+        problems.append((f"chain[{transports[0].index}].use", "the transport must be the first stage"))
+
+    def one(role: Role) -> Stage | None:
+        found = [s for s in stages if s.kind.role is role]
+        for extra in found[1:]:
+            problems.append((f"chain[{extra.index}].use", f"a chain has at most one {role} stage"))
+        return found[0] if found else None
+
+    stt, llm, tts, s2s = (one(r) for r in (Role.STT, Role.LLM, Role.TTS, Role.SPEECH_TO_SPEECH))
+    one(Role.METER)
+    if s2s:
+        for other in (stt, llm, tts):
+            if other:
+                problems.append(
+                    (
+                        f"chain[{other.index}].use",
+                        f"{s2s.name} is a speech-to-speech brain; a chain with it has no "
+                        f"separate {other.kind.role} stage",
+                    )
+                )
+        return problems
+    for role, stage in (("stt", stt), ("llm", llm), ("tts", tts)):
+        if stage is None:
+            problems.append(("chain", f"no {role} stage; a cascaded chain needs stt → llm → tts"))
+    ordered = [s for s in (stt, llm, tts) if s]
+    for before, after in itertools.pairwise(ordered):
+        if before.index > after.index:
+            problems.append(
+                (
+                    f"chain[{after.index}].use",
+                    f"{after.name} ({after.kind.role}) cannot come before "
+                    f"{before.name} ({before.kind.role}); the order is stt → llm → tts",
+                )
+            )
+    return problems
+
+
+def _build_stage(
+    index: int, raw: dict[str, Any], registry: Registry, base_dir: Path
+) -> tuple[Stage | None, list[tuple[str, str]]]:
+    where = f"chain[{index}]"
+    if not isinstance(raw, dict):
+        return None, [(where, "each stage is a table with a `use` key")]
+    use = raw.get("use")
+    if not isinstance(use, str):
+        return None, [(f"{where}.use", "required: the registered kind of this stage")]
+    kind = registry.get(use)
+    if kind is None:
+        names = registry.names()
+        return None, [
+            (
+                f"{where}.use",
+                f'unknown stage kind "{use}"{did_you_mean(use, names)} '
+                f"(registered kinds: {', '.join(names)})",
+            )
+        ]
+    options = {k: v for k, v in raw.items() if k != "use"}
+    secrets = [
+        (f"{where}.{key}", "secrets are never written in the file; set api_key_env to the "
+         "name of the environment variable that holds it")
+        for key, value in options.items()
+        if _SECRET_OPTION.search(key) and isinstance(value, str) and not _ENV_REF.fullmatch(value)
+    ]
+    if secrets:
+        return None, secrets
+    try:
+        parsed = kind.options.model_validate(options, context={"base_dir": base_dir, "kind": use})
+    except ValidationError as error:
+        return None, _messages(error, ("chain", index))
+    return Stage(index=index, kind=kind, options=parsed), []
+
+
+def load_vertical(
+    path: str | Path,
+    *,
+    registry: Registry | None = None,
+    env: Mapping[str, str] | None = None,
+    check_keys: bool = False,
+) -> Vertical:
+    """Load and validate one vertical (a TOML file, or a folder holding vertical.toml)."""
+    registry = registry or default_registry()
+    env = os.environ if env is None else env
+    path = Path(path)
+    if path.is_dir():
+        path = path / VERTICAL_FILE
+    shown = _display(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{shown}: file not found"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{shown}: TOML syntax error: {error}"]) from None
+
+    missing_env: set[str] = set()
+    data = _substitute_env(data, env, missing_env)
+    problems: list[tuple[str, str]] = []
+    try:
+        top = _VerticalFile.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError([f"{shown}: {key}: {msg}" for key, msg in _messages(error)]) from None
+
+    stages: list[Stage] = []
+    for index, raw in enumerate(top.chain):
+        stage, stage_problems = _build_stage(index, raw, registry, path.parent)
+        problems += stage_problems
+        if stage:
+            stages.append(stage)
+    if not problems:
+        problems += check_chain(stages)
+    if top.telephony.direction == "outbound" and not (top.telephony.caller_id or top.numbers):
+        problems.append(("numbers", "an outbound vertical needs a number to call from"))
+
+    vertical = Vertical(
+        path=path,
+        name=top.name,
+        tenant=top.tenant,
+        numbers=top.numbers,
+        telephony=top.telephony,
+        chain=stages,
+        description=top.description,
+        greeting=top.greeting,
+        budget_usd=top.budget_usd,
+        prices=top.prices,
+    )
+    if check_keys and not problems:
+        for name in sorted(missing_env):
+            problems.append(("(file)", f"environment variable {name} is not set"))
+        for name, where in vertical.required_env().items():
+            if not env.get(name):
+                problems.append((f"{where}.api_key_env", f"environment variable {name} is not set"))
+    if problems:
+        raise ConfigError([f"{shown}: {key}: {msg}" for key, msg in problems])
+    return vertical
+
+
+def find_vertical_files(path: str | Path) -> list[Path]:
+    """A vertical file, or every `vertical.toml` / `*.vertical.toml` under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / VERTICAL_FILE).is_file():
+        return sorted(path.glob(VERTICAL_GLOB))
+    return sorted(path.rglob(VERTICAL_GLOB))
+
+
+def load_verticals(
+    path: str | Path, *, registry: Registry | None = None, check_keys: bool = False
+) -> list[Vertical]:
+    """Load every vertical under `path`, reporting every file's problems together."""
+    files = find_vertical_files(path)
+    if not files:
+        raise ConfigError([f"{_display(Path(path))}: no vertical.toml found"])
+    verticals, problems = [], []
+    for file in files:
+        try:
+            verticals.append(load_vertical(file, registry=registry, check_keys=check_keys))
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError(problems)
+    return verticals

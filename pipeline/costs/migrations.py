@@ -1,0 +1,84 @@
+"""The ledger's schema, as numbered migrations applied in order when a ledger opens.
+
+Each migration is a list of statements written once for both databases:
+`{money}` becomes TEXT on SQLite (a Decimal's exact digits; SQLite's NUMERIC
+would turn them into floats) and NUMERIC on PostgreSQL; `{timestamp}` becomes
+TEXT (ISO 8601, UTC) or TIMESTAMPTZ. Never edit a released migration: add the
+next number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at {timestamp} NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "calls, line items and early callbacks",
+        (
+            """
+            CREATE TABLE calls (
+                call_sid TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL,
+                vertical TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                number_type TEXT NOT NULL,
+                from_number TEXT NOT NULL,
+                to_number TEXT NOT NULL,
+                started_at {timestamp} NOT NULL,
+                ended_at {timestamp},
+                measured_seconds {money} NOT NULL,
+                billed_seconds INTEGER,
+                total_usd {money} NOT NULL,
+                usd_per_minute {money},
+                catalog_version TEXT NOT NULL,
+                ended_by TEXT NOT NULL,
+                twilio_price_usd {money},
+                drift_usd {money},
+                status TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX calls_tenant_started ON calls (tenant, started_at)",
+            "CREATE INDEX calls_vertical_started ON calls (vertical, started_at)",
+            """
+            CREATE TABLE line_items (
+                call_sid TEXT NOT NULL REFERENCES calls (call_sid) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                item TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                quantity {money} NOT NULL,
+                unit TEXT NOT NULL,
+                unit_price_usd {money} NOT NULL,
+                usd {money} NOT NULL,
+                PRIMARY KEY (call_sid, position)
+            )
+            """,
+            # Twilio's status callback can beat the call's own record; it waits here.
+            """
+            CREATE TABLE pending_callbacks (
+                call_sid TEXT PRIMARY KEY,
+                billed_seconds INTEGER,
+                status TEXT,
+                twilio_price_usd {money},
+                received_at {timestamp} NOT NULL
+            )
+            """,
+        ),
+    ),
+)

@@ -1,0 +1,202 @@
+"""Turn a call's usage into line items, following each provider's billing rules.
+
+Twilio rounds every leg up to whole minutes (a 61 s call bills 2 minutes) and
+charges nothing for calls that never connect; Deepgram bills streaming audio
+by the second; TTS bills per character; LLMs per token, with cache reads and
+cache writes at their own rates. The phone number's monthly fee is spread over
+the minutes the number is expected to carry in a month.
+
+The same functions serve the live meter, the estimator and the ledger's
+reconciliation, so an estimate and a real call are priced identically.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from decimal import ROUND_CEILING, Decimal
+
+import genai_prices
+
+from pipeline.costs.catalog import Catalog, CatalogRow
+from pipeline.costs.lineitem import CallCost, LineItem
+from pipeline.costs.usage import CallUsage
+
+# Twilio final statuses that carry no minute charges.
+UNBILLED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
+
+# Line kinds (before the first ".") whose quantity is the call's own duration,
+# so they are re-priced when Twilio reports the billed duration.
+CALL_TIME_KINDS = frozenset({"number", "voice", "media_streams", "recording"})
+
+_LLM_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output")
+_REALTIME_KINDS = ("text_in", "text_cached_in", "audio_in", "audio_cached_in", "text_out", "audio_out")
+
+
+def price_call(usage: CallUsage, catalog: Catalog) -> CallCost:
+    """Price one call: one line per billable thing, in a stable order."""
+    seconds = usage.measured_seconds if usage.billed_seconds is None else usage.billed_seconds
+    items = [
+        *_telephony_lines(usage, catalog, Decimal(seconds)),
+        *_stt_lines(usage, catalog),
+        *_token_lines(usage, catalog),
+        *_tts_lines(usage, catalog),
+        *_compute_lines(usage, catalog),
+    ]
+    return CallCost(
+        call_sid=usage.call_sid,
+        tenant=usage.tenant,
+        vertical=usage.vertical,
+        direction=usage.direction,
+        number_type=usage.number_type,
+        from_number=usage.from_number,
+        to_number=usage.to_number,
+        started_at=usage.started_at,
+        ended_at=usage.ended_at,
+        measured_seconds=usage.measured_seconds,
+        billed_seconds=usage.billed_seconds,
+        catalog_version=f"{catalog.version} genai-prices/{genai_prices.__version__}",
+        items=tuple(items),
+        ended_by=usage.ended_by,
+    )
+
+
+def call_quantity(unit: str, seconds: Decimal | int, status: str = "measured") -> Decimal:
+    """How much call time a line bills: whole minutes rounded up, or exact seconds."""
+    if status in UNBILLED_STATUSES or not seconds:
+        return Decimal(0)
+    if unit == "second":
+        return Decimal(seconds)
+    if unit == "minute":
+        return (Decimal(seconds) / 60).to_integral_value(rounding=ROUND_CEILING)
+    raise ValueError(f"cannot bill call time in {unit!r}")
+
+
+def rebill(cost: CallCost, billed_seconds: int, status: str) -> CallCost:
+    """Re-price the call-time lines from Twilio's CallDuration and final CallStatus.
+
+    Each line keeps the unit price it was charged at, so a reconciled call stays
+    on the catalog version it was priced with.
+    """
+    items = tuple(
+        LineItem.priced(line.item, line.provider, call_quantity(line.unit, billed_seconds, status),
+                        line.unit, line.unit_price_usd)
+        if line.kind.split(".")[0] in CALL_TIME_KINDS else line
+        for line in cost.items
+    )
+    rebilled = replace(cost, billed_seconds=billed_seconds, status=status, items=items)
+    if rebilled.twilio_price_usd is None:
+        return rebilled
+    return with_twilio_price(rebilled, rebilled.twilio_price_usd)
+
+
+def with_twilio_price(cost: CallCost, price_usd: Decimal) -> CallCost:
+    """Attach Twilio's own price for the call and how far ours is from it.
+
+    Twilio reports charges as negative amounts and covers connectivity only, so
+    the magnitude is compared with our carrier-minute (`voice.*`) lines alone.
+    """
+    price = abs(Decimal(price_usd))
+    ours = sum((line.usd for line in cost.items if line.kind.startswith("voice.")), Decimal(0))
+    return replace(cost, twilio_price_usd=price, drift_usd=price - ours)
+
+
+def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> list[LineItem]:
+    """Number, carrier, stream and recording lines: always present (maybe zero) so a
+    later reconciliation has their unit prices to re-bill with."""
+    number = catalog.find("twilio", f"number.{usage.number_type}")
+    carrier = catalog.find(
+        "twilio", "voice.outbound" if usage.direction == "outbound" else f"voice.inbound_{usage.number_type}"
+    )
+    minute_rows = [carrier, catalog.find("twilio", "media_streams")]
+    if usage.recording:
+        minute_rows.append(catalog.find("twilio", "recording"))
+    lines = [
+        LineItem.priced(
+            number.item, number.provider, call_quantity("minute", seconds), "minute",
+            number.usd / usage.monthly_minutes_per_number,
+        )
+    ]
+    for row in minute_rows:
+        unit = _call_time_unit(row)
+        lines.append(LineItem.priced(row.item, row.provider, call_quantity(unit, seconds), unit,
+                                     row.unit_price))
+    return lines
+
+
+def _call_time_unit(row: CatalogRow) -> str:
+    if row.line_unit not in ("minute", "second"):
+        raise ValueError(f"catalog row {row.label!r} must bill call time per minute or second, "
+                         f"not per {row.line_unit}")
+    return row.line_unit
+
+
+def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
+    seconds: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for stt in usage.stt:
+        seconds[(stt.provider, stt.model)] += Decimal(stt.audio_seconds)
+    lines = []
+    for (provider, model), audio in seconds.items():
+        row = catalog.find(provider, "stt", model)
+        if row.line_unit == "minute":  # a provider that rounds each stream up to the minute
+            quantity = call_quantity("minute", audio)
+        elif row.line_unit == "second":
+            quantity = audio
+        else:
+            raise ValueError(f"catalog row {row.label!r} must bill audio per minute or second")
+        lines.append(LineItem.priced(f"stt:{model}", provider, quantity, row.line_unit, row.unit_price))
+    return lines
+
+
+def _tts_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
+    chars: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for tts in usage.tts:
+        counts = chars[(tts.provider, tts.model)]
+        counts[0] += tts.characters
+        counts[1] += tts.avoided_characters
+    lines = []
+    for (provider, model), (sent, avoided) in chars.items():
+        row = catalog.find(provider, "tts", model)
+        if row.line_unit != "char":
+            raise ValueError(f"catalog row {row.label!r} must bill TTS per character")
+        if sent:
+            lines.append(LineItem.priced(f"tts:{model}", provider, sent, "char", row.unit_price))
+        if avoided:  # memo: what the phrase cache saved, at no cost
+            lines.append(LineItem.priced(f"tts.avoided:{model}", provider, avoided, "char", Decimal(0)))
+    return lines
+
+
+def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
+    """LLM and speech-to-speech token lines, summed per model, kind and unit price.
+
+    A tiered model can charge two requests different rates; those stay on
+    separate lines so every line's arithmetic still checks out.
+    """
+    tokens: dict[tuple[str, str, Decimal], int] = defaultdict(int)
+    requests = [
+        ("llm", req.provider, req.model, req.total_input_tokens,
+         {kind: getattr(req, f"{kind}_tokens") for kind in _LLM_KINDS})
+        for req in usage.llm
+    ] + [
+        ("realtime", req.provider, req.model, req.total_input_tokens,
+         {kind: getattr(req, kind) for kind in _REALTIME_KINDS})
+        for req in usage.realtime
+    ]
+    for family, provider, model, total_input, counts in requests:
+        rates = catalog.llm_rates(provider, model, usage.started_at)
+        for kind, count in counts.items():
+            if count:
+                price = rates.per_token(kind, total_input)
+                tokens[(f"{family}.{kind}:{model}", provider, price)] += count
+    return [
+        LineItem.priced(item, provider, count, "token", price)
+        for (item, provider, price), count in tokens.items()
+    ]
+
+
+def _compute_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
+    if not usage.compute_cpu_seconds:
+        return []
+    row = catalog.find("self", "compute")
+    return [LineItem.priced("compute", row.provider, Decimal(usage.compute_cpu_seconds),
+                            row.line_unit, row.unit_price)]

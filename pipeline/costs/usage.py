@@ -1,0 +1,128 @@
+"""What one call consumed, in billable units, before any price is applied.
+
+The cost meter fills these from pipecat's usage metrics while the call runs;
+the estimator fills them from a profile file. Keeping usage apart from money
+lets the same call be re-priced when the catalog changes or Twilio reports the
+billed duration.
+
+Token counts are **net**: each bucket counts only its own tokens, so
+`input_tokens` excludes cache reads and cache writes. Anthropic reports
+`input_tokens` net already; OpenAI reports `prompt_tokens` gross (cached tokens
+included). Turning a provider's report into net buckets is the meter's job,
+using the cache fields rather than subtracting blindly (pipecat's
+`LLMTokenUsage` warns about exactly this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+Direction = Literal["inbound", "outbound"]
+NumberType = Literal["local", "toll_free"]
+
+
+@dataclass(frozen=True)
+class STTUsage:
+    """Seconds of audio streamed to one STT model (silence included: streaming bills it)."""
+
+    provider: str
+    model: str
+    audio_seconds: Decimal
+
+
+@dataclass(frozen=True)
+class LLMRequestUsage:
+    """One LLM request's tokens, each bucket net of the others (see module docstring)."""
+
+    provider: str
+    model: str
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Gross prompt size: what tiered prices (e.g. above 200k tokens) are keyed on."""
+        return (
+            self.input_tokens
+            + self.cached_input_tokens
+            + self.cache_write_5m_tokens
+            + self.cache_write_1h_tokens
+        )
+
+
+@dataclass(frozen=True)
+class TTSUsage:
+    """Characters sent to one TTS model; `avoided_characters` were served from a phrase cache."""
+
+    provider: str
+    model: str
+    characters: int
+    avoided_characters: int = 0
+
+
+@dataclass(frozen=True)
+class RealtimeUsage:
+    """One speech-to-speech response's tokens, each bucket net (cached tokens not in `*_in`)."""
+
+    provider: str
+    model: str
+    text_in: int = 0
+    text_cached_in: int = 0
+    audio_in: int = 0
+    audio_cached_in: int = 0
+    text_out: int = 0
+    audio_out: int = 0
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Gross prompt size, for tiered prices."""
+        return self.text_in + self.text_cached_in + self.audio_in + self.audio_cached_in
+
+
+@dataclass
+class CallUsage:
+    """Everything billable about one call (mutable: the meter fills it as the call runs).
+
+    `measured_seconds` is our own clock; `billed_seconds` is Twilio's
+    `CallDuration`, known only after the status callback, so it starts as None
+    and the ledger reconciles it later.
+    """
+
+    call_sid: str
+    tenant: str
+    vertical: str
+    direction: Direction
+    number_type: NumberType
+    from_number: str
+    to_number: str
+    started_at: datetime
+    ended_at: datetime | None
+    measured_seconds: Decimal
+    billed_seconds: int | None
+    recording: bool
+    monthly_minutes_per_number: int
+    stt: list[STTUsage] = field(default_factory=list)
+    llm: list[LLMRequestUsage] = field(default_factory=list)
+    tts: list[TTSUsage] = field(default_factory=list)
+    realtime: list[RealtimeUsage] = field(default_factory=list)
+    compute_cpu_seconds: Decimal = Decimal(0)
+    ended_by: str = ""
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("inbound", "outbound"):
+            raise ValueError(f"call {self.call_sid}: direction must be inbound or outbound, "
+                             f"not {self.direction!r}")
+        if self.number_type not in ("local", "toll_free"):
+            raise ValueError(f"call {self.call_sid}: number_type must be local or toll_free, "
+                             f"not {self.number_type!r}")
+        if self.monthly_minutes_per_number <= 0:
+            raise ValueError(f"call {self.call_sid}: monthly_minutes_per_number must be > 0, "
+                             f"not {self.monthly_minutes_per_number}")
+        if self.measured_seconds < 0 or (self.billed_seconds is not None and self.billed_seconds < 0):
+            raise ValueError(f"call {self.call_sid}: call seconds cannot be negative")

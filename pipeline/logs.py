@@ -1,0 +1,87 @@
+"""Logging, configured in one place.
+
+structlog renders JSON lines when stderr is not a terminal and readable
+console lines when it is. pipecat logs through loguru; its records are routed
+into the same structlog stream so one call reads as one story. Every value
+passes through `redact`, so an API key or auth token never reaches a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|auth[_-]?token|secret|password|authorization|token)$", re.I)
+# Shapes of secrets that may hide inside free text (URLs, headers, messages).
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(authorization:\s*(?:token|bearer|basic)\s+)\S+"),
+    re.compile(r"(?i)((?:api[_-]?key|auth[_-]?token|xi-api-key|x-api-key|token)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]+"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+]
+REDACTED = "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    """Mask anything in free text that looks like a credential."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+    return text
+
+
+def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask secret-named keys and secret-shaped text."""
+    for key, value in event.items():
+        if _SECRET_KEYS.search(key) and value not in (None, ""):
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = redact_text(value)
+    return event
+
+
+def configure(level: str = "INFO", *, json: bool | None = None) -> None:
+    """Configure structlog and route stdlib logging and pipecat's loguru into it."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _route_loguru(level)
+
+
+def _route_loguru(level: str) -> None:
+    """Send pipecat's loguru records to structlog (pipecat logs a lot at DEBUG)."""
+    from loguru import logger as loguru_logger
+
+    log = structlog.get_logger("pipecat")
+
+    def sink(message: Any) -> None:
+        record = message.record
+        method = getattr(log, record["level"].name.lower(), log.info)
+        method(record["message"], module=record["name"])
+
+    loguru_logger.remove()
+    loguru_logger.add(sink, level=level.upper(), format="{message}")
+
+
+def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
+    """A logger with context (call_sid, tenant, vertical, …) bound to every line."""
+    return structlog.get_logger("tollbridge").bind(**bound)

@@ -1,0 +1,109 @@
+"""One call's life: build the pipeline, run it, end it, and always leave its usage.
+
+The transport's reader (the socket side) and the pipeline run side by side.
+Whichever ends first ends the call: the caller hanging up or the socket
+dropping cancels the pipeline at once; the agent ending the call (a tool, the
+budget) closes the socket after the last words were played. Either way the
+meter's usage reaches `on_finished` exactly once — a dropped call still gets
+its cost record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pipecat.frames.frames import EndWorkerFrame, TTSSpeakFrame
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.workers.runner import WorkerRunner
+
+from pipeline.builder import BuiltCall, CallContext, build_call
+from pipeline.costs.usage import CallUsage
+from pipeline.logs import get_logger
+
+CANCEL_TIMEOUT_S = 5.0
+
+UsageSink = Callable[[CallUsage], Awaitable[None]]
+
+
+class CallSession:
+    """Runs one call's pipeline and guarantees that its usage is reported."""
+
+    def __init__(
+        self,
+        call: CallContext,
+        *,
+        on_finished: UsageSink | None = None,
+        observers: list[Any] | None = None,
+    ):
+        self.call = call
+        self.on_finished = on_finished
+        self.log = get_logger(
+            call_sid=call.call_sid, tenant=call.vertical.tenant, vertical=call.vertical.name
+        )
+        self.built: BuiltCall = build_call(call, observers=observers)
+        self.ended_by = ""
+        self.usage: CallUsage | None = None
+
+    @property
+    def worker(self):
+        return self.built.worker
+
+    async def end(self, *, farewell: str | None = None, reason: str = "agent") -> None:
+        """End the call from the agent's side: say `farewell`, let it play, hang up."""
+        self.ended_by = self.ended_by or reason
+        if farewell:
+            await self.worker.queue_frame(TTSSpeakFrame(farewell))
+        await self.built.transport.input().push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+    async def run(self, caller_side: Awaitable[str]) -> CallUsage | None:
+        """Run until either side ends the call. `caller_side` returns why it ended."""
+        runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+        await runner.add_workers(self.worker)
+        pipeline = asyncio.create_task(runner.run(), name=f"pipeline {self.call.call_sid}")
+        reader = asyncio.ensure_future(caller_side)
+        self.log.info("call_started", caller=self.call.caller, callee=self.call.callee)
+        try:
+            if self.call.vertical.greeting:
+                await self.worker.queue_frame(TTSSpeakFrame(self.call.vertical.greeting))
+            done, _ = await asyncio.wait({pipeline, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                self.ended_by = self.ended_by or _result(reader, "transport_error")
+                await self.worker.cancel(reason=self.ended_by)
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(pipeline, CANCEL_TIMEOUT_S)
+            else:
+                self.ended_by = self.ended_by or "agent"
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+        except asyncio.CancelledError:
+            self.ended_by = self.ended_by or "server_shutdown"
+            raise
+        finally:
+            for task in (pipeline, reader):
+                if not task.done():
+                    task.cancel()
+            await self._finish()
+        return self.usage
+
+    async def _finish(self) -> None:
+        meter = self.built.meter
+        self.log.info("call_ended", ended_by=self.ended_by)
+        if meter is None:
+            return
+        self.usage = meter.usage(ended_at=datetime.now(UTC), ended_by=self.ended_by)
+        if self.on_finished:
+            try:
+                await self.on_finished(self.usage)
+            except Exception as error:  # the sink spools; this is the last line of defence
+                self.log.error("cost_record_failed", error=repr(error))
+
+
+def _result(task: asyncio.Future, default: str) -> str:
+    if task.cancelled() or task.exception() is not None:
+        return default
+    return str(task.result() or default)

@@ -1,0 +1,5 @@
+"""Provider stages: one module per provider, each building a pipecat service."""
+
+from providers import anthropic, deepgram, elevenlabs, openai
+
+BUILTIN_KINDS = [deepgram.STT, deepgram.TTS, openai.LLM, anthropic.LLM, elevenlabs.TTS]

@@ -1,0 +1,54 @@
+"""Anthropic Messages (`anthropic.llm`), streaming with tool use and prompt caching.
+
+`cache_control` goes on the system prompt; tools precede it in Anthropic's
+prefix order, so one breakpoint caches tools and system prompt together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from anthropic import AsyncAnthropic
+from pipecat.services.anthropic.llm import AnthropicLLMService
+from pydantic import field_validator
+
+from pipeline.registry import Role, StageKind
+from providers.options import LLMOptions, check_llm_model
+
+if TYPE_CHECKING:
+    from pipeline.builder import CallContext
+
+
+class AnthropicLLMOptions(LLMOptions):
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    model: str = "claude-haiku-4-5"
+    cache_ttl: Literal["5m", "1h"] = "5m"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return check_llm_model("anthropic", "anthropic.llm", value)
+
+
+def build_llm(options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMService:
+    settings = AnthropicLLMService.Settings(
+        model=options.model,
+        system_instruction=options.system_prompt(),
+        max_tokens=options.max_tokens,
+        enable_prompt_caching=True,
+        system_prompt_cache_ttl=options.cache_ttl,
+    )
+    if options.temperature is not None:
+        settings.temperature = options.temperature
+    base_url = call.base_url("anthropic.llm", options.base_url)
+    client = AsyncAnthropic(api_key=options.api_key(), base_url=base_url) if base_url else None
+    return AnthropicLLMService(api_key=options.api_key(), client=client, settings=settings)
+
+
+LLM = StageKind(
+    name="anthropic.llm",
+    role=Role.LLM,
+    options=AnthropicLLMOptions,
+    build=build_llm,
+    description="Anthropic Messages, streaming, tools, cache_control on system prompt",
+)

@@ -1,0 +1,154 @@
+"""Deepgram: Nova-3 streaming STT (`deepgram.stt`) and Aura-2 TTS (`deepgram.tts`).
+
+Both speak μ-law 8 kHz natively, so with the defaults Twilio's bytes go to
+Deepgram untouched and Aura-2's bytes go back to Twilio untouched: no codec
+runs on this chain at all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pipecat.services.deepgram.stt import DeepgramSTTService
+from pipecat.services.deepgram.tts import DeepgramTTSService
+from pipecat.transcriptions.language import Language
+from pydantic import Field, field_validator
+
+from pipeline.config import did_you_mean
+from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
+from providers.options import ProviderOptions
+from providers.tts_usage import ReportsCharacters
+
+if TYPE_CHECKING:
+    from pipeline.builder import CallContext
+
+STT_MODELS = [
+    "nova-3", "nova-3-general", "nova-3-medical", "nova-2", "nova-2-general",
+    "nova-2-phonecall", "nova-2-meeting", "enhanced", "base",
+]  # fmt: skip
+AURA_2_VOICES = [
+    "thalia", "andromeda", "helena", "apollo", "arcas", "aries", "amalthea", "asteria",
+    "athena", "atlas", "aurora", "callista", "cora", "cordelia", "delia", "draco",
+    "electra", "harmonia", "hera", "hermes", "hyperion", "iris", "janus", "juno",
+    "jupiter", "luna", "mars", "minerva", "neptune", "odysseus", "ophelia", "orion",
+    "orpheus", "pandora", "phoebe", "pluto", "saturn", "selene", "theia", "vesta", "zeus",
+]  # fmt: skip
+
+
+class DeepgramSTTOptions(ProviderOptions):
+    api_key_env: str = "DEEPGRAM_API_KEY"
+    model: str = "nova-3"
+    language: str = "en"
+    encoding: Literal["mulaw", "linear16"] = "mulaw"
+    sample_rate: Literal[8000, 16000] = 8000
+    interim_results: bool = True
+    endpointing: int | Literal[False] = Field(300)
+    utterance_end_ms: int | None = Field(1000, ge=1000)
+    smart_format: bool = True
+    keyterms: list[str] = Field(default_factory=list)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in STT_MODELS:
+            raise ValueError(
+                f'unknown model "{value}" for deepgram.stt{did_you_mean(value, STT_MODELS)}'
+            )
+        return value
+
+
+class MulawAwareDeepgramSTT(DeepgramSTTService):
+    """pipecat counts STT usage as PCM16 (2 bytes a sample); μ-law is 1 byte a sample."""
+
+    def __init__(self, *, bytes_per_sample: int, **kwargs):
+        super().__init__(**kwargs)
+        self._bytes_per_sample = bytes_per_sample
+
+    def _record_stt_audio_usage(self, audio: bytes | bytearray) -> None:
+        if self.sample_rate > 0:
+            self._stt_usage_pending_seconds += len(audio) / (
+                self.sample_rate * self._bytes_per_sample
+            )
+
+
+def stt_audio_in(options: DeepgramSTTOptions) -> AudioFormat:
+    if options.encoding == "mulaw" and options.sample_rate == 8000:
+        return MULAW_8K
+    return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
+
+
+def build_stt(options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTService:
+    settings = DeepgramSTTService.Settings(
+        model=options.model,
+        language=Language(options.language),
+        interim_results=options.interim_results,
+        punctuate=True,
+        smart_format=options.smart_format,
+        endpointing=options.endpointing,
+        utterance_end_ms=options.utterance_end_ms,
+    )
+    if options.keyterms:
+        settings.keyterm = options.keyterms
+    return MulawAwareDeepgramSTT(
+        api_key=options.api_key(),
+        base_url=call.base_url("deepgram.stt", options.base_url) or "",
+        encoding=options.encoding,
+        sample_rate=options.sample_rate,
+        bytes_per_sample=1 if options.encoding == "mulaw" else 2,
+        settings=settings,
+    )
+
+
+class DeepgramTTSOptions(ProviderOptions):
+    api_key_env: str = "DEEPGRAM_API_KEY"
+    voice: str = "aura-2-thalia-en"
+    encoding: Literal["mulaw", "linear16"] = "mulaw"
+    sample_rate: Literal[8000, 16000, 24000] = 8000
+    speed: float | None = Field(None, ge=0.7, le=1.5)
+
+    @field_validator("voice")
+    @classmethod
+    def _known_voice(cls, value: str) -> str:
+        name = value.removeprefix("aura-2-").removesuffix("-en").removesuffix("-es")
+        if not value.startswith("aura-") or (value.startswith("aura-2-") and name not in AURA_2_VOICES):
+            known = [f"aura-2-{v}-en" for v in AURA_2_VOICES]
+            raise ValueError(f'unknown voice "{value}" for deepgram.tts{did_you_mean(value, known)}')
+        return value
+
+
+def tts_audio_out(options: DeepgramTTSOptions) -> AudioFormat:
+    if options.encoding == "mulaw":
+        return AudioFormat("mulaw", options.sample_rate)
+    return AudioFormat("pcm16", options.sample_rate)
+
+
+class MeteredDeepgramTTS(ReportsCharacters, DeepgramTTSService):
+    """Aura-2 over the WebSocket, reporting the characters it sends."""
+
+
+def build_tts(options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
+    return MeteredDeepgramTTS(
+        api_key=options.api_key(),
+        base_url=call.base_url("deepgram.tts", options.base_url) or "wss://api.deepgram.com",
+        encoding=options.encoding,
+        sample_rate=options.sample_rate,
+        settings=DeepgramTTSService.Settings(voice=options.voice, speed=options.speed),
+    )
+
+
+STT = StageKind(
+    name="deepgram.stt",
+    role=Role.STT,
+    options=DeepgramSTTOptions,
+    build=build_stt,
+    description="Deepgram Nova streaming speech-to-text (μ-law 8 kHz taken as is)",
+    audio_in=stt_audio_in,
+)
+TTS = StageKind(
+    name="deepgram.tts",
+    role=Role.TTS,
+    options=DeepgramTTSOptions,
+    build=build_tts,
+    description="Deepgram Aura-2 text-to-speech (μ-law 8 kHz out, nothing transcoded)",
+    audio_out=tts_audio_out,
+)

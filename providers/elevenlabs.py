@@ -1,0 +1,83 @@
+"""ElevenLabs streaming TTS (`elevenlabs.tts`) over the multi-context WebSocket.
+
+pipecat asks ElevenLabs for `pcm_<rate>` and leaves μ-law to the Twilio
+serializer; we ask for `ulaw_8000`, which Twilio plays as is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+from pydantic import Field
+
+from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
+from providers.options import ProviderOptions
+from providers.tts_usage import ReportsCharacters
+
+if TYPE_CHECKING:
+    from pipeline.builder import CallContext
+
+
+class ElevenLabsTTSOptions(ProviderOptions):
+    api_key_env: str = "ELEVENLABS_API_KEY"
+    voice: str = Field("21m00Tcm4TlvDq8ikWAM", min_length=1)
+    model: Literal[
+        "eleven_flash_v2_5", "eleven_turbo_v2_5", "eleven_multilingual_v2", "eleven_v3"
+    ] = "eleven_flash_v2_5"
+    output: Literal["ulaw_8000", "pcm_8000", "pcm_16000", "pcm_24000"] = "ulaw_8000"
+    language: str | None = None
+    stability: float | None = Field(None, ge=0, le=1)
+    similarity_boost: float | None = Field(None, ge=0, le=1)
+    speed: float | None = Field(None, ge=0.7, le=1.2)
+
+
+class MulawElevenLabsTTS(ReportsCharacters, ElevenLabsTTSService):
+    """Requests a fixed output format (μ-law 8 kHz by default) instead of pcm_<rate>,
+    and reports the characters it sends."""
+
+    def __init__(self, *, output_format: str, **kwargs):
+        super().__init__(**kwargs)
+        self._fixed_output_format = output_format
+
+    async def setup(self, setup):
+        self._output_format = self._fixed_output_format
+        await super().setup(setup)
+
+    async def _connect_websocket(self):
+        self._output_format = self._fixed_output_format
+        await super()._connect_websocket()
+
+
+def audio_out(options: ElevenLabsTTSOptions) -> AudioFormat:
+    if options.output == "ulaw_8000":
+        return MULAW_8K
+    return AudioFormat("pcm16", int(options.output.split("_")[1]))
+
+
+def build_tts(options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTSService:
+    rate = audio_out(options).sample_rate
+    settings = ElevenLabsTTSService.Settings(
+        voice=options.voice,
+        model=options.model,
+        stability=options.stability,
+        similarity_boost=options.similarity_boost,
+        speed=options.speed,
+    )
+    return MulawElevenLabsTTS(
+        api_key=options.api_key(),
+        url=call.base_url("elevenlabs.tts", options.base_url) or "wss://api.elevenlabs.io",
+        sample_rate=rate,
+        output_format=options.output,
+        settings=settings,
+    )
+
+
+TTS = StageKind(
+    name="elevenlabs.tts",
+    role=Role.TTS,
+    options=ElevenLabsTTSOptions,
+    build=build_tts,
+    description="ElevenLabs streaming TTS (ulaw_8000 out, nothing transcoded)",
+    audio_out=audio_out,
+)

@@ -1,0 +1,222 @@
+"""Local fake of Deepgram Aura text-to-speech: the WebSocket and the REST ``/v1/speak``.
+
+One server answers both, as api.deepgram.com does: ``GET /v1/speak`` upgrades to
+the streaming protocol (pipecat's ``DeepgramTTSService``), ``POST /v1/speak``
+streams one utterance back (``DeepgramHttpTTSService``). The audio is a
+deterministic tone whose length follows the text, and every character the
+client sent is counted, since characters are what Aura bills.
+"""
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from providers.fakes.audio import BYTES_PER_SAMPLE, synthesize
+from providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
+
+#: Sample rates Aura accepts per encoding; the first is its default.
+SAMPLE_RATES = {
+    "linear16": (24000, 8000, 16000, 32000, 48000),
+    "mulaw": (8000, 16000),
+    "alaw": (8000, 16000),
+}
+#: Encodings only the REST endpoint offers; real, but the fake does not produce them.
+_COMPRESSED = ("mp3", "opus", "flac", "aac")
+_DEFAULT_MODEL = "aura-asteria-en"
+_CHUNK_SECONDS = 0.1
+
+
+@dataclass
+class SpeakRecord(RequestRecord):
+    """One /v1/speak connection or REST request."""
+
+    #: Characters of text received, what Aura bills.
+    characters: int = 0
+
+
+@dataclass
+class _SpeakParams:
+    """The query parameters the fake acts on, checked as Deepgram checks them."""
+
+    model: str
+    encoding: str
+    sample_rate: int
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str], *, rest: bool) -> "_SpeakParams":
+        model = query.get("model", _DEFAULT_MODEL)
+        if not model.startswith("aura-"):
+            raise Rejection(400, "Bad Request", f"No such model: {model}")
+        # Without `encoding`, REST answers MP3 and the WebSocket linear16.
+        encoding = query.get("encoding", "mp3" if rest else "linear16")
+        if rest and encoding in _COMPRESSED:
+            raise Rejection(
+                400, "FAKE_UNSUPPORTED", f"The fake serves raw audio only, not {encoding}."
+            )
+        if encoding not in SAMPLE_RATES:
+            raise Rejection(
+                400, "UNSUPPORTED_AUDIO_FORMAT", f"Unsupported audio format: {encoding}"
+            )
+        rate = query.get("sample_rate", str(SAMPLE_RATES[encoding][0]))
+        if not rate.isdigit() or int(rate) not in SAMPLE_RATES[encoding]:
+            raise Rejection(
+                400,
+                "UNSUPPORTED_AUDIO_FORMAT",
+                f"Unsupported audio format: sample_rate={rate} is invalid for {encoding}.",
+            )
+        if rest and query.get("container", "wav") != "none":
+            raise Rejection(400, "FAKE_UNSUPPORTED", "The fake serves container=none only.")
+        return cls(model=model, encoding=encoding, sample_rate=int(rate))
+
+
+class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
+    """Deepgram ``/v1/speak`` (WebSocket and REST) on 127.0.0.1."""
+
+    record_type = SpeakRecord
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        chars_per_second: float = 14.0,
+        fail_connect: bool = False,
+        fail_after_messages: int | None = None,
+    ) -> None:
+        """Configure the fake.
+
+        Args:
+            api_key: The only key accepted in ``Authorization: Token <key>``.
+            chars_per_second: Speaking rate: text of N characters yields
+                ``round(N * sample_rate / chars_per_second)`` samples.
+            fail_connect: Refuse every handshake and request with 503.
+            fail_after_messages: Drop each WebSocket after this many client
+                messages; REST requests past this many get their body cut short.
+        """
+        super().__init__(
+            api_key, fail_connect=fail_connect, fail_after_messages=fail_after_messages
+        )
+        self.chars_per_second = chars_per_second
+        self._rest_requests = 0
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/speak", self._websocket), web.post("/v1/speak", self._rest)]
+
+    @property
+    def characters(self) -> int:
+        """Characters billed across every connection and request so far."""
+        return sum(record.characters for record in self.requests)
+
+    def _speak(self, text: str, params: _SpeakParams) -> bytes:
+        return synthesize(
+            text,
+            encoding=params.encoding,
+            sample_rate=params.sample_rate,
+            chars_per_second=self.chars_per_second,
+        )
+
+    def _chunks(self, audio: bytes, params: _SpeakParams) -> list[bytes]:
+        size = int(params.sample_rate * _CHUNK_SECONDS) * BYTES_PER_SAMPLE[params.encoding]
+        return [audio[i : i + size] for i in range(0, len(audio), size)]
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        record = self.open_record(request)
+        try:
+            self.gate(request)
+            params = _SpeakParams.parse(request.query, rest=False)
+        except Rejection as rejection:
+            return self.reject(rejection, record)
+        ws = await self.accept(request, record)
+        await self.send_json(
+            ws,
+            record,
+            {
+                "type": "Metadata",
+                "request_id": record.request_id,
+                "model_name": params.model,
+                "model_version": "fake",
+                "model_uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, params.model)),
+            },
+        )
+        buffered = ""
+        sequence_id = 0
+        async for message in self.client_messages(request, ws, record):
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "Speak" and isinstance(message.get("text"), str):
+                buffered += message["text"]
+                record.characters += len(message["text"])
+            elif kind == "Flush":
+                for chunk in self._chunks(self._speak(buffered, params), params):
+                    await self.send_audio(ws, record, chunk)
+                buffered = ""
+                await self.send_json(ws, record, {"type": "Flushed", "sequence_id": sequence_id})
+                sequence_id += 1
+            elif kind == "Clear":
+                buffered = ""
+                await self.send_json(ws, record, {"type": "Cleared", "sequence_id": sequence_id})
+                sequence_id += 1
+            elif kind == "Close":
+                await ws.close()
+                break
+            else:
+                warning = {
+                    "type": "Warning",
+                    "description": f"Unknown or malformed message: {message!r}",
+                    "code": "UNKNOWN_MESSAGE",
+                }
+                await self.send_json(ws, record, warning)
+        return ws
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        record = self.open_record(request)
+        try:
+            self.gate(request)
+            params = _SpeakParams.parse(request.query, rest=True)
+            text = await self._read_text(request, record)
+        except Rejection as rejection:
+            return self.reject(rejection, record)
+        record.characters = len(text)
+        cut_short = (
+            self.fail_after_messages is not None and self._rest_requests >= self.fail_after_messages
+        )
+        self._rest_requests += 1
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "dg-request-id": record.request_id,
+                "dg-model-name": params.model,
+                "dg-model-uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, params.model)),
+                "dg-char-count": str(len(text)),
+            },
+        )
+        await response.prepare(request)
+        record.status = 200
+        for chunk in self._chunks(self._speak(text, params), params):
+            record.audio_bytes_sent += len(chunk)
+            await response.write(chunk)
+            if cut_short and request.transport is not None:
+                record.dropped = True
+                request.transport.abort()
+                return response
+        await response.write_eof()
+        return response
+
+    async def _read_text(self, request: web.Request, record: SpeakRecord) -> str:
+        """The `text` of the JSON body, logged as the request's one message."""
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            body = None
+        record.messages.append(body)
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            raise Rejection(
+                400,
+                "Bad Request",
+                "Content-type was application/json, but we could not process the JSON payload.",
+            )
+        if not body["text"].strip():
+            raise Rejection(400, "Bad Request", "Text must not be empty.")
+        return body["text"]

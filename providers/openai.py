@@ -1,0 +1,54 @@
+"""OpenAI Chat Completions (`openai.llm`), streaming with tool calls.
+
+OpenAI caches a prompt's prefix automatically; we keep that prefix (system
+prompt, then tools) byte-stable and send a `prompt_cache_key` per tenant and
+vertical so calls of the same agent land on the same cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipecat.services.openai.llm import OpenAILLMService
+from pydantic import field_validator
+
+from pipeline.registry import Role, StageKind
+from providers.options import LLMOptions, check_llm_model
+
+if TYPE_CHECKING:
+    from pipeline.builder import CallContext
+
+
+class OpenAILLMOptions(LLMOptions):
+    api_key_env: str = "OPENAI_API_KEY"
+    model: str = "gpt-4o-mini"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return check_llm_model("openai", "openai.llm", value)
+
+
+def build_llm(options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
+    settings = OpenAILLMService.Settings(
+        model=options.model,
+        system_instruction=options.system_prompt(),
+        max_completion_tokens=options.max_tokens,
+        extra={"prompt_cache_key": f"{call.vertical.tenant}:{call.vertical.name}"},
+    )
+    if options.temperature is not None:
+        settings.temperature = options.temperature
+    return OpenAILLMService(
+        api_key=options.api_key(),
+        base_url=call.base_url("openai.llm", options.base_url),
+        settings=settings,
+    )
+
+
+LLM = StageKind(
+    name="openai.llm",
+    role=Role.LLM,
+    options=OpenAILLMOptions,
+    build=build_llm,
+    description="OpenAI Chat Completions, streaming, tools, automatic prompt caching",
+)

@@ -1,0 +1,34 @@
+from anthropic import AsyncAnthropic
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import LLMContextFrame, LLMTextFrame, LLMFullResponseEndFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.services.anthropic.llm import AnthropicLLMService
+from providers.fakes.anthropic_messages import AnthropicMessagesFake
+
+SYSTEM = "You are the receptionist of a hair salon. " * 120
+
+async def test_probe(run_pipeline):
+    fake = AnthropicMessagesFake([
+        {"match": "weather", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]},
+        {"match": "sunny", "text": "It is sunny in Paris."},
+    ], api_key="k")
+    async with fake:
+        llm = AnthropicLLMService(api_key="k", client=AsyncAnthropic(api_key="k", base_url=fake.base_url), settings=AnthropicLLMService.Settings(model="claude-sonnet-4-6", enable_prompt_caching=True, system_instruction=SYSTEM))
+        calls = []
+        async def get_weather(params):
+            calls.append(dict(params.arguments))
+            await params.result_callback({"forecast": "sunny"})
+        llm.register_function("get_weather", get_weather)
+        tools = ToolsSchema(standard_tools=[FunctionSchema(name="get_weather", description="Weather", properties={"city": {"type": "string"}}, required=["city"])])
+        context = LLMContext(messages=[{"role": "user", "content": "What's the weather in Paris?"}], tools=tools)
+        pair = LLMContextAggregatorPair(context)
+        async with run_pipeline([llm], tail=[pair.assistant()]) as running:
+            await running.worker.queue_frame(LLMContextFrame(context))
+            await running.downstream.wait_for(lambda: len(running.downstream.of_type(LLMFullResponseEndFrame)) >= 2)
+        print(calls)
+        print([f.text for f in running.downstream.of_type(LLMTextFrame)])
+        for u in running.usage(): print(u)
+        print(running.errors(), fake.failures)
+        for r in fake.requests: print(r.headers, r.body)

@@ -1,0 +1,275 @@
+"""The bridge: the FastAPI app Twilio talks to.
+
+* ``POST /voice`` — the number's voice webhook: answers TwiML that connects a
+  bidirectional Media Stream to ``/media`` with the vertical and tenant as
+  ``<Parameter>``s (unknown number: a short apology and a hang-up);
+* ``WS /media`` — the Media Streams socket, one call each;
+* ``POST /status`` — call status callbacks (CallStatus, CallDuration…), kept
+  so the ledger can reconcile telephony minutes to Twilio's figures;
+* ``POST /stream-status`` — stream status callbacks, logged;
+* ``POST /calls`` — place an outbound call (bearer-token protected).
+
+Every Twilio request is checked against ``X-Twilio-Signature`` unless the
+documented development setting turns the check off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from pipeline.builder import CallContext
+from pipeline.config import Vertical, e164
+from pipeline.logs import get_logger
+from pipeline.session import CallSession
+from transports.twilio import protocol
+from transports.twilio.media_stream import serve_media_stream
+from transports.twilio.signature import SignatureChecker, public_url
+from transports.twilio.transport import MediaStreamConnection
+
+log = get_logger(component="bridge")
+
+MEDIA_PATH = "/media"
+STATUS_PATH = "/status"
+STREAM_STATUS_PATH = "/stream-status"
+UNKNOWN_NUMBER_MESSAGE = "Sorry, this number is not in service. Goodbye."
+
+
+@dataclass
+class StatusUpdate:
+    """A call status callback, as the ledger needs it."""
+
+    call_sid: str
+    status: str
+    duration_seconds: int | None
+    fields: dict[str, str]
+
+
+@dataclass
+class BridgeSettings:
+    public_url: str = "http://127.0.0.1:8084"
+    """Base URL Twilio uses to reach the bridge (signatures are computed on it)."""
+    auth_token: str = ""
+    validate_signatures: bool = True
+    """Only for local development: false accepts unsigned requests."""
+    api_token: str = ""
+    """Bearer token for POST /calls; empty disables the endpoint."""
+    base_urls: Mapping[str, str] = field(default_factory=dict)
+    user_speech_timeout: float = 0.6
+
+
+class Bridge:
+    """The verticals this server answers for, and what happens to their calls."""
+
+    def __init__(
+        self,
+        verticals: list[Vertical],
+        settings: BridgeSettings,
+        *,
+        on_finished: Callable[[Any], Awaitable[None]] | None = None,
+        on_status: Callable[[StatusUpdate], Awaitable[None]] | None = None,
+        dialer: Any = None,
+    ):
+        self.settings = settings
+        self.verticals = {v.name: v for v in verticals}
+        self.by_number: dict[str, Vertical] = {}
+        for vertical in verticals:
+            for number in vertical.numbers:
+                self.by_number.setdefault(number, vertical)
+        if settings.validate_signatures and not settings.auth_token:
+            raise ValueError(
+                "TWILIO_AUTH_TOKEN is not set; it is needed to check Twilio signatures "
+                "(or turn the check off for local development only)"
+            )
+        self.signatures = SignatureChecker(settings.auth_token) if settings.auth_token else None
+        self.on_finished = on_finished
+        self.on_status = on_status
+        self.dialer = dialer
+        self.sessions: dict[str, CallSession] = {}
+        self.statuses: dict[str, StatusUpdate] = {}
+
+    @property
+    def media_url(self) -> str:
+        return public_url(self.settings.public_url, MEDIA_PATH, websocket=True)
+
+    def stream_twiml(self, vertical: Vertical, caller: str, callee: str) -> str:
+        """TwiML connecting the call to our Media Streams socket."""
+        response = VoiceResponse()
+        connect = Connect()
+        stream = connect.stream(
+            url=self.media_url,
+            status_callback=public_url(self.settings.public_url, STREAM_STATUS_PATH),
+        )
+        for name, value in (
+            ("vertical", vertical.name),
+            ("tenant", vertical.tenant),
+            ("from", caller),
+            ("to", callee),
+        ):
+            stream.parameter(name=name, value=value)
+        response.append(connect)
+        return str(response)
+
+    def find_vertical(self, start: protocol.Start) -> Vertical | None:
+        return self.verticals.get(start.custom_parameters.get("vertical", ""))
+
+    def make_call(
+        self, vertical: Vertical, start: protocol.Start, connection: MediaStreamConnection
+    ) -> CallContext:
+        params = start.custom_parameters
+        return CallContext(
+            vertical=vertical,
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            caller=params.get("from", ""),
+            callee=params.get("to", ""),
+            connection=connection,
+            base_urls=self.settings.base_urls,
+            user_speech_timeout=self.settings.user_speech_timeout,
+        )
+
+    def signed(self, url: str, params: Any, signature: str | None) -> bool:
+        if not self.settings.validate_signatures:
+            return True
+        assert self.signatures is not None
+        return self.signatures.valid(url, params, signature)
+
+
+class DialRequest(BaseModel):
+    vertical: str
+    to: str
+
+
+def create_app(bridge: Bridge) -> FastAPI:
+    app = FastAPI(title="tollbridge", docs_url=None, redoc_url=None)
+    app.state.bridge = bridge
+
+    async def check_signature(request: Request) -> Any:
+        form = await request.form()
+        url = public_url(bridge.settings.public_url, request.url.path, request.url.query)
+        if not bridge.signed(url, form, request.headers.get("x-twilio-signature")):
+            log.warning("bad_signature", path=request.url.path, call_sid=form.get("CallSid"))
+            raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
+        return form
+
+    @app.post("/voice")
+    async def voice(request: Request) -> Response:
+        form = await check_signature(request)
+        callee, caller = str(form.get("To", "")), str(form.get("From", ""))
+        vertical = bridge.by_number.get(callee)
+        if vertical is None:
+            log.warning("unknown_number", to=callee, call_sid=form.get("CallSid"))
+            response = VoiceResponse()
+            response.say(UNKNOWN_NUMBER_MESSAGE)
+            response.hangup()
+            return Response(str(response), media_type="text/xml")
+        log.info("incoming_call", call_sid=form.get("CallSid"), vertical=vertical.name)
+        return Response(bridge.stream_twiml(vertical, caller, callee), media_type="text/xml")
+
+    @app.post(STATUS_PATH)
+    async def status(request: Request) -> Response:
+        form = await check_signature(request)
+        duration = form.get("CallDuration")
+        update = StatusUpdate(
+            call_sid=str(form.get("CallSid", "")),
+            status=str(form.get("CallStatus", "")),
+            duration_seconds=int(duration) if str(duration or "").isdigit() else None,
+            fields={k: str(v) for k, v in form.items()},
+        )
+        bridge.statuses[update.call_sid] = update
+        log.info("call_status", call_sid=update.call_sid, status=update.status,
+                 duration=update.duration_seconds)
+        if bridge.on_status:
+            await bridge.on_status(update)
+        return Response(status_code=204)
+
+    @app.post(STREAM_STATUS_PATH)
+    async def stream_status(request: Request) -> Response:
+        form = await check_signature(request)
+        log.info("stream_status", call_sid=form.get("CallSid"), event=form.get("StreamEvent"),
+                 error=form.get("StreamError"))
+        return Response(status_code=204)
+
+    @app.websocket(MEDIA_PATH)
+    async def media(ws: WebSocket) -> None:
+        if not bridge.signed(bridge.media_url, {}, ws.headers.get("x-twilio-signature")):
+            log.warning("bad_signature", path=MEDIA_PATH)
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+
+        tracked: list[str] = []
+
+        async def track(session: CallSession) -> None:
+            bridge.sessions[session.call.call_sid] = session
+            tracked.append(session.call.call_sid)
+
+        try:
+            await serve_media_stream(
+                ws,
+                find_vertical=bridge.find_vertical,
+                make_call=bridge.make_call,
+                on_finished=bridge.on_finished,
+                on_session=track,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # one broken call must never take the server down
+            log.error("media_stream_failed", error=repr(error))
+        finally:
+            for call_sid in tracked:
+                bridge.sessions.pop(call_sid, None)
+
+    @app.post("/calls")
+    async def dial(request: Request, body: DialRequest) -> JSONResponse:
+        token = bridge.settings.api_token
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="a valid bearer token is required")
+        vertical = bridge.verticals.get(body.vertical)
+        if vertical is None:
+            raise HTTPException(status_code=404, detail=f"unknown vertical {body.vertical!r}")
+        try:
+            to = e164(body.to)
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        if bridge.dialer is None:
+            raise HTTPException(status_code=503, detail="outbound dialing is not configured")
+        call_sid = await bridge.dialer.dial(bridge, vertical, to)
+        return JSONResponse({"call_sid": call_sid}, status_code=201)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "verticals": sorted(bridge.verticals), "calls": len(bridge.sessions)}
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on this event loop; yields its http:// base URL."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, lifespan="off", ws_max_size=1 << 20
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the reason it could not start
+        await asyncio.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{host}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,265 @@
+"""A Media Streams client that behaves like Twilio: a phone call with no phone.
+
+It opens the bridge's WebSocket (signed like Twilio signs it), sends
+`connected` and `start` with custom parameters, then caller audio as 20 ms
+μ-law `media` frames paced on the audio clock — followed by line silence, as
+a real call has — plus `dtmf` presses and finally `stop`. The other way it
+plays the agent's audio on a simulated Twilio playback buffer: `mark`s are
+echoed when the audio before them has been played, `clear` empties the
+buffer and echoes every pending mark. What was played is written to a WAV.
+
+The call ends when the script says hang up, when the bridge closes the
+socket (the agent hung up), or once the caller's audio is over and the agent
+has been quiet for `settle_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+import wave
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import websockets
+
+from transports.codec import mulaw_to_pcm16, pcm16_to_mulaw
+from transports.twilio.signature import SignatureChecker
+
+FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
+FRAME_S = 0.02
+MULAW_SILENCE = b"\xff"
+
+
+def load_caller_audio(path: str | Path) -> bytes:
+    """Caller audio as μ-law 8 kHz: a `.ulaw` file as is, or a WAV (PCM16, 8 kHz mono)."""
+    path = Path(path)
+    if path.suffix in (".ulaw", ".mulaw", ".raw"):
+        return path.read_bytes()
+    with wave.open(str(path), "rb") as wav:
+        if (wav.getsampwidth(), wav.getframerate(), wav.getnchannels()) != (2, 8000, 1):
+            raise ValueError(
+                f"{path.name}: expected 16-bit 8 kHz mono WAV, got "
+                f"{8 * wav.getsampwidth()}-bit {wav.getframerate()} Hz × {wav.getnchannels()}"
+            )
+        return pcm16_to_mulaw(wav.readframes(wav.getnframes()))
+
+
+def write_wav(path: str | Path, mulaw: bytes) -> None:
+    """Save μ-law 8 kHz audio as a 16-bit PCM WAV any player opens."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(mulaw_to_pcm16(mulaw))
+
+
+@dataclass
+class CallScript:
+    """What the caller does."""
+
+    audio: bytes
+    """Caller speech, μ-law 8 kHz."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    dtmf: list[tuple[float, str]] = field(default_factory=list)
+    """(seconds from start, digit) keypresses."""
+    hang_up_at: float | None = None
+    """Seconds from start at which the caller hangs up (mid-sentence if need be)."""
+    settle_s: float = 2.0
+    max_s: float = 120.0
+    speed: float = 1.0
+    """>1 plays faster than real time (fakes keyed on the audio clock don't mind)."""
+
+
+@dataclass
+class SoftphoneResult:
+    """What the caller's side saw."""
+
+    call_sid: str
+    stream_sid: str
+    agent_audio: bytes = b""
+    """What Twilio would have played to the caller, in order."""
+    media_received: int = 0
+    marks_received: list[str] = field(default_factory=list)
+    marks_echoed: list[str] = field(default_factory=list)
+    clears: int = 0
+    clear_times: list[float] = field(default_factory=list)
+    frames_sent: int = 0
+    ended_by: str = ""
+    duration_s: float = 0.0
+    first_agent_audio_s: float | None = None
+    bad_messages: list[str] = field(default_factory=list)
+
+    @property
+    def agent_audio_seconds(self) -> float:
+        return len(self.agent_audio) / 8000
+
+
+class _PlaybackBuffer:
+    """Twilio's side of outbound audio: a queue played at 8000 bytes/s, with marks."""
+
+    def __init__(self) -> None:
+        self.queue: deque[bytes | str] = deque()  # audio chunks and mark names, in order
+        self.played = bytearray()
+
+    def add_audio(self, audio: bytes) -> None:
+        self.queue.append(audio)
+
+    def add_mark(self, name: str) -> None:
+        self.queue.append(name)
+
+    def clear(self) -> list[str]:
+        marks = [item for item in self.queue if isinstance(item, str)]
+        self.queue.clear()
+        return marks
+
+    def play(self, nbytes: int) -> list[str]:
+        """Play up to `nbytes`; return the marks reached."""
+        reached = []
+        while self.queue:
+            head = self.queue[0]
+            if isinstance(head, str):
+                reached.append(self.queue.popleft())
+                continue
+            if nbytes <= 0:
+                break
+            take = head[:nbytes]
+            self.played += take
+            nbytes -= len(take)
+            if len(take) == len(head):
+                self.queue.popleft()
+            else:
+                self.queue[0] = head[len(take):]
+        return reached
+
+    @property
+    def busy(self) -> bool:
+        return any(isinstance(item, bytes) for item in self.queue)
+
+
+class Softphone:
+    """Places one simulated call against a bridge's Media Streams URL."""
+
+    def __init__(self, url: str, *, auth_token: str | None = None, account_sid: str = "AC" + "0" * 32):
+        self.url = url
+        self.auth_token = auth_token
+        self.account_sid = account_sid
+
+    def _headers(self) -> dict[str, str]:
+        if not self.auth_token:
+            return {}
+        return {"X-Twilio-Signature": SignatureChecker(self.auth_token).sign(self.url, {})}
+
+    async def call(self, script: CallScript, *, call_sid: str | None = None) -> SoftphoneResult:
+        call_sid = call_sid or "CA" + uuid.uuid4().hex
+        result = SoftphoneResult(call_sid=call_sid, stream_sid="MZ" + uuid.uuid4().hex)
+        async with websockets.connect(
+            self.url, additional_headers=self._headers(), max_size=2**22
+        ) as ws:
+            await self._run(ws, script, result)
+        return result
+
+    async def _run(self, ws, script: CallScript, result: SoftphoneResult) -> None:
+        seq = 0
+
+        def message(event: str, **body) -> str:
+            nonlocal seq
+            seq += 1
+            return json.dumps({"event": event, "sequenceNumber": str(seq),
+                               "streamSid": result.stream_sid, **body})
+
+        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        await ws.send(message("start", start={
+            "streamSid": result.stream_sid, "accountSid": self.account_sid,
+            "callSid": result.call_sid, "tracks": ["inbound"],
+            "customParameters": script.parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        }))
+        playback = _PlaybackBuffer()
+        closed = asyncio.Event()
+        started = time.monotonic()
+
+        async def receive() -> None:
+            try:
+                async for raw in ws:
+                    data = json.loads(raw)
+                    event = data.get("event")
+                    if event == "media":
+                        audio = base64.b64decode(data["media"]["payload"])
+                        if result.first_agent_audio_s is None:
+                            result.first_agent_audio_s = time.monotonic() - started
+                        result.media_received += 1
+                        playback.add_audio(audio)
+                    elif event == "mark":
+                        result.marks_received.append(data["mark"]["name"])
+                        playback.add_mark(data["mark"]["name"])
+                    elif event == "clear":
+                        result.clears += 1
+                        result.clear_times.append(time.monotonic() - started)
+                        for name in playback.clear():
+                            result.marks_echoed.append(name)
+                            await ws.send(message("mark", mark={"name": name}))
+                    else:
+                        result.bad_messages.append(str(raw)[:200])
+            except websockets.ConnectionClosed:
+                pass
+            closed.set()
+
+        receiver = asyncio.create_task(receive())
+        dtmf = sorted(script.dtmf)
+        chunk, offset, quiet_since = 0, 0, None
+        frame_s = FRAME_S / script.speed
+        try:
+            while not closed.is_set():
+                elapsed = chunk * FRAME_S
+                if script.hang_up_at is not None and elapsed >= script.hang_up_at:
+                    result.ended_by = "caller_hung_up"
+                    break
+                if elapsed >= script.max_s:
+                    result.ended_by = "max_duration"
+                    break
+                while dtmf and dtmf[0][0] <= elapsed:
+                    _, digit = dtmf.pop(0)
+                    await ws.send(message("dtmf", dtmf={"track": "inbound_track", "digit": digit}))
+                frame = script.audio[offset:offset + FRAME_BYTES]
+                offset += FRAME_BYTES
+                frame = frame.ljust(FRAME_BYTES, MULAW_SILENCE)
+                chunk += 1
+                await ws.send(message("media", media={
+                    "track": "inbound", "chunk": str(chunk),
+                    "timestamp": str(int(elapsed * 1000)),
+                    "payload": base64.b64encode(frame).decode(),
+                }))
+                result.frames_sent += 1
+                for name in playback.play(FRAME_BYTES):
+                    result.marks_echoed.append(name)
+                    await ws.send(message("mark", mark={"name": name}))
+                caller_done = offset >= len(script.audio) and not dtmf
+                if caller_done and not playback.busy and script.hang_up_at is None:
+                    quiet_since = quiet_since if quiet_since is not None else elapsed
+                    if elapsed - quiet_since >= script.settle_s:
+                        result.ended_by = "caller_finished"
+                        break
+                else:
+                    quiet_since = None
+                next_at = started + chunk * frame_s
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if closed.is_set():
+                result.ended_by = result.ended_by or "agent_hung_up"
+            else:
+                await ws.send(message("stop", stop={"accountSid": self.account_sid,
+                                                     "callSid": result.call_sid}))
+        except websockets.ConnectionClosed:
+            result.ended_by = result.ended_by or "agent_hung_up"
+        finally:
+            result.duration_s = chunk * FRAME_S
+            result.agent_audio = bytes(playback.played)
+            receiver.cancel()
+            try:
+                await receiver
+            except asyncio.CancelledError:
+                pass

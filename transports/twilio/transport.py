@@ -1,0 +1,307 @@
+"""The `twilio` stage: a pipecat transport over one Media Streams WebSocket.
+
+pipecat's Twilio serializer ignores `mark` and `stop`, never sends marks and
+always transcodes; its output transport paces audio with sleeps. This
+transport is leaner and knows what the caller actually heard:
+
+* caller audio goes into the pipeline as μ-law 8 kHz exactly as Twilio sent it;
+* agent audio (already μ-law 8 kHz: the builder guarantees it) is sent to
+  Twilio as it arrives; Twilio queues and plays it, so nothing sleeps per frame;
+* after each piece of agent speech a `mark` is sent, and every frame that
+  followed that audio in the pipeline (the spoken text, the end of the
+  response, an EndFrame…) is held until Twilio echoes the mark, i.e. until
+  the caller has heard it. The assistant's context therefore only ever holds
+  what was played;
+* on barge-in (an InterruptionFrame) a `clear` is sent only if something is
+  still unplayed, and the held, unheard text is dropped;
+* a peer that never echoes marks is detected by the audio clock: a mark
+  overdue by `MARK_GRACE_S` counts as played, so a call never stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    SystemFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from pipeline.registry import MULAW_8K, Role, StageKind, StageOptions
+from transports.twilio import protocol
+
+if TYPE_CHECKING:
+    from pipeline.builder import CallContext
+
+MARK_GRACE_S = 2.0
+"""How long past its expected play-out time a mark may be late before we stop waiting."""
+MULAW_BYTES_PER_S = 8000
+
+
+class TwilioOptions(StageOptions):
+    """The transport takes no options yet; its settings are the bridge's."""
+
+
+class MediaStreamConnection:
+    """What the transport needs from the socket: send text, close."""
+
+    def __init__(
+        self,
+        send_text: Callable[[str], Awaitable[None]],
+        close: Callable[[], Awaitable[None]],
+        stream_sid: str,
+    ):
+        self.send_text = send_text
+        self.close = close
+        self.stream_sid = stream_sid
+        self.closed = False
+        self.stats = ConnectionStats()
+
+    async def send(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            await self.send_text(text)
+        except Exception:  # the caller hung up; the reader will notice and end the call
+            self.closed = True
+
+    async def hang_up(self) -> None:
+        """Closing the socket ends `<Connect>`, which hangs up the call."""
+        if not self.closed:
+            self.closed = True
+            try:
+                await self.close()
+            except Exception:
+                pass
+
+
+@dataclass
+class ConnectionStats:
+    """What crossed the socket, for the call record, tests and benchmarks."""
+
+    media_in: int = 0
+    media_out: int = 0
+    audio_bytes_out: int = 0
+    marks_sent: int = 0
+    marks_played: int = 0
+    clears: int = 0
+    dtmf: list[str] = field(default_factory=list)
+
+
+class TwilioInput(FrameProcessor):
+    """Pushes caller audio and keypresses into the pipeline, as the socket reader gets them."""
+
+    def __init__(self, connection: MediaStreamConnection):
+        super().__init__(name="twilio.in")
+        self._connection = connection
+        self._started = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._started.set()
+
+    async def audio(self, payload: bytes) -> None:
+        if not self._started.is_set():
+            return  # the pipeline is still starting; 20 ms of silence lost at most
+        self._connection.stats.media_in += 1
+        await self.push_frame(
+            InputAudioRawFrame(
+                audio=payload, sample_rate=MULAW_8K.sample_rate, num_channels=1
+            )
+        )
+
+    async def dtmf(self, digit: str) -> None:
+        self._connection.stats.dtmf.append(digit)
+        if self._started.is_set():
+            await self.push_frame(InputDTMFFrame(button=KeypadEntry(digit)))
+
+
+@dataclass
+class _Pending:
+    """A mark sent to Twilio and the frames waiting for the caller to hear it."""
+
+    name: str
+    due: float
+    frames: list[tuple[Frame, FrameDirection]] = field(default_factory=list)
+
+
+class TwilioOutput(FrameProcessor):
+    """Sends agent audio to Twilio and releases what follows it once it has been played."""
+
+    def __init__(self, connection: MediaStreamConnection):
+        super().__init__(name="twilio.out")
+        self._connection = connection
+        self._names = (f"m{n}" for n in itertools.count(1))
+        self._pending: deque[_Pending] = deque()
+        self._unmarked_audio = False
+        self._playback_end = 0.0  # monotonic time the audio sent so far finishes playing
+        self._speaking = False
+        self._watchdog: asyncio.Task | None = None
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction is FrameDirection.UPSTREAM:
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, OutputAudioRawFrame):
+            await self._send_audio(frame.audio)
+        elif isinstance(frame, InterruptionFrame):
+            await self._interrupt()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            self._stop_watchdog()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, SystemFrame):
+            await self.push_frame(frame, direction)
+        elif self._unmarked_audio or self._pending:
+            await self._hold(frame, direction)
+        else:
+            await self._release(frame, direction)
+
+    async def _send_audio(self, audio: bytes) -> None:
+        if not audio:
+            return
+        stats = self._connection.stats
+        stats.media_out += 1
+        stats.audio_bytes_out += len(audio)
+        await self._connection.send(protocol.media_message(self._connection.stream_sid, audio))
+        now = time.monotonic()
+        self._playback_end = max(self._playback_end, now) + len(audio) / MULAW_BYTES_PER_S
+        self._unmarked_audio = True
+        if not self._speaking:
+            self._speaking = True
+            await self.push_frame(BotStartedSpeakingFrame())
+            await self.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
+
+    async def _hold(self, frame: Frame, direction: FrameDirection) -> None:
+        """Keep `frame` until the audio sent before it has been played."""
+        if not self._unmarked_audio:
+            self._pending[-1].frames.append((frame, direction))
+            return
+        pending = _Pending(name=next(self._names), due=self._playback_end + MARK_GRACE_S)
+        pending.frames.append((frame, direction))
+        self._pending.append(pending)
+        self._unmarked_audio = False
+        self._connection.stats.marks_sent += 1
+        self._ensure_watchdog()
+        await self._connection.send(protocol.mark_message(self._connection.stream_sid, pending.name))
+
+    async def played(self, name: str) -> None:
+        """Twilio echoed mark `name`: everything up to it has been heard."""
+        if not any(p.name == name for p in self._pending):
+            return  # echo of a mark we already cleared or timed out
+        while self._pending:
+            pending = self._pending.popleft()
+            self._connection.stats.marks_played += 1
+            for frame, direction in pending.frames:
+                await self._release(frame, direction)
+            if pending.name == name:
+                break
+        await self._maybe_stopped_speaking()
+
+    async def _release(self, frame: Frame, direction: FrameDirection) -> None:
+        await self.push_frame(frame, direction)
+        if isinstance(frame, EndFrame):
+            self._stop_watchdog()
+            await self._connection.hang_up()
+
+    async def _maybe_stopped_speaking(self) -> None:
+        if self._speaking and not self._pending and not self._unmarked_audio:
+            self._speaking = False
+            await self.push_frame(BotStoppedSpeakingFrame())
+            await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+
+    async def _interrupt(self) -> None:
+        """Barge-in: drop what the caller has not heard, keep what must survive."""
+        unplayed = self._unmarked_audio or bool(self._pending)
+        if unplayed and time.monotonic() < self._playback_end:
+            self._connection.stats.clears += 1
+            await self._connection.send(protocol.clear_message(self._connection.stream_sid))
+        survivors = [
+            (frame, direction)
+            for pending in self._pending
+            for frame, direction in pending.frames
+            if not frame.interruptible
+        ]
+        self._pending.clear()
+        self._unmarked_audio = False
+        self._playback_end = time.monotonic()
+        for frame, direction in survivors:
+            await self._release(frame, direction)
+        await self._maybe_stopped_speaking()
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = self.create_task(self._watch_marks(), name="twilio-mark-watchdog")
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog and not self._watchdog.done():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    async def _watch_marks(self) -> None:
+        """Treat a mark overdue by MARK_GRACE_S as played (peer that drops echoes)."""
+        while self._pending:
+            overdue = self._pending[0].due - time.monotonic()
+            if overdue > 0:
+                await asyncio.sleep(overdue)
+                continue
+            await self.played(self._pending[0].name)
+
+    async def cleanup(self) -> None:
+        self._stop_watchdog()
+        await super().cleanup()
+
+
+class TwilioTransport:
+    """The input/output pair for one call, as the builder expects from a transport."""
+
+    def __init__(self, connection: MediaStreamConnection):
+        self.connection = connection
+        self._input = TwilioInput(connection)
+        self._output = TwilioOutput(connection)
+
+    def input(self) -> TwilioInput:
+        return self._input
+
+    def output(self) -> TwilioOutput:
+        return self._output
+
+
+def build(options: TwilioOptions, call: CallContext) -> Any:
+    if not isinstance(call.connection, MediaStreamConnection):
+        raise RuntimeError("the twilio stage runs behind the bridge's Media Streams socket")
+    return TwilioTransport(call.connection)
+
+
+KIND = StageKind(
+    name="twilio",
+    role=Role.TRANSPORT,
+    options=TwilioOptions,
+    build=build,
+    description="Twilio Media Streams (bidirectional), μ-law 8 kHz, marks and clear",
+    audio_in=lambda _options: MULAW_8K,
+    audio_out=lambda _options: MULAW_8K,
+)
