@@ -9,15 +9,17 @@ format (none on a μ-law chain such as Deepgram + Aura-2).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import EndWorkerFrame
+from pipecat.frames.frames import EndWorkerFrame, Frame, LLMFullResponseEndFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -49,6 +51,8 @@ class CallContext:
     """The transport's live connection for this call (e.g. the Media Streams socket)."""
     base_urls: Mapping[str, str] = field(default_factory=dict)
     """Stage kind → base URL, overriding the config (offline demo, tests)."""
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    """Where API keys are read from (the process environment unless replaying)."""
     user_speech_timeout: float = 0.6
     """Seconds of caller silence after a final transcript that end the caller's turn."""
 
@@ -66,6 +70,30 @@ class BuiltCall:
     meter: CostMeter | None
     tool_call: ToolCall
     transport: Any
+
+
+class HangUpAfterReply(FrameProcessor):
+    """Ends the call after the LLM's next complete reply, once a tool asked to hang up.
+
+    A tool runs mid-turn, before the model has said goodbye; ending the
+    pipeline there would cut the goodbye off. The EndFrame this requests
+    travels behind the reply, and the transport holds it until the caller
+    has heard every word.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="hang-up-after-reply")
+        self._armed = False
+
+    def arm(self) -> None:
+        self._armed = True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if self._armed and isinstance(frame, LLMFullResponseEndFrame):
+            self._armed = False
+            await self.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
 
 
 def _audio_of(stage: Stage | None, side: str) -> AudioFormat | None:
@@ -148,9 +176,11 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
             )
         return processor
 
+    hangup = HangUpAfterReply()
+
     async def end_call() -> None:
-        """Let the agent finish what it is saying, then hang up."""
-        await transport.input().push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+        """Hang up once the agent's reply to this turn has been spoken."""
+        hangup.arm()
 
     tool_call = ToolCall(
         call_sid=call.call_sid,
@@ -176,8 +206,8 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
     processors: list[FrameProcessor] = [transport.input()]
     processors += codec_between(wire, _audio_of(listener, "audio_in"), inbound=True)
     if stages[Role.STT]:
-        processors.append(service(stages[Role.STT]))
-    processors += [aggregators.user(), llm]
+        processors += [service(stages[Role.STT]), DTMFAggregator(prefix="Caller pressed ")]
+    processors += [aggregators.user(), llm, hangup]
     if stages[Role.TTS]:
         processors.append(service(stages[Role.TTS]))
     processors += codec_between(_audio_of(speaker, "audio_out"), wire, inbound=False)

@@ -3,12 +3,15 @@
 Every error names the file, the key path and what was expected, e.g.
 ``examples/salon/vertical.toml: chain[2].model: unknown model "gpt-4o-mni" for
 openai.llm; did you mean "gpt-4o-mini"?``. All errors of a file are reported
-at once. ``${NAME}`` in a string is read from the environment; secrets are
-never written in the file itself.
+at once. ``${NAME}`` in a string is read from the environment (a name that is
+not set is an error naming the key); secrets are never written in the file
+itself: a stage names the variable holding its key with `api_key_env`, checked
+only where a call would need it (`serve`, `validate --keys`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import itertools
 import os
@@ -84,13 +87,16 @@ class Telephony(BaseModel):
 
 
 class PriceOverride(BaseModel):
-    """A negotiated rate replacing one catalog row for this vertical."""
+    """A negotiated rate replacing (or adding) one price-catalog row for this vertical."""
 
     model_config = ConfigDict(extra="forbid")
 
+    provider: str
     item: str
+    model: str = ""
     usd: Decimal = Field(ge=0)
-    source: str = "negotiated"
+    source: str = "negotiated rate"
+    date: dt.date = Field(default_factory=dt.date.today)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ class Stage:
         return self.kind.name
 
 
-class _VerticalFile(BaseModel):
+class VerticalFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
@@ -178,29 +184,31 @@ def _messages(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tupl
         if item["type"] == "extra_forbidden":
             message = "unknown option"
         elif item["type"] == "missing":
-            message = "required option is missing"
+            message = "required key is missing"
         elif item["type"].endswith("_type") or item["type"].endswith("_parsing"):
             message = f"{message} (got {item['input']!r})"
         found.append((_key_path(loc), message))
     return found
 
 
-def _substitute_env(value: Any, env: Mapping[str, str], missing: set[str]) -> Any:
-    """Replace ${NAME} in strings; unknown names are collected and left as written."""
+def _substitute_env(
+    value: Any, env: Mapping[str, str], missing: list[tuple[str, str]], where: tuple[Any, ...] = ()
+) -> Any:
+    """Replace ${NAME} in strings; names not set are collected with their key path."""
     if isinstance(value, str):
 
         def lookup(match: re.Match[str]) -> str:
             name = match.group(1)
             if name in env:
                 return env[name]
-            missing.add(name)
+            missing.append((_key_path(where), name))
             return match.group(0)
 
         return _ENV_REF.sub(lookup, value)
     if isinstance(value, list):
-        return [_substitute_env(v, env, missing) for v in value]
+        return [_substitute_env(v, env, missing, (*where, i)) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _substitute_env(v, env, missing) for k, v in value.items()}
+        return {k: _substitute_env(v, env, missing, (*where, k)) for k, v in value.items()}
     return value
 
 
@@ -307,11 +315,15 @@ def load_vertical(
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{shown}: TOML syntax error: {error}"]) from None
 
-    missing_env: set[str] = set()
+    missing_env: list[tuple[str, str]] = []
     data = _substitute_env(data, env, missing_env)
+    if missing_env:
+        raise ConfigError(
+            [f"{shown}: {key}: environment variable {name} is not set" for key, name in missing_env]
+        )
     problems: list[tuple[str, str]] = []
     try:
-        top = _VerticalFile.model_validate(data)
+        top = VerticalFile.model_validate(data)
     except ValidationError as error:
         raise ConfigError([f"{shown}: {key}: {msg}" for key, msg in _messages(error)]) from None
 
@@ -339,8 +351,6 @@ def load_vertical(
         prices=top.prices,
     )
     if check_keys and not problems:
-        for name in sorted(missing_env):
-            problems.append(("(file)", f"environment variable {name} is not set"))
         for name, where in vertical.required_env().items():
             if not env.get(name):
                 problems.append((f"{where}.api_key_env", f"environment variable {name} is not set"))

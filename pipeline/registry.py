@@ -51,9 +51,10 @@ MULAW_8K = AudioFormat("mulaw", 8000)
 
 
 class StageOptions(BaseModel):
-    """Base of every kind's options: unknown keys are errors, not silently ignored."""
+    """Base of every kind's options: unknown keys are errors, not silently ignored,
+    and values are not coerced ("yes" is not a boolean, "8000" is not a number)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ def build_llm(options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMSe
     if options.temperature is not None:
         settings.temperature = options.temperature
     base_url = call.base_url("anthropic.llm", options.base_url)
-    client = AsyncAnthropic(api_key=options.api_key(), base_url=base_url) if base_url else None
-    return AnthropicLLMService(api_key=options.api_key(), client=client, settings=settings)
+    client = AsyncAnthropic(api_key=options.api_key(call.env), base_url=base_url) if base_url else None
+    return AnthropicLLMService(api_key=options.api_key(call.env), client=client, settings=settings)
 
 
 LLM = StageKind(

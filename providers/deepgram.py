@@ -7,8 +7,10 @@ runs on this chain at all.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Literal
 
+from pipecat.frames.frames import Frame
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.transcriptions.language import Language
@@ -17,7 +19,6 @@ from pydantic import Field, field_validator
 from pipeline.config import did_you_mean
 from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
 from providers.options import ProviderOptions
-from providers.tts_usage import ReportsCharacters
 
 if TYPE_CHECKING:
     from pipeline.builder import CallContext
@@ -90,12 +91,13 @@ def build_stt(options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTServ
     if options.keyterms:
         settings.keyterm = options.keyterms
     return MulawAwareDeepgramSTT(
-        api_key=options.api_key(),
+        api_key=options.api_key(call.env),
         base_url=call.base_url("deepgram.stt", options.base_url) or "",
         encoding=options.encoding,
         sample_rate=options.sample_rate,
         bytes_per_sample=1 if options.encoding == "mulaw" else 2,
         settings=settings,
+        audio_passthrough=False,  # caller audio ends here: fewer hops per 20 ms frame
     )
 
 
@@ -122,13 +124,24 @@ def tts_audio_out(options: DeepgramTTSOptions) -> AudioFormat:
     return AudioFormat("pcm16", options.sample_rate)
 
 
-class MeteredDeepgramTTS(ReportsCharacters, DeepgramTTSService):
-    """Aura-2 over the WebSocket, reporting the characters it sends."""
+class MeteredDeepgramTTS(DeepgramTTSService):
+    """Aura-2 over the WebSocket, reporting the characters it sends.
+
+    pipecat's WebSocket service sends text without reporting usage (its HTTP
+    sibling does); Aura bills per character sent, so each piece is counted as
+    it is handed over.
+    """
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        if text.strip():
+            await self.start_tts_usage_metrics(text)
+        async for frame in super().run_tts(text, context_id):
+            yield frame
 
 
 def build_tts(options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
     return MeteredDeepgramTTS(
-        api_key=options.api_key(),
+        api_key=options.api_key(call.env),
         base_url=call.base_url("deepgram.tts", options.base_url) or "wss://api.deepgram.com",
         encoding=options.encoding,
         sample_rate=options.sample_rate,

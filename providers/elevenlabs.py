@@ -13,7 +13,6 @@ from pydantic import Field
 
 from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
 from providers.options import ProviderOptions
-from providers.tts_usage import ReportsCharacters
 
 if TYPE_CHECKING:
     from pipeline.builder import CallContext
@@ -32,9 +31,8 @@ class ElevenLabsTTSOptions(ProviderOptions):
     speed: float | None = Field(None, ge=0.7, le=1.2)
 
 
-class MulawElevenLabsTTS(ReportsCharacters, ElevenLabsTTSService):
-    """Requests a fixed output format (μ-law 8 kHz by default) instead of pcm_<rate>,
-    and reports the characters it sends."""
+class MulawElevenLabsTTS(ElevenLabsTTSService):
+    """Requests a fixed output format (μ-law 8 kHz by default) instead of pcm_<rate>."""
 
     def __init__(self, *, output_format: str, **kwargs):
         super().__init__(**kwargs)
@@ -65,7 +63,7 @@ def build_tts(options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTS
         speed=options.speed,
     )
     return MulawElevenLabsTTS(
-        api_key=options.api_key(),
+        api_key=options.api_key(call.env),
         url=call.base_url("elevenlabs.tts", options.base_url) or "wss://api.elevenlabs.io",
         sample_rate=rate,
         output_format=options.output,

@@ -39,7 +39,7 @@ def build_llm(options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
     if options.temperature is not None:
         settings.temperature = options.temperature
     return OpenAILLMService(
-        api_key=options.api_key(),
+        api_key=options.api_key(call.env),
         base_url=call.base_url("openai.llm", options.base_url),
         settings=settings,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -30,9 +31,9 @@ class ProviderOptions(StageOptions):
             raise ValueError(f'"{value}" is not an http(s):// or ws(s):// URL')
         return value
 
-    def api_key(self) -> str:
+    def api_key(self, env: Mapping[str, str] | None = None) -> str:
         """The key, read when a call needs it (config validation never needs it)."""
-        value = os.environ.get(self.api_key_env, "")
+        value = (os.environ if env is None else env).get(self.api_key_env, "")
         if not value:
             raise RuntimeError(f"environment variable {self.api_key_env} is not set")
         return value

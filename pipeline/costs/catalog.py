@@ -37,7 +37,6 @@ Granularity = Literal["minute_ceil", "second", "unit", "month"]
 LINE_UNITS: dict[tuple[str, str], tuple[str, int]] = {
     ("minute_ceil", "minute"): ("minute", 1),
     ("second", "minute"): ("second", 60),
-    ("second", "hour"): ("second", 3600),
     ("second", "core-hour"): ("core-second", 3600),
     ("unit", "1k chars"): ("char", 1000),
     ("unit", "char"): ("char", 1),
@@ -96,8 +95,9 @@ class CatalogRow(BaseModel):
         granularity = info.data.get("granularity")
         if granularity is not None and (granularity, unit) not in LINE_UNITS:
             allowed = sorted(u for g, u in LINE_UNITS if g == granularity)
-            raise ValueError(f"unit {unit!r} does not fit granularity {granularity!r}; "
-                             f"use one of {allowed}")
+            raise ValueError(
+                f"unit {unit!r} does not fit granularity {granularity!r}; use one of {allowed}"
+            )
         return unit
 
     @property
@@ -301,8 +301,7 @@ def _unknown_llm(provider: str, model: str) -> str:
     close = difflib.get_close_matches(model.lower(), [m.id for m in found.models], n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return (
-        f"genai-prices {genai_prices.__version__} has no price for {provider} model "
-        f"{model!r}{hint}"
+        f"genai-prices {genai_prices.__version__} has no price for {provider} model {model!r}{hint}"
     )
 
 

@@ -94,8 +94,12 @@ def _split(kind: type[_Request], totals: _LLM | _Realtime) -> list[_Request]:
     fields = totals.model_dump(exclude={"requests"})
     n = totals.requests
     return [
-        kind(**{key: value if isinstance(value, str) else value // n + (i < value % n)
-                for key, value in fields.items()})
+        kind(
+            **{
+                key: value if isinstance(value, str) else value // n + (i < value % n)
+                for key, value in fields.items()
+            }
+        )
         for i in range(n)
     ]
 
@@ -113,10 +117,12 @@ def load_profile(path: Path | str) -> CallUsage:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
-        raise ProfileError("\n".join(
-            f"{path}: key {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}"
-            for err in exc.errors()
-        )) from exc
+        raise ProfileError(
+            "\n".join(
+                f"{path}: key {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}"
+                for err in exc.errors()
+            )
+        ) from exc
     started = profile.priced_at or dt.datetime.now(dt.UTC)
     if started.tzinfo is None:
         started = started.replace(tzinfo=dt.UTC)

@@ -43,8 +43,9 @@ class LineItem:
     ) -> LineItem:
         """Build a line whose usd is computed, never typed in, so the invariant holds."""
         quantity = Decimal(quantity)
-        return cls(item, provider, quantity, unit, unit_price_usd,
-                   round_usd(quantity * unit_price_usd))
+        return cls(
+            item, provider, quantity, unit, unit_price_usd, round_usd(quantity * unit_price_usd)
+        )
 
     @property
     def kind(self) -> str:
@@ -102,7 +103,11 @@ class CallCost:
     @property
     def seconds(self) -> Decimal:
         """Duration that counts: Twilio's billed seconds once known, our measurement before."""
-        return Decimal(self.billed_seconds) if self.billed_seconds is not None else self.measured_seconds
+        return (
+            Decimal(self.billed_seconds)
+            if self.billed_seconds is not None
+            else self.measured_seconds
+        )
 
     @property
     def minutes(self) -> Decimal:

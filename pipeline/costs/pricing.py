@@ -30,7 +30,14 @@ UNBILLED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
 CALL_TIME_KINDS = frozenset({"number", "voice", "media_streams", "recording"})
 
 _LLM_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output")
-_REALTIME_KINDS = ("text_in", "text_cached_in", "audio_in", "audio_cached_in", "text_out", "audio_out")
+_REALTIME_KINDS = (
+    "text_in",
+    "text_cached_in",
+    "audio_in",
+    "audio_cached_in",
+    "text_out",
+    "audio_out",
+)
 
 
 def price_call(usage: CallUsage, catalog: Catalog) -> CallCost:
@@ -79,9 +86,15 @@ def rebill(cost: CallCost, billed_seconds: int, status: str) -> CallCost:
     on the catalog version it was priced with.
     """
     items = tuple(
-        LineItem.priced(line.item, line.provider, call_quantity(line.unit, billed_seconds, status),
-                        line.unit, line.unit_price_usd)
-        if line.kind.split(".")[0] in CALL_TIME_KINDS else line
+        LineItem.priced(
+            line.item,
+            line.provider,
+            call_quantity(line.unit, billed_seconds, status),
+            line.unit,
+            line.unit_price_usd,
+        )
+        if line.kind.split(".")[0] in CALL_TIME_KINDS
+        else line
         for line in cost.items
     )
     rebilled = replace(cost, billed_seconds=billed_seconds, status=status, items=items)
@@ -106,28 +119,37 @@ def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> li
     later reconciliation has their unit prices to re-bill with."""
     number = catalog.find("twilio", f"number.{usage.number_type}")
     carrier = catalog.find(
-        "twilio", "voice.outbound" if usage.direction == "outbound" else f"voice.inbound_{usage.number_type}"
+        "twilio",
+        "voice.outbound" if usage.direction == "outbound" else f"voice.inbound_{usage.number_type}",
     )
     minute_rows = [carrier, catalog.find("twilio", "media_streams")]
     if usage.recording:
         minute_rows.append(catalog.find("twilio", "recording"))
     lines = [
         LineItem.priced(
-            number.item, number.provider, call_quantity("minute", seconds), "minute",
+            number.item,
+            number.provider,
+            call_quantity("minute", seconds),
+            "minute",
             number.usd / usage.monthly_minutes_per_number,
         )
     ]
     for row in minute_rows:
         unit = _call_time_unit(row)
-        lines.append(LineItem.priced(row.item, row.provider, call_quantity(unit, seconds), unit,
-                                     row.unit_price))
+        lines.append(
+            LineItem.priced(
+                row.item, row.provider, call_quantity(unit, seconds), unit, row.unit_price
+            )
+        )
     return lines
 
 
 def _call_time_unit(row: CatalogRow) -> str:
     if row.line_unit not in ("minute", "second"):
-        raise ValueError(f"catalog row {row.label!r} must bill call time per minute or second, "
-                         f"not per {row.line_unit}")
+        raise ValueError(
+            f"catalog row {row.label!r} must bill call time per minute or second, "
+            f"not per {row.line_unit}"
+        )
     return row.line_unit
 
 
@@ -144,7 +166,9 @@ def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
             quantity = audio
         else:
             raise ValueError(f"catalog row {row.label!r} must bill audio per minute or second")
-        lines.append(LineItem.priced(f"stt:{model}", provider, quantity, row.line_unit, row.unit_price))
+        lines.append(
+            LineItem.priced(f"stt:{model}", provider, quantity, row.line_unit, row.unit_price)
+        )
     return lines
 
 
@@ -162,7 +186,9 @@ def _tts_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         if sent:
             lines.append(LineItem.priced(f"tts:{model}", provider, sent, "char", row.unit_price))
         if avoided:  # memo: what the phrase cache saved, at no cost
-            lines.append(LineItem.priced(f"tts.avoided:{model}", provider, avoided, "char", Decimal(0)))
+            lines.append(
+                LineItem.priced(f"tts.avoided:{model}", provider, avoided, "char", Decimal(0))
+            )
     return lines
 
 
@@ -174,12 +200,22 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
     """
     tokens: dict[tuple[str, str, Decimal], int] = defaultdict(int)
     requests = [
-        ("llm", req.provider, req.model, req.total_input_tokens,
-         {kind: getattr(req, f"{kind}_tokens") for kind in _LLM_KINDS})
+        (
+            "llm",
+            req.provider,
+            req.model,
+            req.total_input_tokens,
+            {kind: getattr(req, f"{kind}_tokens") for kind in _LLM_KINDS},
+        )
         for req in usage.llm
     ] + [
-        ("realtime", req.provider, req.model, req.total_input_tokens,
-         {kind: getattr(req, kind) for kind in _REALTIME_KINDS})
+        (
+            "realtime",
+            req.provider,
+            req.model,
+            req.total_input_tokens,
+            {kind: getattr(req, kind) for kind in _REALTIME_KINDS},
+        )
         for req in usage.realtime
     ]
     for family, provider, model, total_input, counts in requests:
@@ -198,5 +234,12 @@ def _compute_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
     if not usage.compute_cpu_seconds:
         return []
     row = catalog.find("self", "compute")
-    return [LineItem.priced("compute", row.provider, Decimal(usage.compute_cpu_seconds),
-                            row.line_unit, row.unit_price)]
+    return [
+        LineItem.priced(
+            "compute",
+            row.provider,
+            Decimal(usage.compute_cpu_seconds),
+            row.line_unit,
+            row.unit_price,
+        )
+    ]

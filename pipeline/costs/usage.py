@@ -116,13 +116,21 @@ class CallUsage:
 
     def __post_init__(self) -> None:
         if self.direction not in ("inbound", "outbound"):
-            raise ValueError(f"call {self.call_sid}: direction must be inbound or outbound, "
-                             f"not {self.direction!r}")
+            raise ValueError(
+                f"call {self.call_sid}: direction must be inbound or outbound, "
+                f"not {self.direction!r}"
+            )
         if self.number_type not in ("local", "toll_free"):
-            raise ValueError(f"call {self.call_sid}: number_type must be local or toll_free, "
-                             f"not {self.number_type!r}")
+            raise ValueError(
+                f"call {self.call_sid}: number_type must be local or toll_free, "
+                f"not {self.number_type!r}"
+            )
         if self.monthly_minutes_per_number <= 0:
-            raise ValueError(f"call {self.call_sid}: monthly_minutes_per_number must be > 0, "
-                             f"not {self.monthly_minutes_per_number}")
-        if self.measured_seconds < 0 or (self.billed_seconds is not None and self.billed_seconds < 0):
+            raise ValueError(
+                f"call {self.call_sid}: monthly_minutes_per_number must be > 0, "
+                f"not {self.monthly_minutes_per_number}"
+            )
+        if self.measured_seconds < 0 or (
+            self.billed_seconds is not None and self.billed_seconds < 0
+        ):
             raise ValueError(f"call {self.call_sid}: call seconds cannot be negative")

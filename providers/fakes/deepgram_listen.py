@@ -8,6 +8,7 @@ bills, so tests can hold pipecat's usage metrics against it.
 """
 
 import hashlib
+import json
 import math
 import re
 import uuid
@@ -220,11 +221,7 @@ class FakeDeepgramListen(DeepgramFakeServer[ListenRecord]):
         ws = await self.accept(request, record)
         session = _ListenSession(self, ws, record, params)
         try:
-            async for message in self.client_messages(request, ws, record, self.idle_timeout):
-                if isinstance(message, bytes):
-                    await session.on_audio(message)
-                elif not await session.on_control(message):
-                    break
+            await self.serve(request, ws, record, session.on_message, self.idle_timeout)
         except TimeoutError:
             await ws.close(code=1011, message=_NET0001)
         return ws
@@ -274,7 +271,14 @@ class _ListenSession:
     def _received_seconds(self) -> float:
         return self._record.audio_seconds
 
-    async def on_audio(self, audio: bytes) -> None:
+    async def on_message(self, message: Any) -> bool:
+        """Handle audio or a control message; False once the stream is closed."""
+        if isinstance(message, bytes):
+            await self._on_audio(message)
+            return True
+        return await self._on_control(message)
+
+    async def _on_audio(self, audio: bytes) -> None:
         """Count the audio, then release every message its arrival makes due."""
         self._sha256.update(audio)
         received = self._record.binary_bytes
@@ -286,8 +290,7 @@ class _ListenSession:
             elif item.message is not None:
                 await self._send(item.message)
 
-    async def on_control(self, message: Any) -> bool:
-        """Handle a JSON control message; False once the stream is closed."""
+    async def _on_control(self, message: Any) -> bool:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "KeepAlive":
             return True
@@ -314,7 +317,7 @@ class _ListenSession:
                 "type": "Error",
                 "variant": "SchemaError",
                 "description": "Could not parse the client message.",
-                "message": str(message),
+                "message": message if isinstance(message, str) else json.dumps(message),
             }
         )
         return True

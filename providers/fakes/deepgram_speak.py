@@ -72,6 +72,18 @@ class _SpeakParams:
         return cls(model=model, encoding=encoding, sample_rate=int(rate))
 
 
+def _audio_frames(text: str, params: _SpeakParams, chars_per_second: float) -> list[bytes]:
+    """The audio for `text`, split into the short sample-aligned frames Aura streams."""
+    audio = synthesize(
+        text,
+        encoding=params.encoding,
+        sample_rate=params.sample_rate,
+        chars_per_second=chars_per_second,
+    )
+    size = int(params.sample_rate * _CHUNK_SECONDS) * BYTES_PER_SAMPLE[params.encoding]
+    return [audio[i : i + size] for i in range(0, len(audio), size)]
+
+
 class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
     """Deepgram ``/v1/speak`` (WebSocket and REST) on 127.0.0.1."""
 
@@ -109,18 +121,6 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
         """Characters billed across every connection and request so far."""
         return sum(record.characters for record in self.requests)
 
-    def _speak(self, text: str, params: _SpeakParams) -> bytes:
-        return synthesize(
-            text,
-            encoding=params.encoding,
-            sample_rate=params.sample_rate,
-            chars_per_second=self.chars_per_second,
-        )
-
-    def _chunks(self, audio: bytes, params: _SpeakParams) -> list[bytes]:
-        size = int(params.sample_rate * _CHUNK_SECONDS) * BYTES_PER_SAMPLE[params.encoding]
-        return [audio[i : i + size] for i in range(0, len(audio), size)]
-
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         record = self.open_record(request)
         try:
@@ -129,44 +129,9 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
         except Rejection as rejection:
             return self.reject(rejection, record)
         ws = await self.accept(request, record)
-        await self.send_json(
-            ws,
-            record,
-            {
-                "type": "Metadata",
-                "request_id": record.request_id,
-                "model_name": params.model,
-                "model_version": "fake",
-                "model_uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, params.model)),
-            },
-        )
-        buffered = ""
-        sequence_id = 0
-        async for message in self.client_messages(request, ws, record):
-            kind = message.get("type") if isinstance(message, dict) else None
-            if kind == "Speak" and isinstance(message.get("text"), str):
-                buffered += message["text"]
-                record.characters += len(message["text"])
-            elif kind == "Flush":
-                for chunk in self._chunks(self._speak(buffered, params), params):
-                    await self.send_audio(ws, record, chunk)
-                buffered = ""
-                await self.send_json(ws, record, {"type": "Flushed", "sequence_id": sequence_id})
-                sequence_id += 1
-            elif kind == "Clear":
-                buffered = ""
-                await self.send_json(ws, record, {"type": "Cleared", "sequence_id": sequence_id})
-                sequence_id += 1
-            elif kind == "Close":
-                await ws.close()
-                break
-            else:
-                warning = {
-                    "type": "Warning",
-                    "description": f"Unknown or malformed message: {message!r}",
-                    "code": "UNKNOWN_MESSAGE",
-                }
-                await self.send_json(ws, record, warning)
+        session = _SpeakSession(self, ws, record, params)
+        await session.start()
+        await self.serve(request, ws, record, session.on_message)
         return ws
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
@@ -194,14 +159,16 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
         )
         await response.prepare(request)
         record.status = 200
-        for chunk in self._chunks(self._speak(text, params), params):
+        for chunk in _audio_frames(text, params, self.chars_per_second):
             record.audio_bytes_sent += len(chunk)
             await response.write(chunk)
             if cut_short and request.transport is not None:
                 record.dropped = True
+                record.ended.set()
                 request.transport.abort()
                 return response
         await response.write_eof()
+        record.ended.set()
         return response
 
     async def _read_text(self, request: web.Request, record: SpeakRecord) -> str:
@@ -220,3 +187,69 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
         if not body["text"].strip():
             raise Rejection(400, "Bad Request", "Text must not be empty.")
         return body["text"]
+
+
+class _SpeakSession:
+    """One streaming connection: the text buffered since the last Flush, and the sequence ids."""
+
+    def __init__(
+        self,
+        fake: FakeDeepgramSpeak,
+        ws: web.WebSocketResponse,
+        record: SpeakRecord,
+        params: _SpeakParams,
+    ) -> None:
+        self._fake = fake
+        self._ws = ws
+        self._record = record
+        self._params = params
+        self._buffered = ""
+        self._sequence_id = 0
+
+    async def start(self) -> None:
+        """Greet with Metadata, as Aura does on connect."""
+        await self._send(
+            {
+                "type": "Metadata",
+                "request_id": self._record.request_id,
+                "model_name": self._params.model,
+                "model_version": "fake",
+                "model_uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, self._params.model)),
+            }
+        )
+
+    async def on_message(self, message: Any) -> bool:
+        """Handle one client message; False once the socket is closed."""
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "Speak" and isinstance(message.get("text"), str):
+            self._buffered += message["text"]
+            self._record.characters += len(message["text"])
+        elif kind == "Flush":
+            frames = _audio_frames(self._buffered, self._params, self._fake.chars_per_second)
+            for chunk in frames:
+                await self._fake.send_audio(self._ws, self._record, chunk)
+            self._buffered = ""
+            await self._send({"type": "Flushed", "sequence_id": self._next_sequence_id()})
+        elif kind == "Clear":
+            self._buffered = ""
+            await self._send({"type": "Cleared", "sequence_id": self._next_sequence_id()})
+        elif kind == "Close":
+            await self._ws.close()
+            return False
+        else:
+            await self._send(
+                {
+                    "type": "Warning",
+                    "description": f"Unknown or malformed message: {message!r}",
+                    "code": "UNKNOWN_MESSAGE",
+                }
+            )
+        return True
+
+    def _next_sequence_id(self) -> int:
+        sequence_id = self._sequence_id
+        self._sequence_id += 1
+        return sequence_id
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._fake.send_json(self._ws, self._record, message)

@@ -122,9 +122,7 @@ class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
             return self.reject(rejection, record)
         ws = await self.accept(request, record)
         session = _StreamSession(self, ws, record, params)
-        async for message in self.client_messages(request, ws, record):
-            if not await session.on_message(message):
-                break
+        await self.serve(request, ws, record, session.on_message)
         return ws
 
 

@@ -7,9 +7,10 @@ outage, auth, parameter checks), counting what the client sent, and dropping a
 socket mid-stream for fallback tests.
 """
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Self, TypeVar
 
@@ -50,6 +51,8 @@ class RequestRecord:
     audio_bytes_sent: int = 0
     #: True once the fake dropped the connection on purpose (`fail_after_messages`).
     dropped: bool = False
+    #: Set once the fake is done with the request, so a test can read final counts.
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property
     def message_count(self) -> int:
@@ -169,6 +172,7 @@ class FakeServer(Generic[R]):
     def reject(self, rejection: Rejection, record: R) -> web.Response:
         """Log the refusal and build the provider's error response for it."""
         record.status = rejection.status
+        record.ended.set()
         return self.error_response(rejection, record)
 
     async def accept(self, request: web.Request, record: RequestRecord) -> web.WebSocketResponse:
@@ -179,20 +183,20 @@ class FakeServer(Generic[R]):
         self._sockets.add(ws)
         return ws
 
-    async def client_messages(
+    async def serve(
         self,
         request: web.Request,
         ws: web.WebSocketResponse,
         record: RequestRecord,
+        on_message: Callable[[Any], Awaitable[bool]],
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[Any]:
-        """Yield each message, logging it, until the client closes.
+    ) -> None:
+        """Log each client message and hand it to `on_message`, until either side closes.
 
-        Binary messages come out as bytes, text as parsed JSON (or the str itself
-        when it isn't JSON).
-
-        Raises TimeoutError when `idle_timeout` passes without a message. Once
-        `fail_after_messages` messages have been handled, drops the TCP
+        Binary messages are passed as bytes, text as parsed JSON (or the str itself
+        when it isn't JSON); `on_message` returns False once it has closed the
+        socket. Raises TimeoutError when `idle_timeout` passes without a message.
+        Once `fail_after_messages` messages have been handled, drops the TCP
         connection without a close frame, as a crashed server would.
         """
         try:
@@ -208,19 +212,21 @@ class FakeServer(Generic[R]):
                 msg = await ws.receive(timeout=idle_timeout)
                 if msg.type == WSMsgType.TEXT:
                     try:
-                        parsed = json.loads(msg.data)
+                        message = json.loads(msg.data)
                     except json.JSONDecodeError:
-                        parsed = msg.data
-                    record.messages.append(parsed)
-                    yield parsed
+                        message = msg.data
+                    record.messages.append(message)
                 elif msg.type == WSMsgType.BINARY:
+                    message = msg.data
                     record.binary_messages += 1
-                    record.binary_bytes += len(msg.data)
-                    yield msg.data
+                    record.binary_bytes += len(message)
                 else:
+                    return
+                if not await on_message(message):
                     return
         finally:
             self._sockets.discard(ws)
+            record.ended.set()
 
     async def send_json(
         self, ws: web.WebSocketResponse, record: RequestRecord, message: dict[str, Any]

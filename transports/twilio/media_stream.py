@@ -103,7 +103,7 @@ async def _wait_for_start(reader: _Reader) -> protocol.Start | None:
         if isinstance(event, protocol.Start):
             return event
         if not isinstance(event, protocol.Connected):
-            log.warning("event_before_start_skipped", event=type(event).__name__.lower())
+            log.warning("event_before_start_skipped", kind=type(event).__name__.lower())
     return None
 
 
@@ -124,6 +124,8 @@ async def _pump(reader: _Reader, session: CallSession, connection: MediaStreamCo
                 log.warning("second_start_skipped", call_sid=reader.call_sid)
     except WebSocketDisconnect:
         pass
+    if connection.hung_up:
+        return "agent"
     connection.closed = True
     return "disconnected" if reader.bad < MAX_BAD_MESSAGES else "protocol_error"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,9 @@ class BridgeSettings:
     api_token: str = ""
     """Bearer token for POST /calls; empty disables the endpoint."""
     base_urls: Mapping[str, str] = field(default_factory=dict)
+    """Stage kind → base URL overriding the configs (offline calls, tests)."""
+    env: Mapping[str, str] | None = None
+    """Where API keys are read from; the process environment when None."""
     user_speech_timeout: float = 0.6
 
 
@@ -78,6 +82,7 @@ class Bridge:
         *,
         on_finished: Callable[[Any], Awaitable[None]] | None = None,
         on_status: Callable[[StatusUpdate], Awaitable[None]] | None = None,
+        on_session: Callable[[CallSession], Awaitable[None]] | None = None,
         dialer: Any = None,
     ):
         self.settings = settings
@@ -94,6 +99,7 @@ class Bridge:
         self.signatures = SignatureChecker(settings.auth_token) if settings.auth_token else None
         self.on_finished = on_finished
         self.on_status = on_status
+        self.on_session = on_session
         self.dialer = dialer
         self.sessions: dict[str, CallSession] = {}
         self.statuses: dict[str, StatusUpdate] = {}
@@ -135,6 +141,7 @@ class Bridge:
             callee=params.get("to", ""),
             connection=connection,
             base_urls=self.settings.base_urls,
+            env=os.environ if self.settings.env is None else self.settings.env,
             user_speech_timeout=self.settings.user_speech_timeout,
         )
 
@@ -196,7 +203,7 @@ def create_app(bridge: Bridge) -> FastAPI:
     @app.post(STREAM_STATUS_PATH)
     async def stream_status(request: Request) -> Response:
         form = await check_signature(request)
-        log.info("stream_status", call_sid=form.get("CallSid"), event=form.get("StreamEvent"),
+        log.info("stream_status", call_sid=form.get("CallSid"), stream_event=form.get("StreamEvent"),
                  error=form.get("StreamError"))
         return Response(status_code=204)
 
@@ -213,6 +220,8 @@ def create_app(bridge: Bridge) -> FastAPI:
         async def track(session: CallSession) -> None:
             bridge.sessions[session.call.call_sid] = session
             tracked.append(session.call.call_sid)
+            if bridge.on_session:
+                await bridge.on_session(session)
 
         try:
             await serve_media_stream(

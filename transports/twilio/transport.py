@@ -41,6 +41,8 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
     StartFrame,
     SystemFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
 MARK_GRACE_S = 2.0
 """How long past its expected play-out time a mark may be late before we stop waiting."""
 MULAW_BYTES_PER_S = 8000
+EARLY_AUDIO_FRAMES = 250
+"""Caller audio kept while the pipeline starts (5 s of 20 ms frames); beyond it, dropped."""
 
 
 class TwilioOptions(StageOptions):
@@ -72,6 +76,8 @@ class MediaStreamConnection:
         self.close = close
         self.stream_sid = stream_sid
         self.closed = False
+        self.hung_up = False
+        """True once we closed the socket: the agent ended the call."""
         self.stats = ConnectionStats()
 
     async def send(self, text: str) -> None:
@@ -85,7 +91,7 @@ class MediaStreamConnection:
     async def hang_up(self) -> None:
         """Closing the socket ends `<Connect>`, which hangs up the call."""
         if not self.closed:
-            self.closed = True
+            self.closed = self.hung_up = True
             try:
                 await self.close()
             except Exception:
@@ -111,27 +117,33 @@ class TwilioInput(FrameProcessor):
     def __init__(self, connection: MediaStreamConnection):
         super().__init__(name="twilio.in")
         self._connection = connection
-        self._started = asyncio.Event()
+        self._started = False
+        self._early: list[bytes] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame):
-            self._started.set()
+            self._started = True
+            early, self._early = self._early, []
+            for payload in early:
+                await self._push_audio(payload)
 
     async def audio(self, payload: bytes) -> None:
-        if not self._started.is_set():
-            return  # the pipeline is still starting; 20 ms of silence lost at most
         self._connection.stats.media_in += 1
+        if self._started:
+            await self._push_audio(payload)
+        elif len(self._early) < EARLY_AUDIO_FRAMES:
+            self._early.append(payload)  # the pipeline is still starting: keep the caller's words
+
+    async def _push_audio(self, payload: bytes) -> None:
         await self.push_frame(
-            InputAudioRawFrame(
-                audio=payload, sample_rate=MULAW_8K.sample_rate, num_channels=1
-            )
+            InputAudioRawFrame(audio=payload, sample_rate=MULAW_8K.sample_rate, num_channels=1)
         )
 
     async def dtmf(self, digit: str) -> None:
         self._connection.stats.dtmf.append(digit)
-        if self._started.is_set():
+        if self._started:
             await self.push_frame(InputDTMFFrame(button=KeypadEntry(digit)))
 
 
@@ -145,13 +157,21 @@ class _Pending:
 
 
 class TwilioOutput(FrameProcessor):
-    """Sends agent audio to Twilio and releases what follows it once it has been played."""
+    """Sends agent audio to Twilio and releases what goes with it once it has been played.
+
+    The frames between two marks form a segment: spoken text arrives just
+    before its audio (pipecat queues a sentence's text ahead of the audio it
+    becomes), the end of a response or of a TTS context right after it. A
+    segment's frames go on down the pipeline when Twilio echoes the mark that
+    closes it, i.e. once the caller has heard the whole segment.
+    """
 
     def __init__(self, connection: MediaStreamConnection):
         super().__init__(name="twilio.out")
         self._connection = connection
         self._names = (f"m{n}" for n in itertools.count(1))
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Pending] = deque()  # marks sent, not yet played
+        self._open: list[tuple[Frame, FrameDirection]] = []  # the segment being sent
         self._unmarked_audio = False
         self._playback_end = 0.0  # monotonic time the audio sent so far finishes playing
         self._speaking = False
@@ -175,9 +195,19 @@ class TwilioOutput(FrameProcessor):
             await self.push_frame(frame, direction)
         elif isinstance(frame, SystemFrame):
             await self.push_frame(frame, direction)
-        elif self._unmarked_audio or self._pending:
-            await self._hold(frame, direction)
+        elif isinstance(frame, TTSTextFrame):
+            if self._unmarked_audio:
+                await self._close_segment()
+            self._open.append((frame, direction))  # waits for the audio that follows it
+        elif self._unmarked_audio:
+            self._open.append((frame, direction))
+            await self._close_segment()
+        elif self._open and not isinstance(frame, TTSStoppedFrame | EndFrame):
+            self._open.append((frame, direction))
+        elif self._pending:
+            self._pending[-1].frames.append((frame, direction))
         else:
+            await self._release_open()
             await self._release(frame, direction)
 
     async def _send_audio(self, audio: bytes) -> None:
@@ -195,18 +225,21 @@ class TwilioOutput(FrameProcessor):
             await self.push_frame(BotStartedSpeakingFrame())
             await self.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
 
-    async def _hold(self, frame: Frame, direction: FrameDirection) -> None:
-        """Keep `frame` until the audio sent before it has been played."""
-        if not self._unmarked_audio:
-            self._pending[-1].frames.append((frame, direction))
-            return
+    async def _close_segment(self) -> None:
+        """Mark the end of the audio sent so far; its segment waits for the echo."""
         pending = _Pending(name=next(self._names), due=self._playback_end + MARK_GRACE_S)
-        pending.frames.append((frame, direction))
+        pending.frames, self._open = self._open, []
         self._pending.append(pending)
         self._unmarked_audio = False
         self._connection.stats.marks_sent += 1
         self._ensure_watchdog()
         await self._connection.send(protocol.mark_message(self._connection.stream_sid, pending.name))
+
+    async def _release_open(self) -> None:
+        """Text that never got audio (the TTS produced none) has nothing to wait for."""
+        frames, self._open = self._open, []
+        for frame, direction in frames:
+            await self._release(frame, direction)
 
     async def played(self, name: str) -> None:
         """Twilio echoed mark `name`: everything up to it has been heard."""
@@ -239,13 +272,10 @@ class TwilioOutput(FrameProcessor):
         if unplayed and time.monotonic() < self._playback_end:
             self._connection.stats.clears += 1
             await self._connection.send(protocol.clear_message(self._connection.stream_sid))
-        survivors = [
-            (frame, direction)
-            for pending in self._pending
-            for frame, direction in pending.frames
-            if not frame.interruptible
-        ]
+        held = [frame for pending in self._pending for frame in pending.frames] + self._open
+        survivors = [(frame, direction) for frame, direction in held if not frame.interruptible]
         self._pending.clear()
+        self._open = []
         self._unmarked_audio = False
         self._playback_end = time.monotonic()
         for frame, direction in survivors:

@@ -1,0 +1,175 @@
+"""The `tollbridge` command line.
+
+Errors print their message and exit non-zero without a traceback; `--debug`
+shows the traceback and verbose logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import logs
+from pipeline.config import ConfigError, Vertical, load_vertical, load_verticals
+
+app = typer.Typer(
+    name="tollbridge",
+    help="AI phone agents on Twilio that know what every call costs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"tollbridge {version('tollbridge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Tracebacks and verbose logs.")] = False,
+    _version_flag: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    state["debug"] = debug
+    logs.configure("DEBUG" if debug else os.environ.get("TOLLBRIDGE_LOG_LEVEL", "WARNING"))
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def guarded(fn):
+    """Run a command body, turning expected errors into a message and exit code 1."""
+    try:
+        return fn()
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+        if state["debug"]:
+            raise
+        raise fail(str(error)) from None
+
+
+def _chain_table(vertical: Vertical) -> Table:
+    table = Table(title=f"{vertical.name} (tenant {vertical.tenant}) — {vertical.path}")
+    for column in ("#", "kind", "role", "audio in", "audio out", "options"):
+        table.add_column(column)
+    for stage in vertical.chain:
+        options = stage.options.model_dump(exclude_defaults=True, exclude_none=True)
+        table.add_row(
+            str(stage.index),
+            stage.name,
+            str(stage.kind.role),
+            str(stage.kind.audio_in(stage.options) or "—"),
+            str(stage.kind.audio_out(stage.options) or "—"),
+            ", ".join(f"{k}={v}" for k, v in options.items()),
+        )
+    return table
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="A vertical file or a folder of verticals.")],
+    keys: Annotated[bool, typer.Option("--keys", help="Also check the API keys are set.")] = False,
+) -> None:
+    """Validate verticals and print each resolved chain."""
+
+    def run() -> None:
+        verticals = load_verticals(path, check_keys=keys)
+        for vertical in verticals:
+            console.print(_chain_table(vertical))
+        console.print(f"[green]{len(verticals)} vertical(s) valid[/green]")
+
+    guarded(run)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a vertical file (every registered kind and option)."""
+    from pipeline.schema import vertical_schema
+
+    typer.echo(json.dumps(vertical_schema(), indent=2))
+
+
+@app.command()
+def serve(
+    verticals: Annotated[list[Path], typer.Argument(help="Vertical files or folders.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8084,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="URL Twilio reaches this server at (https://…); signatures use it."),
+    ] = None,
+    ledger: Annotated[str, typer.Option(help="Ledger database URL.")] = "sqlite:///tollbridge.db",
+    insecure_no_signature_check: Annotated[
+        bool,
+        typer.Option(help="Accept unsigned requests. Local development only, never in production."),
+    ] = False,
+) -> None:
+    """Run the bridge: the voice webhook, the Media Streams socket and status callbacks."""
+    from pipeline.service import serve_forever
+
+    def run() -> None:
+        loaded = [v for path in verticals for v in load_verticals(path, check_keys=True)]
+        asyncio.run(
+            serve_forever(
+                loaded,
+                host=host,
+                port=port,
+                public_url=public_url or f"http://{host}:{port}",
+                ledger_url=ledger,
+                validate_signatures=not insecure_no_signature_check,
+                announce=console.print,
+            )
+        )
+
+    guarded(run)
+
+
+@app.command()
+def call(
+    vertical: Annotated[Path, typer.Argument(help="The vertical's folder or file.")],
+    audio: Annotated[Path, typer.Option(help="Caller audio: WAV (16-bit 8 kHz mono) or .ulaw.")],
+    cassette: Annotated[
+        Path | None, typer.Option(help="Serve providers from this cassette (no accounts needed).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the agent's audio.")] = Path(
+        "agent.wav"
+    ),
+    ledger: Annotated[str | None, typer.Option(help="Also record the call in this ledger.")] = None,
+) -> None:
+    """Run one complete phone call on this machine and print what it cost."""
+    from pipeline.local_call import print_call, run_local_call
+
+    def run() -> None:
+        loaded = load_vertical(vertical, check_keys=cassette is None)
+        result = asyncio.run(
+            run_local_call(loaded, audio=audio, cassette=cassette, ledger_url=ledger)
+        )
+        result.write_agent_audio(out)
+        print_call(result, console)
+        console.print(f"agent audio written to {out}")
+
+    guarded(run)
+
+
+def _mount_costs() -> None:
+    from pipeline.costs.cli import costs_app
+
+    app.add_typer(costs_app, name="costs", help="Price catalog, estimates and cost reports.")
+
+
+_mount_costs()

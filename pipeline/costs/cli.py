@@ -1,0 +1,251 @@
+"""`tollbridge costs …`: look at prices, estimate a call, report what calls cost.
+
+`costs_app` is a typer sub-app; the main CLI mounts it. Output is a rich table
+for people, or `--json` / `--csv` for scripts, with money as exact decimal
+strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import genai_prices
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.costs.catalog import Catalog
+from pipeline.costs.estimate import load_profile
+from pipeline.costs.ledger import Ledger, Report, ReportRow
+from pipeline.costs.lineitem import CallCost
+from pipeline.costs.pricing import price_call
+
+costs_app = typer.Typer(help="Prices, cost estimates and the cost ledger.", no_args_is_help=True)
+
+_console = Console()
+_warn = Console(stderr=True, style="yellow")
+
+CatalogOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalog",
+        help="Catalog TOML to use instead of the packaged one.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not a decimal number") from None
+
+
+def _since(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO date or datetime") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _money(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value:f}"
+
+
+def _load_catalog(path: Path | None) -> Catalog:
+    catalog = Catalog.load(path)
+    if warning := catalog.age_warning(dt.date.today()):
+        _warn.print(f"warning: {warning}")
+    return catalog
+
+
+@costs_app.command("catalog")
+def catalog_command(catalog_file: CatalogOption = None) -> None:
+    """Print the price catalog with each price's date and source."""
+    catalog = _load_catalog(catalog_file)
+    table = Table(title=f"Price catalog {catalog.version} (as of {catalog.as_of})", show_lines=True)
+    table.add_column("item", no_wrap=True)
+    table.add_column("usd", justify="right", no_wrap=True)
+    table.add_column("billed", no_wrap=True)
+    table.add_column("date", no_wrap=True)
+    table.add_column("source, note", ratio=1, overflow="fold")
+    for row in catalog.rows:
+        table.add_row(
+            row.label,
+            f"{row.usd:f} / {row.unit}",
+            row.granularity,
+            row.date.isoformat(),
+            f"{row.source}\n{row.note}".strip(),
+        )
+    _console.print(table)
+    _console.print(
+        f"LLM token prices: genai-prices {genai_prices.__version__} (bundled snapshot, offline)."
+    )
+
+
+@costs_app.command("estimate")
+def estimate_command(
+    profile: Annotated[
+        Path,
+        typer.Argument(help="Profile TOML describing a typical call.", exists=True, dir_okay=False),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    catalog_file: CatalogOption = None,
+) -> None:
+    """Price one imagined call: its line items, total and $/min."""
+    cost = price_call(load_profile(profile), _load_catalog(catalog_file))
+    if as_json:
+        typer.echo(json.dumps(cost.to_dict(), indent=2))
+        return
+    _print_cost(cost, title=f"Estimate: {profile.name}")
+
+
+def _print_cost(cost: CallCost, title: str) -> None:
+    table = Table(title=title, caption=f"prices: {cost.catalog_version}")
+    for column in ("item", "provider", "quantity", "unit", "unit price", "usd"):
+        table.add_column(
+            column, justify="left" if column in ("item", "provider", "unit") else "right"
+        )
+    for line in cost.items:
+        table.add_row(
+            line.item,
+            line.provider,
+            f"{line.quantity:f}",
+            line.unit,
+            f"{line.unit_price_usd:f}",
+            f"{line.usd:f}",
+        )
+    table.add_section()
+    table.add_row("total", "", f"{cost.minutes:.2f}", "minute", "", _money(cost.total_usd))
+    table.add_row("per minute", "", "", "", "", _money(cost.usd_per_minute))
+    _console.print(table)
+
+
+@costs_app.command("report")
+def report_command(
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            envvar="TOLLBRIDGE_LEDGER_URL",
+            help="Ledger URL: sqlite:///file.db or postgresql://…",
+        ),
+    ] = "sqlite:///tollbridge-ledger.db",
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    vertical: Annotated[str | None, typer.Option(help="Only this vertical.")] = None,
+    since: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            parser=_since, help="Only calls started at or after this ISO date/time (UTC if naive)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print CSV, one row per tenant/vertical.")
+    ] = False,
+    floor: Annotated[
+        Decimal,
+        typer.Option(
+            parser=_decimal,
+            help="Margin floor in $/min: tenants, verticals and calls costing "
+            "more than this are flagged.",
+        ),
+    ] = Decimal("0.10"),
+) -> None:
+    """What calls cost per tenant and vertical, flagging those above the $/min floor."""
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    report = asyncio.run(_report(db, tenant, vertical, since, floor))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    elif as_csv:
+        _write_csv(report)
+    else:
+        _print_report(report)
+
+
+async def _report(
+    url: str, tenant: str | None, vertical: str | None, since: dt.datetime | None, floor: Decimal
+) -> Report:
+    async with await Ledger.open(url) as ledger:
+        return await ledger.report(tenant=tenant, vertical=vertical, since=since, floor=floor)
+
+
+def _above(row: ReportRow, floor: Decimal | None) -> bool:
+    return floor is not None and row.usd_per_minute is not None and row.usd_per_minute > floor
+
+
+def _write_csv(report: Report) -> None:
+    kinds = sorted({kind for row in report.tenants + report.verticals for kind in row.shares})
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(
+        [
+            "group",
+            "key",
+            "calls",
+            "minutes",
+            "total_usd",
+            "usd_per_minute",
+            "above_floor",
+            *(f"share:{kind}" for kind in kinds),
+        ]
+    )
+    for row in report.tenants + report.verticals:
+        out.writerow(
+            [
+                row.group,
+                row.key,
+                row.calls,
+                f"{row.minutes:f}",
+                f"{row.total_usd:f}",
+                "" if row.usd_per_minute is None else f"{row.usd_per_minute:f}",
+                _above(row, report.floor),
+                *(f"{row.shares[kind]:f}" if kind in row.shares else "" for kind in kinds),
+            ]
+        )
+
+
+def _print_report(report: Report) -> None:
+    for title, rows in (("Tenants", report.tenants), ("Verticals", report.verticals)):
+        table = Table(title=f"{title} (floor ${report.floor}/min)")
+        for column in ("key", "calls", "minutes", "total $", "$/min", "largest shares"):
+            table.add_column(
+                column, justify="left" if column in ("key", "largest shares") else "right"
+            )
+        for row in rows:
+            top = sorted(row.shares.items(), key=lambda kv: kv[1], reverse=True)[:4]
+            flag = " [bold red]ABOVE FLOOR[/]" if _above(row, report.floor) else ""
+            table.add_row(
+                row.key,
+                str(row.calls),
+                f"{row.minutes:f}",
+                f"{row.total_usd:f}",
+                _money(row.usd_per_minute) + flag,
+                ", ".join(f"{kind} {share:.0%}" for kind, share in top),
+            )
+        _console.print(table)
+    if report.above_floor:
+        table = Table(title=f"Calls above ${report.floor}/min", style="red")
+        for column in ("call", "tenant", "vertical", "started", "minutes", "total $", "$/min"):
+            table.add_column(column)
+        for call in report.above_floor:
+            table.add_row(
+                call.call_sid,
+                call.tenant,
+                call.vertical,
+                call.started_at.isoformat(timespec="seconds"),
+                f"{call.minutes:f}",
+                f"{call.total_usd:f}",
+                _money(call.usd_per_minute),
+            )
+        _console.print(table)

@@ -1,0 +1,178 @@
+"""SQL on SQLite or PostgreSQL through one small interface.
+
+The ledger writes its SQL once, with `?` placeholders and `{money}` /
+`{timestamp}` column types; this module adapts it to aiosqlite or asyncpg.
+SQLite gets Decimals as exact TEXT and datetimes as UTC ISO strings;
+PostgreSQL gets NUMERIC and TIMESTAMPTZ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from decimal import Decimal
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosqlite
+import asyncpg
+
+# Errors that mean "the database is not reachable right now", as opposed to a bug.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    sqlite3.OperationalError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a replica during failover
+)
+
+
+class Transaction(Protocol):
+    """A transaction on either database; SQL uses `?` placeholders."""
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]: ...
+
+
+class Database(Protocol):
+    """A connection (or pool) to one ledger database and what differs between the two."""
+
+    types: Mapping[str, str]  # `{money}` / `{timestamp}` column types for migrations
+    migration_lock: str | None
+    call_lock: str | None  # taken per call_sid, so a record and its callback never interleave
+
+    def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def close(self) -> None: ...
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    """Naive datetimes are taken as UTC, so every stored instant is comparable."""
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+class _SQLite:
+    """One aiosqlite connection; a lock keeps each transaction to itself."""
+
+    types: Mapping[str, str] = {"money": "TEXT", "timestamp": "TEXT"}
+    migration_lock = call_lock = None  # BEGIN IMMEDIATE already serialises all writers
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, path: str) -> _SQLite:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in ("foreign_keys = ON", "journal_mode = WAL", "busy_timeout = 5000"):
+            await conn.execute(f"PRAGMA {pragma}")
+        return cls(conn)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[_SQLite]:
+        """Writers take the file's write lock up front; readers (a report) leave it to them."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, [self._param(a) for a in args])
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        async with self._conn.execute(sql, [self._param(a) for a in args]) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    @staticmethod
+    def _param(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return f"{value:f}"
+        if isinstance(value, dt.datetime):
+            return _utc(value).isoformat(timespec="microseconds")
+        return value
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class _PgTx:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(_numbered(sql), *map(self._param, args))
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        return [
+            dict(row) for row in await self._conn.fetch(_numbered(sql), *map(self._param, args))
+        ]
+
+    @staticmethod
+    def _param(value: Any) -> Any:
+        return _utc(value) if isinstance(value, dt.datetime) else value
+
+
+class _Postgres:
+    """An asyncpg pool; the pool replaces connections a restarted server dropped."""
+
+    types: Mapping[str, str] = {"money": "NUMERIC", "timestamp": "TIMESTAMPTZ"}
+    # Two processes opening the same database must not both run a migration, and a
+    # call's record and its status callback must not interleave (each would miss the other).
+    migration_lock = "SELECT pg_advisory_xact_lock(7242, 0)"
+    call_lock = "SELECT pg_advisory_xact_lock(7243, hashtext(?))"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str) -> _Postgres:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=5, command_timeout=10)
+        return cls(pool)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[_PgTx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _PgTx(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders to PostgreSQL's `$1, $2, …`."""
+    counter = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for logs and error messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def connect(url: str) -> Database:
+    """Open what a ledger URL names: `sqlite:///path.db` (aiosqlite) or `postgresql://…`."""
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return await _SQLite.connect(url[len("sqlite:///") :])
+    if url.startswith(("postgresql://", "postgres://")):
+        return await _Postgres.connect(url)
+    raise ValueError(
+        f"unsupported ledger URL {safe_url(url)!r}: use sqlite:///relative.db, "
+        f"sqlite:////absolute/path.db or postgresql://user@host:port/db"
+    )

@@ -1,0 +1,236 @@
+"""One complete phone call on this machine: `tollbridge call` and the test plugin.
+
+The real bridge runs under uvicorn on 127.0.0.1, the softphone plays the
+caller's audio into it over a real WebSocket exactly as Twilio would (signed
+with a throwaway auth token), the providers are either the live services or,
+with a cassette, local fakes replaying it — and the call comes back with its
+conversation, its audio, what crossed the socket and its priced cost record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.bookkeeper import Bookkeeper
+from pipeline.config import Vertical
+from pipeline.costs.catalog import Catalog
+from pipeline.costs.lineitem import CallCost
+from pipeline.costs.spool import SpoolingLedger
+from pipeline.costs.usage import CallUsage
+from pipeline.session import CallSession
+from providers.cassette import Cassette, replay
+from transports.twilio.server import Bridge, BridgeSettings, create_app, running
+from transports.twilio.softphone import CallScript, Softphone, SoftphoneResult, load_caller_audio
+from transports.twilio.transport import ConnectionStats
+
+CALLER_NUMBER = "+15550109999"
+
+
+@dataclass
+class ToolUse:
+    name: str
+    arguments: dict[str, Any]
+    result: Any = None
+
+
+@dataclass
+class LocalCall:
+    """Everything one local call produced."""
+
+    vertical: Vertical
+    phone: SoftphoneResult
+    usage: CallUsage
+    cost: CallCost
+    stats: ConnectionStats
+    conversation: list[tuple[str, str]] = field(default_factory=list)
+    """(speaker, text) in order: "caller", "agent", or "tool" lines."""
+    tools: list[ToolUse] = field(default_factory=list)
+    replay_failures: list[str] = field(default_factory=list)
+    provider_fakes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transcript(self) -> str:
+        return "\n".join(f"{who}: {text}" for who, text in self.conversation)
+
+    def said(self, speaker: str) -> list[str]:
+        return [text for who, text in self.conversation if who == speaker]
+
+    def write_agent_audio(self, path: str | Path) -> None:
+        from transports.twilio.softphone import write_wav
+
+        write_wav(path, self.phone.agent_audio)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _conversation(messages: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[ToolUse]]:
+    lines: list[tuple[str, str]] = []
+    tools: dict[str, ToolUse] = {}
+    order: list[ToolUse] = []
+    for message in messages:
+        role = message.get("role")
+        if role == "user" and _text(message.get("content")).strip():
+            lines.append(("caller", _text(message["content"]).strip()))
+        elif role == "assistant":
+            if _text(message.get("content")).strip():
+                lines.append(("agent", _text(message["content"]).strip()))
+            for call in message.get("tool_calls") or []:
+                function = call.get("function", {})
+                try:
+                    arguments = json.loads(function.get("arguments") or "{}")
+                except json.JSONDecodeError:
+                    arguments = {"raw": function.get("arguments")}
+                use = ToolUse(function.get("name", ""), arguments)
+                tools[call.get("id", "")] = use
+                order.append(use)
+        elif role == "tool":
+            use = tools.get(message.get("tool_call_id", ""))
+            content = _text(message.get("content"))
+            try:
+                result = json.loads(content)
+            except (json.JSONDecodeError, TypeError):
+                result = content
+            if use:
+                use.result = result
+                lines.append(("tool", f"{use.name}({json.dumps(use.arguments)}) → {content}"))
+    return lines, order
+
+
+async def run_local_call(
+    vertical: Vertical,
+    *,
+    audio: str | Path | bytes,
+    cassette: str | Path | Cassette | None = None,
+    ledger_url: str | None = None,
+    spool_path: str | Path | None = None,
+    dtmf: Sequence[tuple[float, str]] = (),
+    hang_up_at: float | None = None,
+    settle_s: float = 2.0,
+    max_s: float = 180.0,
+    user_speech_timeout: float = 0.6,
+    catalog: Catalog | None = None,
+) -> LocalCall:
+    """Place one call through the real bridge; providers replayed from `cassette` if given."""
+    caller_audio = audio if isinstance(audio, bytes) else load_caller_audio(audio)
+    if isinstance(cassette, str | Path):
+        cassette = Cassette.load(cassette)
+    auth_token = secrets.token_hex(16)
+    ledger = None
+    if ledger_url:
+        ledger = await SpoolingLedger.open(
+            ledger_url, spool_path or Path(f"tollbridge-{vertical.name}.spool")
+        )
+    bookkeeper = Bookkeeper(catalog or Catalog.load(), [vertical], ledger)
+    sessions: list[CallSession] = []
+    recorded = asyncio.Event()
+
+    async def keep(session: CallSession) -> None:
+        sessions.append(session)
+
+    async def finished(usage: CallUsage) -> None:
+        await bookkeeper.call_finished(usage)
+        recorded.set()
+
+    async def call_with(base_urls: dict[str, str], env: dict[str, str] | None) -> SoftphoneResult:
+        settings = BridgeSettings(
+            auth_token=auth_token,
+            base_urls=base_urls,
+            env=env,
+            user_speech_timeout=user_speech_timeout,
+        )
+        bridge = Bridge(
+            [vertical], settings, on_finished=finished, on_session=keep
+        )
+        async with running(create_app(bridge)) as url:
+            bridge.settings.public_url = url
+            phone = Softphone(bridge.media_url, auth_token=auth_token)
+            script = CallScript(
+                audio=caller_audio,
+                parameters={"vertical": vertical.name, "tenant": vertical.tenant,
+                            "from": CALLER_NUMBER, "to": (vertical.numbers or [""])[0]},
+                dtmf=list(dtmf),
+                hang_up_at=hang_up_at,
+                settle_s=settle_s,
+                max_s=max_s,
+            )
+            result = await phone.call(script)
+            with contextlib.suppress(TimeoutError):  # the bridge finishes the call's record
+                await asyncio.wait_for(recorded.wait(), 10.0)
+            return result
+
+    try:
+        failures: list[str] = []
+        fakes: dict[str, Any] = {}
+        if cassette is not None:
+            async with replay(cassette, vertical) as fakes_running:
+                phone = await call_with(fakes_running.base_urls, {**os.environ, **fakes_running.env})
+                failures = fakes_running.failures
+                fakes = fakes_running.fakes
+        else:
+            phone = await call_with({}, None)
+        await bookkeeper.drain()
+    finally:
+        await bookkeeper.close()
+
+    if not sessions or sessions[0].usage is None:
+        raise RuntimeError(f"the call never started (softphone ended with {phone.ended_by!r})")
+    session = sessions[0]
+    conversation, tools = _conversation(session.built.context.get_messages())
+    return LocalCall(
+        vertical=vertical,
+        phone=phone,
+        usage=session.usage,
+        cost=bookkeeper.costs[session.call.call_sid],
+        stats=session.built.transport.connection.stats,
+        conversation=conversation,
+        tools=tools,
+        replay_failures=failures,
+        provider_fakes=fakes,
+    )
+
+
+def print_call(call: LocalCall, console: Console) -> None:
+    """The conversation turn by turn, then the cost line items and totals."""
+    console.rule(f"{call.vertical.name} — call {call.cost.call_sid}")
+    for who, text in call.conversation:
+        style = {"caller": "cyan", "agent": "green", "tool": "yellow"}[who]
+        console.print(f"[{style}]{who:>6}[/{style}]  {text}", highlight=False)
+    table = Table(title=f"cost — catalog {call.cost.catalog_version}")
+    for column in ("item", "provider", "quantity", "unit", "unit price $", "$"):
+        table.add_column(column, justify="left" if column in ("item", "provider", "unit") else "right")
+    for item in call.cost.items:
+        table.add_row(item.item, item.provider, f"{item.quantity.normalize():f}", item.unit,
+                      f"{item.unit_price_usd.normalize():f}", f"{item.usd:.6f}")
+    console.print(table)
+    per_minute = call.cost.usd_per_minute
+    console.print(
+        f"call {call.usage.measured_seconds}s, "
+        f"ended by {call.cost.ended_by}: total ${call.cost.total_usd:.4f}"
+        + (f", ${per_minute:.4f}/min" if per_minute is not None else ""),
+        highlight=False,
+    )
+    console.print(
+        f"audio: {call.phone.agent_audio_seconds:.1f}s agent speech played, "
+        f"{call.stats.marks_sent} marks, {call.stats.clears} clears, "
+        f"{call.stats.media_in} caller frames",
+        highlight=False,
+    )
+    for failure in call.replay_failures:
+        console.print(f"[red]replay mismatch:[/red] {failure}", highlight=False)

@@ -1,0 +1,49 @@
+"""JSON Schema of a vertical file, generated from the registry.
+
+Each chain entry is one of the registered kinds: `use` is a constant naming
+the kind and the other keys are that kind's options, so an editor can check
+and complete a vertical file, plugins included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import VerticalFile
+from pipeline.registry import Registry, default_registry
+
+SCHEMA_ID = "https://tollbridge.dev/schema/vertical.json"
+
+
+def _kind_schema(kind, defs: dict[str, Any]) -> dict[str, Any]:
+    schema = kind.options.model_json_schema(ref_template="#/$defs/{model}")
+    defs.update(schema.pop("$defs", {}))
+    properties = {"use": {"const": kind.name, "description": kind.description}}
+    properties.update(schema.get("properties", {}))
+    return {
+        "title": kind.name,
+        "type": "object",
+        "properties": properties,
+        "required": ["use", *schema.get("required", [])],
+        "additionalProperties": False,
+    }
+
+
+def vertical_schema(registry: Registry | None = None) -> dict[str, Any]:
+    registry = registry or default_registry()
+    schema = VerticalFile.model_json_schema(ref_template="#/$defs/{model}")
+    defs: dict[str, Any] = schema.pop("$defs", {})
+    stages = [_kind_schema(kind, defs) for kind in registry.kinds()]
+    schema["properties"]["chain"] = {
+        "type": "array",
+        "minItems": 1,
+        "description": "The call's stages in order: transport, stt, llm, tts (and cost.meter).",
+        "items": {"oneOf": stages},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "tollbridge vertical",
+        **schema,
+        "$defs": defs,
+    }

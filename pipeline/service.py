@@ -1,0 +1,56 @@
+"""`tollbridge serve`: the bridge as a long-running service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from pipeline.bookkeeper import Bookkeeper
+from pipeline.config import Vertical
+from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
+
+SPOOL_FILE = "tollbridge-ledger.spool"
+
+
+async def serve_forever(
+    verticals: list[Vertical],
+    *,
+    host: str,
+    port: int,
+    public_url: str,
+    ledger_url: str,
+    validate_signatures: bool,
+    announce: Callable[[str], None] = print,
+) -> None:
+    bookkeeper = await Bookkeeper.open(verticals, ledger_url, os.environ.get(
+        "TOLLBRIDGE_SPOOL", SPOOL_FILE))
+
+    async def on_status(update: StatusUpdate) -> None:
+        await bookkeeper.call_status(update.call_sid, update.duration_seconds, update.status)
+
+    settings = BridgeSettings(
+        public_url=public_url,
+        auth_token=os.environ.get("TWILIO_AUTH_TOKEN", ""),
+        validate_signatures=validate_signatures,
+        api_token=os.environ.get("TOLLBRIDGE_API_TOKEN", ""),
+    )
+    bridge = Bridge(verticals, settings, on_finished=bookkeeper.call_finished, on_status=on_status)
+    try:
+        async with running(create_app(bridge), host, port) as url:
+            announce(f"tollbridge listening on {url}")
+            announce(f"voice webhook (paste into Twilio): {public_url.rstrip('/')}/voice")
+            announce(f"status callback: {public_url.rstrip('/')}/status")
+            for vertical in verticals:
+                numbers = ", ".join(vertical.numbers) or "no numbers"
+                announce(f"  {vertical.name} ({vertical.tenant}): {numbers}")
+            if not validate_signatures:
+                announce("WARNING: Twilio signatures are not checked (local development only)")
+            await _forever()
+    finally:
+        await bookkeeper.close()
+
+
+async def _forever() -> None:
+    import asyncio
+
+    await asyncio.Event().wait()

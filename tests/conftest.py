@@ -1,0 +1,79 @@
+"""Shared test harness: the real bridge under uvicorn with providers replayed by local fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Vertical, load_vertical
+from pipeline.costs.usage import CallUsage
+from pipeline.session import CallSession
+from providers.cassette import Cassette, Replay, replay
+from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
+from transports.twilio.softphone import Softphone
+
+FIXTURES = Path(__file__).parent / "fixtures"
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+
+
+@dataclass
+class RunningBridge:
+    bridge: Bridge
+    url: str
+    fakes: Replay
+    usages: list[CallUsage] = field(default_factory=list)
+    sessions: list[CallSession] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+
+    def softphone(self, *, signed: bool = True) -> Softphone:
+        return Softphone(self.bridge.media_url, auth_token=AUTH_TOKEN if signed else None)
+
+    async def finished(self, count: int = 1, timeout: float = 10.0) -> list[CallUsage]:
+        """Wait until `count` calls have left their usage record."""
+        async with asyncio.timeout(timeout):
+            while len(self.usages) < count:
+                await asyncio.sleep(0.02)
+        return self.usages
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    vertical: Vertical, cassette: Cassette, *, speech_timeout: float = 0.3
+) -> AsyncIterator[RunningBridge]:
+    async with replay(cassette, vertical) as fakes:
+        state: dict[str, RunningBridge] = {}
+
+        async def on_finished(usage: CallUsage) -> None:
+            state["it"].usages.append(usage)
+
+        async def on_session(session: CallSession) -> None:
+            state["it"].sessions.append(session)
+
+        async def on_status(update: StatusUpdate) -> None:
+            state["it"].statuses.append(update)
+
+        settings = BridgeSettings(
+            auth_token=AUTH_TOKEN,
+            base_urls=fakes.base_urls,
+            env={**os.environ, **fakes.env},
+            user_speech_timeout=speech_timeout,
+        )
+        bridge = Bridge(
+            [vertical], settings, on_finished=on_finished, on_session=on_session,
+            on_status=on_status,
+        )
+        async with running(create_app(bridge)) as url:
+            bridge.settings.public_url = url
+            state["it"] = RunningBridge(bridge=bridge, url=url, fakes=fakes)
+            yield state["it"]
+
+
+@pytest.fixture
+def frontdesk() -> Vertical:
+    return load_vertical(FIXTURES / "frontdesk")

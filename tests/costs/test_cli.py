@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pipeline.costs.catalog import Catalog
+from pipeline.costs.cli import costs_app
+from pipeline.costs.ledger import Ledger
+from pipeline.costs.pricing import price_call
+from pipeline.costs.usage import CallUsage
+
+from .conftest import PROFILES
+
+runner = CliRunner()
+
+
+def test_catalog_lists_rows_with_dates() -> None:
+    result = runner.invoke(costs_app, ["catalog"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Price catalog 2026-11-04" in result.output
+    assert "twilio media_streams" in result.output and "2026-09-18" in result.output
+    assert "genai-prices" in result.output
+
+
+def test_estimate_json_and_table() -> None:
+    result = runner.invoke(costs_app, ["estimate", str(PROFILES / "profile_c.toml"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["items"][1] == {
+        "item": "voice.outbound",
+        "provider": "twilio",
+        "quantity": "3",
+        "unit": "minute",
+        "unit_price_usd": "0.014",
+        "usd": "0.042000",
+    }
+    assert Decimal(data["total_usd"]) == sum(Decimal(i["usd"]) for i in data["items"])
+    table = runner.invoke(
+        costs_app, ["estimate", str(PROFILES / "profile_a.toml")], env={"COLUMNS": "200"}
+    )
+    assert table.exit_code == 0 and "per minute" in table.output and "0.045000" in table.output
+
+
+def test_report_flags_the_floor(tmp_path: Path, make_usage, catalog: Catalog) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cheap: CallUsage = make_usage(tenant="glambook", measured_seconds=Decimal(600))
+    dear: CallUsage = make_usage(
+        tenant="acme", vertical="sales", direction="outbound", measured_seconds=Decimal(1)
+    )
+
+    async def seed() -> None:
+        async with await Ledger.open(url) as ledger:
+            for usage in (cheap, dear):
+                await ledger.record(price_call(usage, catalog))
+
+    asyncio.run(seed())
+    as_csv = runner.invoke(costs_app, ["report", "--db", url, "--csv", "--floor", "0.02"])
+    assert as_csv.exit_code == 0, as_csv.output
+    rows = {(r["group"], r["key"]): r for r in csv.DictReader(io.StringIO(as_csv.output))}
+    assert rows[("tenant", "acme")]["above_floor"] == "True"
+    assert rows[("tenant", "glambook")]["above_floor"] == "False"
+    assert rows[("vertical", "sales")]["calls"] == "1"
+    as_json = runner.invoke(
+        costs_app, ["report", "--db", url, "--json", "--tenant", "acme", "--since", "2026-01-01"]
+    )
+    data = json.loads(as_json.output)
+    assert [row["key"] for row in data["tenants"]] == ["acme"]
+    assert [call["call_sid"] for call in data["calls_above_floor"]] == [dear.call_sid]
+    table = runner.invoke(costs_app, ["report", "--db", url], env={"COLUMNS": "200"})
+    assert "ABOVE FLOOR" in table.output and dear.call_sid in table.output
+    bad = runner.invoke(costs_app, ["report", "--db", url, "--floor", "cheap"])
+    assert bad.exit_code != 0

@@ -1,0 +1,218 @@
+"""The ledger on a real SQLite file and the real PostgreSQL server (each test runs on both)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+
+from pipeline.costs.catalog import Catalog
+from pipeline.costs.ledger import Ledger
+from pipeline.costs.lineitem import CallCost, round_usd
+from pipeline.costs.migrations import MIGRATIONS
+from pipeline.costs.pricing import price_call
+from pipeline.costs.usage import CallUsage, LLMRequestUsage, STTUsage, TTSUsage
+
+from .conftest import STARTED
+
+D = Decimal
+MakeUsage = Callable[..., CallUsage]
+
+
+@pytest.fixture
+def priced(catalog: Catalog, make_usage: MakeUsage) -> Callable[..., CallCost]:
+    def make(**fields: object) -> CallCost:
+        usage = make_usage(
+            **{
+                "stt": [STTUsage("deepgram", "nova-3-multilingual", D("61.37"))],
+                "llm": [LLMRequestUsage("openai", "gpt-4o-mini", 1234, 2048, 0, 0, 77)],
+                "tts": [TTSUsage("deepgram", "aura-2-thalia-en", 420, avoided_characters=35)],
+                **fields,
+            }
+        )
+        return price_call(usage, catalog)
+
+    return make
+
+
+async def test_round_trip_is_exact(ledger_url: str, priced: Callable[..., CallCost]) -> None:
+    cost = priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        assert await ledger.get(cost.call_sid) is None
+        stored = await ledger.record(cost)
+        got = await ledger.get(cost.call_sid)
+    assert stored == cost
+    assert got == cost
+    assert got is not None
+    for ours, theirs in zip(cost.items, got.items, strict=True):
+        assert isinstance(theirs.usd, Decimal) and isinstance(theirs.unit_price_usd, Decimal)
+        assert (theirs.usd, theirs.unit_price_usd, theirs.quantity) == (
+            ours.usd,
+            ours.unit_price_usd,
+            ours.quantity,
+        )
+    # 0.0058/60 has 28 significant digits; it must come back with all of them.
+    stt = next(line for line in got.items if line.kind == "stt")
+    assert stt.unit_price_usd == D("0.0058") / 60
+    assert got.started_at == STARTED and got.started_at.tzinfo is not None
+    assert got.total_usd == cost.total_usd and got.usd_per_minute == cost.usd_per_minute
+
+
+async def test_record_is_an_idempotent_upsert(
+    ledger_url: str, priced: Callable[..., CallCost], catalog: Catalog, make_usage: MakeUsage
+) -> None:
+    cost = priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.record(cost)
+        await ledger.record(cost)
+        shorter = price_call(make_usage(call_sid=cost.call_sid), catalog)  # fewer items now
+        await ledger.record(shorter)
+        got = await ledger.get(cost.call_sid)
+        report = await ledger.report()
+    assert got == shorter
+    assert [row.calls for row in report.tenants] == [1]
+
+
+async def test_reconcile_to_twilio_duration(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    cost = priced()  # measured 61 s
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.record(cost)
+        reconciled = await ledger.reconcile(cost.call_sid, 120, "completed")
+        got = await ledger.get(cost.call_sid)
+    assert reconciled == got
+    assert got is not None
+    assert (got.measured_seconds, got.billed_seconds, got.status) == (D(61), 120, "completed")
+    voice = next(line for line in got.items if line.kind == "voice.inbound_local")
+    assert (voice.quantity, voice.usd) == (D(2), D("0.017"))
+    assert got.usd_per_minute == round_usd(got.total_usd / 2)
+
+
+async def test_no_answer_costs_no_minutes(ledger_url: str, priced: Callable[..., CallCost]) -> None:
+    cost = priced(direction="outbound", llm=[], stt=[], tts=[])
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.record(cost)
+        got = await ledger.reconcile(cost.call_sid, 0, "no-answer")
+    assert got is not None
+    assert got.total_usd == 0 and got.status == "no-answer" and got.usd_per_minute is None
+
+
+async def test_early_callbacks_wait_for_the_record(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    cost = priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        assert await ledger.reconcile(cost.call_sid, 125, "completed") is None
+        assert await ledger.set_twilio_price(cost.call_sid, D("-0.0255")) is None
+        stored = await ledger.record(cost)
+        # A repeated record (e.g. a spool replay) keeps the reconciliation.
+        again = await ledger.record(cost)
+        got = await ledger.get(cost.call_sid)
+    assert stored == again == got
+    assert got is not None
+    assert (got.billed_seconds, got.status) == (125, "completed")
+    assert next(line for line in got.items if line.kind.startswith("voice")).quantity == 3
+    assert (got.twilio_price_usd, got.drift_usd) == (D("0.0255"), D(0))
+
+
+async def test_twilio_price_and_drift(ledger_url: str, priced: Callable[..., CallCost]) -> None:
+    cost = priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.record(cost)
+        await ledger.set_twilio_price(cost.call_sid, D("-0.0200"))
+        got = await ledger.get(cost.call_sid)
+        reconciled = await ledger.reconcile(cost.call_sid, 180, "completed")
+    assert got is not None and reconciled is not None
+    assert (got.twilio_price_usd, got.drift_usd) == (D("0.02"), D("0.003"))
+    assert reconciled.drift_usd == D("0.02") - D("0.0255")
+
+
+async def test_report_per_tenant_and_vertical(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    calls = [
+        priced(tenant="glambook", vertical="salon"),
+        priced(tenant="glambook", vertical="salon", measured_seconds=D(119)),
+        priced(
+            tenant="acme",
+            vertical="sales",
+            direction="outbound",
+            llm=[],
+            stt=[],
+            tts=[],
+            measured_seconds=D(30),
+        ),
+        priced(tenant="acme", vertical="salon", started_at=STARTED - dt.timedelta(days=40)),
+    ]
+    async with await Ledger.open(ledger_url) as ledger:
+        for cost in calls:
+            await ledger.record(cost)
+        everything = await ledger.report(floor=D("0.10"))
+        recent = await ledger.report(since=STARTED.date())
+        salon = await ledger.report(vertical="salon", tenant="glambook")
+    assert [(r.key, r.calls) for r in everything.tenants] == [("acme", 2), ("glambook", 2)]
+    assert [(r.key, r.calls) for r in everything.verticals] == [("sales", 1), ("salon", 3)]
+    assert [(r.key, r.calls) for r in recent.tenants] == [("acme", 1), ("glambook", 2)]
+    assert [(r.key, r.calls) for r in salon.verticals] == [("salon", 2)]
+    glambook = everything.tenants[1]
+    assert glambook.total_usd == calls[0].total_usd + calls[1].total_usd
+    assert glambook.minutes == D(3)  # 61 s + 119 s
+    assert glambook.usd_per_minute == round_usd(glambook.total_usd / 3)
+    assert abs(sum(glambook.shares.values()) - 1) <= D("0.001")
+    assert {"stt", "llm.input", "tts", "voice.inbound_local", "media_streams"} <= set(
+        glambook.shares
+    )
+    # The outbound 30 s call bills a whole minute of carrier + stream: above a $0.01 floor, say.
+    assert all(
+        c.usd_per_minute is not None and c.usd_per_minute > D("0.10")
+        for c in everything.above_floor
+    )
+    low_floor = await _report_floor(ledger_url, D("0.01"))
+    assert len(low_floor) == 4
+
+
+async def _report_floor(url: str, floor: Decimal) -> list[str]:
+    async with await Ledger.open(url) as ledger:
+        return [call.call_sid for call in (await ledger.report(floor=floor)).above_floor]
+
+
+async def test_migrations_apply_once_and_refuse_unknown_versions(ledger_url: str) -> None:
+    async with await Ledger.open(ledger_url) as ledger:
+        async with ledger._db.transaction() as tx:
+            versions = await tx.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [row["version"] for row in versions] == [m.version for m in MIGRATIONS]
+    async with await Ledger.open(ledger_url) as ledger:  # reopening applies nothing new
+        async with ledger._db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                999,
+                "from the future",
+                dt.datetime.now(dt.UTC),
+            )
+    with pytest.raises(RuntimeError, match="newer or different version"):
+        await Ledger.open(ledger_url)
+
+
+async def test_bad_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported ledger URL 'mysql://u:\\*\\*\\*@h/db'"):
+        await Ledger.open("mysql://u:secret@h/db")
+
+
+async def test_record_and_callback_racing_never_lose_the_callback(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    costs = [priced() for _ in range(20)]
+    async with await Ledger.open(ledger_url) as ledger:
+        await asyncio.gather(
+            *(
+                step
+                for cost in costs
+                for step in (ledger.reconcile(cost.call_sid, 125, "completed"), ledger.record(cost))
+            )
+        )
+        stored = [await ledger.get(cost.call_sid) for cost in costs]
+    assert all(got is not None and got.billed_seconds == 125 for got in stored)

@@ -1,0 +1,289 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+import genai_prices
+import pytest
+
+from pipeline.costs.catalog import Catalog, UnknownPriceError
+from pipeline.costs.lineitem import CallCost, LineItem, round_usd
+from pipeline.costs.pricing import price_call, rebill, with_twilio_price
+from pipeline.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
+
+from .conftest import STARTED
+
+MakeUsage = Callable[..., CallUsage]
+D = Decimal
+
+
+def lines(cost: CallCost) -> dict[str, LineItem]:
+    return {line.item: line for line in cost.items}
+
+
+def test_61_seconds_inbound_local_bills_two_minutes(
+    catalog: Catalog, make_usage: MakeUsage
+) -> None:
+    got = lines(price_call(make_usage(), catalog))
+    assert list(got) == ["number.local", "voice.inbound_local", "media_streams"]
+    voice = got["voice.inbound_local"]
+    assert (voice.quantity, voice.unit, voice.unit_price_usd, voice.usd) == (
+        D(2),
+        "minute",
+        D("0.0085"),
+        D("0.017"),
+    )
+    assert got["media_streams"].usd == 2 * D("0.0044")
+    number = got["number.local"]  # 1.15 a month spread over 1,000 minutes
+    assert (number.quantity, number.unit_price_usd, number.usd) == (D(2), D("0.00115"), D("0.0023"))
+
+
+def test_billed_seconds_win_over_measured(catalog: Catalog, make_usage: MakeUsage) -> None:
+    cost = price_call(make_usage(measured_seconds=D(59), billed_seconds=61), catalog)
+    assert lines(cost)["voice.inbound_local"].quantity == 2
+    assert cost.seconds == 61
+
+
+def test_zero_seconds_cost_no_minutes(catalog: Catalog, make_usage: MakeUsage) -> None:
+    cost = price_call(make_usage(measured_seconds=D(0), billed_seconds=0), catalog)
+    assert [line.quantity for line in cost.items] == [0, 0, 0]  # kept, for later reconciliation
+    assert cost.total_usd == 0
+    assert cost.usd_per_minute is None
+
+
+def test_toll_free_outbound_and_recording(catalog: Catalog, make_usage: MakeUsage) -> None:
+    toll_free = lines(
+        price_call(
+            make_usage(number_type="toll_free", recording=True, monthly_minutes_per_number=500),
+            catalog,
+        )
+    )
+    assert toll_free["voice.inbound_toll_free"].usd == 2 * D("0.022")
+    assert toll_free["number.toll_free"].unit_price_usd == D("2.15") / 500
+    assert toll_free["recording"].usd == 2 * D("0.0025")
+    outbound = lines(price_call(make_usage(direction="outbound", measured_seconds=D(180)), catalog))
+    assert outbound["voice.outbound"].usd == 3 * D("0.014")
+    assert "recording" not in outbound
+
+
+def test_stt_bills_by_the_second(catalog: Catalog, make_usage: MakeUsage) -> None:
+    usage = make_usage(
+        measured_seconds=D(250),
+        stt=[
+            STTUsage("deepgram", "nova-3-general", D("200.5")),
+            STTUsage("deepgram", "nova-3-general", D("49.5")),
+            STTUsage("deepgram", "nova-3-multilingual", D(60)),
+        ],
+    )
+    got = lines(price_call(usage, catalog))
+    nova = got["stt:nova-3-general"]
+    assert (nova.quantity, nova.unit) == (D(250), "second")
+    assert nova.usd == D(250) / 60 * D("0.0048") == D("0.02")
+    assert got["stt:nova-3-multilingual"].usd == D("0.0058")
+    assert got["voice.inbound_local"].quantity == 5  # while Twilio rounds 250 s up to 5 minutes
+
+
+def test_tts_per_character_with_avoided_memo(catalog: Catalog, make_usage: MakeUsage) -> None:
+    usage = make_usage(
+        tts=[
+            TTSUsage("deepgram", "aura-2-thalia-en", 1000, avoided_characters=300),
+            TTSUsage("deepgram", "aura-2-thalia-en", 500),
+            TTSUsage("elevenlabs", "eleven_flash_v2_5", 2000),
+        ]
+    )
+    got = lines(price_call(usage, catalog))
+    assert got["tts:aura-2-thalia-en"].usd == D(1500) / 1000 * D("0.030") == D("0.045")
+    memo = got["tts.avoided:aura-2-thalia-en"]
+    assert (memo.quantity, memo.unit, memo.usd) == (D(300), "char", D(0))
+    assert got["tts:eleven_flash_v2_5"].usd == D("0.1")
+
+
+def _gross(req: LLMRequestUsage) -> genai_prices.Usage:
+    return genai_prices.Usage(
+        input_tokens=req.total_input_tokens,
+        cache_read_tokens=req.cached_input_tokens,
+        cache_write_tokens=req.cache_write_5m_tokens + req.cache_write_1h_tokens,
+        cache_write_5m_tokens=req.cache_write_5m_tokens,
+        cache_write_1h_tokens=req.cache_write_1h_tokens,
+        output_tokens=req.output_tokens,
+    )
+
+
+def _llm_total(cost: CallCost) -> Decimal:
+    return sum(
+        (line.usd for line in cost.items if line.kind.startswith(("llm.", "realtime."))), D(0)
+    )
+
+
+def test_openai_cached_split(catalog: Catalog, make_usage: MakeUsage) -> None:
+    req = LLMRequestUsage(
+        "openai", "gpt-4o-mini", input_tokens=10_000, cached_input_tokens=3_000, output_tokens=500
+    )
+    cost = price_call(make_usage(llm=[req, req]), catalog)
+    got = lines(cost)
+    assert got["llm.input:gpt-4o-mini"].usd == 20_000 * D("0.15") / 1_000_000 == D("0.003")
+    assert got["llm.cached_input:gpt-4o-mini"].usd == 6_000 * D("0.075") / 1_000_000
+    assert got["llm.output:gpt-4o-mini"].usd == 1_000 * D("0.60") / 1_000_000
+    # Our net buckets price exactly as genai-prices prices the gross usage.
+    expected = (
+        2
+        * genai_prices.calc_price(
+            _gross(req), "gpt-4o-mini", provider_id="openai", genai_request_timestamp=STARTED
+        ).total_price
+    )
+    assert _llm_total(cost) == expected == D("0.00405")
+
+
+def test_anthropic_cache_writes_cost_more(catalog: Catalog, make_usage: MakeUsage) -> None:
+    req = LLMRequestUsage(
+        "anthropic",
+        "claude-haiku-4-5",
+        input_tokens=1_000,
+        cached_input_tokens=8_000,
+        cache_write_5m_tokens=2_000,
+        cache_write_1h_tokens=1_000,
+        output_tokens=300,
+    )
+    cost = price_call(make_usage(llm=[req]), catalog)
+    got = lines(cost)
+    base = D("1.00") / 1_000_000
+    assert got["llm.input:claude-haiku-4-5"].usd == D("0.001")
+    assert got["llm.cache_write_5m:claude-haiku-4-5"].unit_price_usd == D("1.25") * base
+    assert got["llm.cache_write_5m:claude-haiku-4-5"].usd == D("0.0025")
+    assert got["llm.cache_write_1h:claude-haiku-4-5"].unit_price_usd == 2 * base
+    assert got["llm.cache_write_1h:claude-haiku-4-5"].usd == D("0.002")
+    assert got["llm.cached_input:claude-haiku-4-5"].usd == 8_000 * D("0.1") * base
+    assert got["llm.output:claude-haiku-4-5"].usd == D("0.0015")
+    expected = genai_prices.calc_price(
+        _gross(req), "claude-haiku-4-5", provider_id="anthropic", genai_request_timestamp=STARTED
+    ).total_price
+    assert _llm_total(cost) == expected
+
+
+def test_tiered_requests_get_their_own_lines(catalog: Catalog, make_usage: MakeUsage) -> None:
+    small = LLMRequestUsage("anthropic", "claude-sonnet-4-5", input_tokens=1_000)
+    huge = LLMRequestUsage("anthropic", "claude-sonnet-4-5", input_tokens=250_000)
+    inputs = [
+        line
+        for line in price_call(make_usage(llm=[small, huge]), catalog).items
+        if line.kind == "llm.input"
+    ]
+    assert [(line.quantity, line.unit_price_usd * 1_000_000) for line in inputs] == [
+        (D(1_000), D(3)),
+        (D(250_000), D(6)),
+    ]
+
+
+def test_realtime_text_and_audio(catalog: Catalog, make_usage: MakeUsage) -> None:
+    req = RealtimeUsage(
+        "openai",
+        "gpt-realtime",
+        text_in=300,
+        text_cached_in=100,
+        audio_in=400,
+        audio_cached_in=200,
+        text_out=100,
+        audio_out=400,
+    )
+    cost = price_call(make_usage(realtime=[req]), catalog)
+    got = lines(cost)
+    per_m = {
+        kind: got[f"realtime.{kind}:gpt-realtime"].unit_price_usd * 1_000_000
+        for kind in (
+            "text_in",
+            "text_cached_in",
+            "audio_in",
+            "audio_cached_in",
+            "text_out",
+            "audio_out",
+        )
+    }
+    assert per_m == {
+        "text_in": 4,
+        "text_cached_in": D("0.4"),
+        "audio_in": 32,
+        "audio_cached_in": D("0.4"),
+        "text_out": 16,
+        "audio_out": 64,
+    }
+    gross = genai_prices.Usage(
+        input_tokens=1000,
+        cache_read_tokens=300,
+        input_audio_tokens=600,
+        cache_audio_read_tokens=200,
+        output_tokens=500,
+        output_audio_tokens=400,
+    )
+    expected = genai_prices.calc_price(
+        gross, "gpt-realtime", provider_id="openai", genai_request_timestamp=STARTED
+    ).total_price
+    assert _llm_total(cost) == expected == D("0.04132")
+
+
+def test_compute_per_core_hour(catalog: Catalog, make_usage: MakeUsage) -> None:
+    line = lines(price_call(make_usage(compute_cpu_seconds=D(7200)), catalog))["compute"]
+    assert (line.quantity, line.unit, line.usd) == (D(7200), "core-second", D("0.1"))
+
+
+def test_unknown_models_fail_clearly(catalog: Catalog, make_usage: MakeUsage) -> None:
+    with pytest.raises(UnknownPriceError, match=r"deepgram stt nova-4.*close matches: nova-3"):
+        price_call(make_usage(stt=[STTUsage("deepgram", "nova-4", D(1))]), catalog)
+    with pytest.raises(
+        UnknownPriceError, match=r"anthropic model 'claude-haiku-4-6'.*claude-haiku-4-5"
+    ):
+        price_call(make_usage(llm=[LLMRequestUsage("anthropic", "claude-haiku-4-6")]), catalog)
+
+
+def test_every_line_checks_out(catalog: Catalog, make_usage: MakeUsage) -> None:
+    cost = price_call(
+        make_usage(
+            monthly_minutes_per_number=1500,
+            stt=[STTUsage("deepgram", "nova-3-multilingual", D("61.37"))],
+            llm=[LLMRequestUsage("openai", "gpt-4.1-mini", 1234, 2048, 0, 0, 77)],
+            compute_cpu_seconds=D("12.5"),
+        ),
+        catalog,
+    )
+    for line in cost.items:
+        assert line.usd == round_usd(line.quantity * line.unit_price_usd), line
+        assert line.usd == line.usd.quantize(D("0.000001"))
+    assert cost.total_usd == sum(line.usd for line in cost.items)
+    assert cost.catalog_version == f"{catalog.version} genai-prices/{genai_prices.__version__}"
+
+
+def test_rebill_from_twilio_duration(catalog: Catalog, make_usage: MakeUsage) -> None:
+    usage = make_usage(stt=[STTUsage("deepgram", "nova-3", D(61))], recording=True)
+    cost = price_call(usage, catalog)
+    later = lines(rebill(cost, 120, "completed"))
+    assert later["voice.inbound_local"].quantity == 2
+    assert later["recording"].quantity == 2
+    assert later["stt:nova-3"] == lines(cost)["stt:nova-3"]  # audio is not call time
+    unanswered = rebill(cost, 0, "no-answer")
+    assert unanswered.status == "no-answer"
+    assert all(line.usd == 0 for line in unanswered.items if not line.item.startswith("stt"))
+    busy = lines(rebill(cost, 30, "busy"))  # not charged whatever the duration says
+    assert busy["voice.inbound_local"].quantity == 0
+
+
+def test_twilio_price_drift(catalog: Catalog, make_usage: MakeUsage) -> None:
+    cost = with_twilio_price(price_call(make_usage(), catalog), D("-0.0255"))
+    assert cost.twilio_price_usd == D("0.0255")
+    assert cost.drift_usd == D("0.0255") - D("0.017")  # only the carrier minutes compare
+    assert rebill(cost, 150, "completed").drift_usd == D("0.0255") - 3 * D("0.0085")
+
+
+def test_line_and_cost_round_trip_as_strings(catalog: Catalog, make_usage: MakeUsage) -> None:
+    cost = price_call(
+        make_usage(llm=[LLMRequestUsage("openai", "gpt-4o-mini", 5, 0, 0, 0, 7)]), catalog
+    )
+    data = cost.to_dict()
+    assert data["items"][3]["unit_price_usd"] == "0.00000015"
+    assert all(isinstance(v, str) for line in data["items"] for v in line.values())
+    assert CallCost.from_dict(data) == cost
+
+
+def test_usage_is_validated(make_usage: MakeUsage) -> None:
+    with pytest.raises(ValueError, match="direction"):
+        make_usage(direction="sideways")
+    with pytest.raises(ValueError, match="monthly_minutes_per_number"):
+        make_usage(monthly_minutes_per_number=0)

@@ -1,0 +1,167 @@
+"""Vertical config validation: every class of mistake gets a message naming file and key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_vertical, load_verticals
+
+GOOD = """
+name = "salon"
+tenant = "glambook"
+numbers = ["+15550100200"]
+
+[[chain]]
+use = "twilio"
+[[chain]]
+use = "deepgram.stt"
+[[chain]]
+use = "openai.llm"
+model = "gpt-4o-mini"
+prompt = "prompt.md"
+[[chain]]
+use = "deepgram.tts"
+[[chain]]
+use = "cost.meter"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "prompt.md").write_text("You are a receptionist.")
+    path = tmp_path / "vertical.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path, **kwargs) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        load_vertical(path, **kwargs)
+    return error.value.problems
+
+
+def test_a_good_vertical_loads_with_typed_options(tmp_path):
+    vertical = load_vertical(write(tmp_path, GOOD))
+    assert [stage.name for stage in vertical.chain] == [
+        "twilio", "deepgram.stt", "openai.llm", "deepgram.tts", "cost.meter",
+    ]
+    llm = vertical.chain[2].options
+    assert llm.model == "gpt-4o-mini"
+    assert llm.prompt == str((tmp_path / "prompt.md").resolve())
+    assert vertical.chain[1].options.encoding == "mulaw"
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    path = write(tmp_path, GOOD.replace('tenant = "glambook"', "tenant = glambook"))
+    [message] = problems(path)
+    assert message.startswith(f"{path}: TOML syntax error: ")
+    assert "line 3" in message
+
+
+def test_unknown_kind_lists_the_registered_kinds(tmp_path):
+    path = write(tmp_path, GOOD.replace('use = "deepgram.stt"', 'use = "deepgram.sst"'))
+    [message] = problems(path)
+    assert message.startswith(
+        f'{path}: chain[1].use: unknown stage kind "deepgram.sst"; did you mean "deepgram.stt"? '
+        "(registered kinds: "
+    )
+    for kind in ("anthropic.llm", "cost.meter", "elevenlabs.tts", "openai.llm", "twilio"):
+        assert kind in message
+
+
+def test_unknown_option_is_named(tmp_path):
+    path = write(tmp_path, GOOD.replace('use = "deepgram.tts"', 'use = "deepgram.tts"\nvoise = "x"'))
+    assert problems(path) == [f"{path}: chain[3].voise: unknown option"]
+
+
+def test_wrong_type_says_what_was_expected_and_what_came(tmp_path):
+    path = write(tmp_path, GOOD.replace('use = "deepgram.stt"', 'use = "deepgram.stt"\ninterim_results = "yes"'))
+    assert problems(path) == [
+        f"{path}: chain[1].interim_results: Input should be a valid boolean (got 'yes')"
+    ]
+
+
+def test_missing_required_key(tmp_path):
+    path = write(tmp_path, GOOD.replace('tenant = "glambook"\n', ""))
+    assert problems(path) == [f"{path}: tenant: required key is missing"]
+
+
+def test_unknown_model_suggests_the_close_one(tmp_path):
+    path = write(tmp_path, GOOD.replace('"gpt-4o-mini"', '"gpt-4o-mni"'))
+    assert problems(path) == [
+        f'{path}: chain[2].model: unknown model "gpt-4o-mni" for openai.llm; '
+        'did you mean "gpt-4o-mini"?'
+    ]
+
+
+def test_missing_api_key_names_the_variable_only_when_keys_are_checked(tmp_path):
+    path = write(tmp_path, GOOD)
+    env = {"DEEPGRAM_API_KEY": "dg"}
+    load_vertical(path, env=env)  # plain validation needs no keys
+    assert problems(path, env=env, check_keys=True) == [
+        f"{path}: chain[2].api_key_env: environment variable OPENAI_API_KEY is not set"
+    ]
+    load_vertical(path, env={**env, "OPENAI_API_KEY": "sk"}, check_keys=True)
+
+
+def test_env_references_are_substituted_and_missing_ones_reported(tmp_path):
+    text = GOOD.replace('use = "openai.llm"', 'use = "openai.llm"\nbase_url = "${LLM_PROXY}"')
+    path = write(tmp_path, text)
+    keys = {"DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk"}
+    vertical = load_vertical(path, env={**keys, "LLM_PROXY": "https://proxy.example/v1"})
+    assert vertical.chain[2].options.base_url == "https://proxy.example/v1"
+    assert problems(path, env=keys) == [
+        f"{path}: chain[2].base_url: environment variable LLM_PROXY is not set"
+    ]
+
+
+def test_a_secret_written_in_the_file_is_refused(tmp_path):
+    path = write(tmp_path, GOOD.replace('model = "gpt-4o-mini"', 'model = "gpt-4o-mini"\napi_key = "sk-live-123"'))
+    [message] = problems(path)
+    assert message.startswith(f"{path}: chain[2].api_key: secrets are never written in the file")
+    assert "sk-live-123" not in message
+
+
+@pytest.mark.parametrize(
+    ("chain", "expected"),
+    [
+        (["deepgram.stt", "twilio", "openai.llm", "deepgram.tts"],
+         "chain[1].use: the transport must be the first stage"),
+        (["twilio", "deepgram.stt", "deepgram.tts", "openai.llm"],
+         "chain[2].use: deepgram.tts (tts) cannot come before openai.llm (llm); "
+         "the order is stt → llm → tts"),
+        (["twilio", "twilio", "deepgram.stt", "openai.llm", "deepgram.tts"],
+         "chain[1].use: a chain has exactly one transport"),
+        (["deepgram.stt", "openai.llm", "deepgram.tts"],
+         'chain: no transport stage; the first stage must be one (e.g. "twilio")'),
+        (["twilio", "openai.llm", "deepgram.tts"],
+         "chain: no stt stage; a cascaded chain needs stt → llm → tts"),
+    ],
+)
+def test_impossible_chains_are_rejected_before_anything_starts(tmp_path, chain, expected):
+    stages = "".join(f'[[chain]]\nuse = "{kind}"\n' for kind in chain)
+    text = 'name = "x"\ntenant = "t"\n' + stages
+    path = write(tmp_path, text)
+    assert f"{path}: {expected}" in problems(path)
+
+
+def test_missing_prompt_file_names_where_it_looked(tmp_path):
+    path = write(tmp_path, GOOD.replace('"prompt.md"', '"prompts/nope.md"'))
+    [message] = problems(path)
+    assert re.match(rf'{re.escape(str(path))}: chain\[2\].prompt: file "prompts/nope.md" not found', message)
+
+
+def test_bad_phone_number_and_several_problems_reported_together(tmp_path):
+    text = GOOD.replace('"+15550100200"', '"555-0100"').replace('use = "deepgram.tts"', 'use = "deepgram.tts"\nspeed = 9')
+    path = write(tmp_path, text)
+    assert problems(path) == [
+        f'{path}: numbers[0]: "555-0100" is not an E.164 phone number (like +15550100200)'
+    ]
+
+
+def test_every_shipped_example_validates():
+    examples = Path(__file__).parent.parent / "examples"
+    verticals = load_verticals(examples)
+    assert {"salon", "sales", "real_estate"} <= {v.name for v in verticals}
