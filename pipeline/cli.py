@@ -166,6 +166,39 @@ def call(
     guarded(run)
 
 
+@app.command()
+def dial(
+    vertical: Annotated[Path, typer.Argument(help="The outbound vertical's folder or file.")],
+    to: Annotated[str, typer.Option(help="The number to call, E.164 (+15551234567).")],
+    public_url: Annotated[
+        str, typer.Option(help="URL Twilio reaches the running bridge at (https://…).")
+    ],
+) -> None:
+    """Place an outbound call whose audio streams to the bridge at --public-url."""
+    from pipeline.config import e164
+    from transports.twilio.dialer import Dialer
+    from transports.twilio.server import Bridge, BridgeSettings
+
+    async def place(loaded: Vertical) -> str:
+        dialer = Dialer(
+            os.environ.get("TWILIO_ACCOUNT_SID", ""),
+            os.environ.get("TWILIO_AUTH_TOKEN", ""),
+            api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None,
+        )
+        bridge = Bridge([loaded], BridgeSettings(public_url=public_url, validate_signatures=False))
+        try:
+            return await dialer.dial(bridge, loaded, to)
+        finally:
+            await dialer.close()
+
+    def run() -> None:
+        e164(to)
+        loaded = load_vertical(vertical)
+        console.print(f"call placed: {asyncio.run(place(loaded))}")
+
+    guarded(run)
+
+
 def _mount_costs() -> None:
     from pipeline.costs.cli import costs_app
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 
 from pipeline.bookkeeper import Bookkeeper
 from pipeline.config import Vertical
+from transports.twilio.dialer import Dialer
 from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
 
 SPOOL_FILE = "tollbridge-ledger.spool"
@@ -34,7 +36,12 @@ async def serve_forever(
         validate_signatures=validate_signatures,
         api_token=os.environ.get("TOLLBRIDGE_API_TOKEN", ""),
     )
-    bridge = Bridge(verticals, settings, on_finished=bookkeeper.call_finished, on_status=on_status)
+    dialer = None
+    if os.environ.get("TWILIO_ACCOUNT_SID") and settings.auth_token:
+        dialer = Dialer(os.environ["TWILIO_ACCOUNT_SID"], settings.auth_token,
+                        api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None)
+    bridge = Bridge(verticals, settings, on_finished=bookkeeper.call_finished,
+                    on_status=on_status, dialer=dialer)
     try:
         async with running(create_app(bridge), host, port) as url:
             announce(f"tollbridge listening on {url}")
@@ -47,10 +54,10 @@ async def serve_forever(
                 announce("WARNING: Twilio signatures are not checked (local development only)")
             await _forever()
     finally:
+        if dialer:
+            await dialer.close()
         await bookkeeper.close()
 
 
 async def _forever() -> None:
-    import asyncio
-
     await asyncio.Event().wait()

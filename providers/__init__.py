@@ -1,5 +1,12 @@
 """Provider stages: one module per provider, each building a pipecat service."""
 
-from providers import anthropic, deepgram, elevenlabs, openai
+from providers import anthropic, deepgram, elevenlabs, openai, openai_realtime
 
-BUILTIN_KINDS = [deepgram.STT, deepgram.TTS, openai.LLM, anthropic.LLM, elevenlabs.TTS]
+BUILTIN_KINDS = [
+    deepgram.STT,
+    deepgram.TTS,
+    openai.LLM,
+    anthropic.LLM,
+    elevenlabs.TTS,
+    openai_realtime.KIND,
+]

@@ -99,29 +99,33 @@ class Replay:
         return found
 
 
-def _fake_for(kind: str, cassette: Cassette) -> tuple[Any, str]:
-    """The fake serving `kind`, and the base URL its pipecat service expects."""
+def _fake_for(kind: str, cassette: Cassette) -> tuple[Any, str, str]:
+    """The fake serving `kind`, and the scheme and path its pipecat service expects."""
     speaking_rate = float(cassette.tts.get("chars_per_second", 14.0))
     if kind == "deepgram.stt":
         from providers.fakes.deepgram_listen import FakeDeepgramListen
 
-        return FakeDeepgramListen(FAKE_KEYS["DEEPGRAM_API_KEY"], cassette.stt), "ws"
+        return FakeDeepgramListen(FAKE_KEYS["DEEPGRAM_API_KEY"], cassette.stt), "ws", ""
     if kind == "deepgram.tts":
         from providers.fakes.deepgram_speak import FakeDeepgramSpeak
 
-        return FakeDeepgramSpeak(FAKE_KEYS["DEEPGRAM_API_KEY"], chars_per_second=speaking_rate), "ws"
+        return FakeDeepgramSpeak(FAKE_KEYS["DEEPGRAM_API_KEY"], chars_per_second=speaking_rate), "ws", ""
     if kind == "elevenlabs.tts":
         from providers.fakes.elevenlabs import FakeElevenLabs
 
-        return FakeElevenLabs(FAKE_KEYS["ELEVENLABS_API_KEY"], chars_per_second=speaking_rate), "ws"
+        return FakeElevenLabs(FAKE_KEYS["ELEVENLABS_API_KEY"], chars_per_second=speaking_rate), "ws", ""
     if kind == "openai.llm":
         from providers.fakes.openai_chat import OpenAIChatFake
 
-        return OpenAIChatFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "http/v1"
+        return OpenAIChatFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "http", "/v1"
+    if kind == "openai.realtime":
+        from providers.fakes.openai_realtime import OpenAIRealtimeFake
+
+        return OpenAIRealtimeFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "ws", "/v1/realtime"
     if kind == "anthropic.llm":
         from providers.fakes.anthropic_messages import AnthropicMessagesFake
 
-        return AnthropicMessagesFake(cassette.llm, api_key=FAKE_KEYS["ANTHROPIC_API_KEY"]), "http"
+        return AnthropicMessagesFake(cassette.llm, api_key=FAKE_KEYS["ANTHROPIC_API_KEY"]), "http", ""
     raise CassetteError(f"no local fake can replay stage kind {kind!r}")
 
 
@@ -135,11 +139,9 @@ async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay
         for stage in vertical.chain:
             if stage.kind.role.value in ("transport", "meter"):
                 continue
-            fake, style = _fake_for(stage.name, cassette)
+            fake, scheme, path = _fake_for(stage.name, cassette)
             await stack.enter_async_context(fake)
             fakes[stage.name] = fake
             env[stage.options.api_key_env] = fake.api_key
-            root = f"127.0.0.1:{fake.port}"
-            urls[stage.name] = {"ws": f"ws://{root}", "http": f"http://{root}",
-                                "http/v1": f"http://{root}/v1"}[style]
+            urls[stage.name] = f"{scheme}://127.0.0.1:{fake.port}{path}"
         yield Replay(base_urls=urls, fakes=fakes, env=env)

@@ -32,6 +32,8 @@ SHOWING_MINUTES = 30
 DAYS_AHEAD = 14
 SEARCH_RESULTS = 5
 ALTERNATIVES = 3
+FILLER = {"the", "a", "an", "on", "in", "at", "of", "one", "home", "place", "listing"}
+"""Words a caller wraps an address in ("the one on Oak Avenue")."""
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 SHOWINGS_TABLE = """CREATE TABLE IF NOT EXISTS showings (
@@ -73,6 +75,7 @@ class Listing:
 
 @functools.cache
 def load_listings(path: Path) -> tuple[Listing, ...]:
+    """Read once per process, like the prompt: edit the file, then restart."""
     rows = json.loads(path.read_text(encoding="utf-8"))
     return tuple(Listing(**{**row, "price": Decimal(str(row["price"]))}) for row in rows)
 
@@ -100,11 +103,13 @@ def parse_day(text: str, first: dt.date) -> dt.date:
     try:
         return dt.date.fromisoformat(word)
     except ValueError:
-        raise ValueError(f'"{text}" is not a day: give a date as YYYY-MM-DD or a weekday name') from None
+        raise ValueError(
+            f'"{text}" is not a day: give a date as YYYY-MM-DD or a weekday name'
+        ) from None
 
 
 def parse_time(text: str) -> int:
-    """"11:00", "14:30", "2pm" → minutes after midnight; a bare hour before 8 is the afternoon."""
+    """Minutes after midnight from "11:00", "14:30" or "2pm"; a bare hour before 8 is the afternoon."""
     match = re.fullmatch(r"(\d{1,2})(?:[:.h](\d{2}))?\s*([ap])?\.?\s*m?\.?", text.strip().lower())
     if not match:
         raise ValueError(f'"{text}" is not a time: give it as HH:MM, e.g. 14:30')
@@ -153,11 +158,12 @@ def _find(listings: tuple[Listing, ...], text: str) -> list[Listing]:
     number = re.fullmatch(r"(?:or)?[\s-]*(\d{3,})", wanted)
     if number:
         return [item for item in listings if item.id.lower() == f"or-{number[1]}"]
-    words = re.findall(r"[a-z0-9]+", wanted)
+    words = [word for word in re.findall(r"[a-z0-9]+", wanted) if word not in FILLER]
     return [
         item
         for item in listings
-        if words and all(word in f"{item.address} {item.city} {item.type}".lower() for word in words)
+        if words
+        and all(word in f"{item.address} {item.city} {item.type}".lower() for word in words)
     ]
 
 
@@ -234,7 +240,9 @@ async def schedule_showing(args: dict[str, Any], call: ToolCall) -> dict[str, An
     day = parse_day(str(args.get("day") or ""), first)
     start = parse_time(str(args.get("time") or ""))
     if not first <= day < first + dt.timedelta(days=DAYS_AHEAD):
-        raise ValueError(f"showings can be booked from today ({first}) up to {DAYS_AHEAD} days ahead")
+        raise ValueError(
+            f"showings can be booked from today ({first}) up to {DAYS_AHEAD} days ahead"
+        )
     if start % SHOWING_MINUTES or not SHOWINGS_FROM <= start <= SHOWINGS_UNTIL - SHOWING_MINUTES:
         raise ValueError(
             f"showings start on the hour or half hour from {hhmm(SHOWINGS_FROM)}; "
@@ -249,11 +257,21 @@ async def schedule_showing(args: dict[str, Any], call: ToolCall) -> dict[str, An
                 "INSERT INTO showings (listing_id, day, starts, name, phone, call_sid) "
                 "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (listing_id, day, starts) DO NOTHING RETURNING listing_id",
-                item.id, day.isoformat(), hhmm(start), name, phone, call.call_sid,
+                item.id,
+                day.isoformat(),
+                hhmm(start),
+                name,
+                phone,
+                call.call_sid,
             )
         if inserted:
-            return {"scheduled": True, "listing_id": item.id, "address": item.address,
-                    **_when(day, start), "name": name}
+            return {
+                "scheduled": True,
+                "listing_id": item.id,
+                "address": item.address,
+                **_when(day, start),
+                "name": name,
+            }
         return {
             "scheduled": False,
             "reason": "that time is already taken for this listing",
@@ -270,7 +288,9 @@ async def _free_near(
     async with db.transaction(write=False) as tx:
         rows = await tx.fetch(
             "SELECT day, starts FROM showings WHERE listing_id = ? AND day >= ? AND day < ?",
-            listing_id, day.isoformat(), last.isoformat(),
+            listing_id,
+            day.isoformat(),
+            last.isoformat(),
         )
     taken = {(row["day"], row["starts"]) for row in rows}
     found: list[dict[str, str]] = []

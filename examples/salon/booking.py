@@ -1,7 +1,8 @@
 """GlamBook's appointment book: services, stylists, working hours and appointments.
 
 A small async layer on SQLite or PostgreSQL, opened from a URL of the ledger's
-form (``sqlite:///glambook.db``, ``postgresql://…``), so one set of SQL runs on both.
+form (``sqlite:///glambook.db``, ``postgresql://…``) through the ledger's own
+`pipeline.costs.database`, so one set of SQL runs on both.
 
 Double booking is ruled out by the database, not by Python: each quarter hour an
 appointment occupies is a row of ``appointment_slots`` keyed by (stylist, day,
@@ -139,7 +140,7 @@ def parse_day(text: str, first: dt.date) -> dt.date:
 
 
 def parse_time(text: str) -> int:
-    """"10:00", "14:30", "2pm", "2:30 p.m." → minutes after midnight. A bare hour
+    """Minutes after midnight from "10:00", "14:30", "2pm" or "2:30 p.m.". A bare hour
     before 8 is the afternoon: the salon is open 9 to 7, so "at 2" means 14:00."""
     match = re.fullmatch(r"(\d{1,2})(?:[:.h](\d{2}))?\s*([ap])?\.?\s*m?\.?", text.strip().lower())
     if not match:
@@ -166,7 +167,7 @@ def _minutes(text: str) -> int:
 
 
 def reference_of(text: str) -> str:
-    """"GB-104", "gb 104", "G B dash 1 0 4" or "104" → "GB-104"."""
+    """The reference as stored, from "GB-104", "gb 104", "G B dash 1 0 4" or "104"."""
     digits = re.sub(r"\D", "", text)
     if not digits:
         raise ValueError(f'"{text}" is not a booking reference (they look like GB-104)')
@@ -249,7 +250,9 @@ class Salon:
                 await tx.execute(
                     "INSERT INTO services (name, minutes, price_usd) VALUES (?, ?, ?) "
                     "ON CONFLICT (name) DO NOTHING",
-                    name, minutes, price,
+                    name,
+                    minutes,
+                    price,
                 )
             for stylist in STYLISTS:
                 await tx.execute(
@@ -268,7 +271,10 @@ class Salon:
                     await tx.execute(
                         "INSERT INTO working_hours (stylist, day, opens, closes) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT (stylist, day) DO NOTHING",
-                        stylist, day.isoformat(), OPENS, CLOSES,
+                        stylist,
+                        day.isoformat(),
+                        OPENS,
+                        CLOSES,
                     )
         self._seeded_for = first
 
@@ -292,7 +298,8 @@ class Salon:
             rows = await tx.fetch(
                 "SELECT day, MIN(opens) AS opens, MAX(closes) AS closes FROM working_hours "
                 "WHERE day >= ? AND day < ? GROUP BY day",
-                first.isoformat(), (first + dt.timedelta(days=SEED_DAYS)).isoformat(),
+                first.isoformat(),
+                (first + dt.timedelta(days=SEED_DAYS)).isoformat(),
             )
         hours = {row["day"]: row for row in rows}
         days = []
@@ -303,7 +310,9 @@ class Salon:
             days.append(_day(day) | opening)
         return days
 
-    async def free_times(self, service: str, day: dt.date, stylist: str | None = None) -> dict[str, Any]:
+    async def free_times(
+        self, service: str, day: dt.date, stylist: str | None = None
+    ) -> dict[str, Any]:
         """Start times on `day` when `stylist` (or anyone) is free for the whole service."""
         await self._prepare()
         async with self.db.transaction(write=False) as tx:
@@ -348,7 +357,9 @@ class Salon:
                     wanted = await self._wanted(tx, stylist)
                     free = (await self._free(tx, day, found.minutes, wanted)).get(start)
                     if not free:
-                        result = await self._unavailable(tx, "booked", day, start, found.minutes, wanted)
+                        result = await self._unavailable(
+                            tx, "booked", day, start, found.minutes, wanted
+                        )
                         if len(wanted) == 1:
                             everyone = await self._stylists(tx)
                             others = await self._free(tx, day, found.minutes, everyone)
@@ -363,8 +374,15 @@ class Salon:
                         "INSERT INTO appointments (reference, service, stylist, day, starts, ends, "
                         "customer_name, phone, status, call_sid) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'booked', ?)",
-                        reference, found.name, free[0], day.isoformat(), hhmm(start),
-                        hhmm(start + found.minutes), customer_name.strip(), phone, call_sid,
+                        reference,
+                        found.name,
+                        free[0],
+                        day.isoformat(),
+                        hhmm(start),
+                        hhmm(start + found.minutes),
+                        customer_name.strip(),
+                        phone,
+                        call_sid,
                     )
                     await _occupy(tx, free[0], day, start, found.minutes, reference)
             except RETRY_ERRORS:
@@ -403,8 +421,12 @@ class Salon:
                         "UPDATE appointments SET day = ?, starts = ?, ends = ? "
                         "WHERE reference = ? AND status = 'booked' AND day = ? AND starts = ? "
                         "RETURNING reference",
-                        day.isoformat(), hhmm(start), hhmm(start + minutes),
-                        reference, booked["day"], booked["starts"],
+                        day.isoformat(),
+                        hhmm(start),
+                        hhmm(start + minutes),
+                        reference,
+                        booked["day"],
+                        booked["starts"],
                     )
                     if not moved:
                         raise _Moved
@@ -444,7 +466,9 @@ class Salon:
     # Queries inside a transaction.
 
     async def _services(self, tx: Transaction) -> list[Service]:
-        rows = await tx.fetch("SELECT name, minutes, price_usd FROM services ORDER BY minutes, name")
+        rows = await tx.fetch(
+            "SELECT name, minutes, price_usd FROM services ORDER BY minutes, name"
+        )
         return [Service(r["name"], r["minutes"], Decimal(str(r["price_usd"]))) for r in rows]
 
     async def _service(self, tx: Transaction, name: str) -> Service:
@@ -467,7 +491,9 @@ class Salon:
             reference,
         )
         if not rows:
-            raise LookupError(f"there is no booking {reference}; check the reference with the caller")
+            raise LookupError(
+                f"there is no booking {reference}; check the reference with the caller"
+            )
         if rows[0]["status"] != "booked":
             raise LookupError(f"booking {reference} was cancelled")
         return rows[0]
@@ -486,7 +512,8 @@ class Salon:
         )
         taken = await tx.fetch(
             "SELECT stylist, slot FROM appointment_slots WHERE day = ? AND reference <> ?",
-            day.isoformat(), ignore,
+            day.isoformat(),
+            ignore,
         )
         busy = {(row["stylist"], _minutes(row["slot"])) for row in taken}
         free: dict[int, list[str]] = {}
@@ -494,15 +521,23 @@ class Salon:
             stylist = row["stylist"]
             if stylist not in stylists:
                 continue
-            for start in range(_minutes(row["opens"]), _minutes(row["closes"]) - minutes + 1, SLOT_MINUTES):
+            for start in range(
+                _minutes(row["opens"]), _minutes(row["closes"]) - minutes + 1, SLOT_MINUTES
+            ):
                 slots = range(start, start + minutes, SLOT_MINUTES)
                 if start >= earliest and not any((stylist, slot) in busy for slot in slots):
                     free.setdefault(start, []).append(stylist)
         return dict(sorted(free.items()))
 
     async def _alternatives(
-        self, tx: Transaction, day: dt.date, start: int, minutes: int, stylists: list[str],
-        *, ignore: str = "",
+        self,
+        tx: Transaction,
+        day: dt.date,
+        start: int,
+        minutes: int,
+        stylists: list[str],
+        *,
+        ignore: str = "",
     ) -> list[dict[str, str]]:
         """The free times nearest to `start` on `day`, then on the closest days around it
         (the day after first: asked for a closed Monday, Tuesday comes before Saturday)."""
@@ -553,21 +588,32 @@ class Salon:
         return f"{who} is already booked then"
 
     async def _unavailable(
-        self, tx: Transaction, key: str, day: dt.date, start: int, minutes: int,
-        stylists: list[str], *, ignore: str = "",
+        self,
+        tx: Transaction,
+        key: str,
+        day: dt.date,
+        start: int,
+        minutes: int,
+        stylists: list[str],
+        *,
+        ignore: str = "",
     ) -> dict[str, Any]:
         """Why that time cannot be had, and the nearest times that can."""
         return {
             key: False,
             "requested": _when(day, start),
             "reason": await self._why_not(tx, day, start, minutes, stylists),
-            "alternatives": await self._alternatives(tx, day, start, minutes, stylists, ignore=ignore),
+            "alternatives": await self._alternatives(
+                tx, day, start, minutes, stylists, ignore=ignore
+            ),
         }
 
 
 def _check_start(day: dt.date, start: int) -> None:
     if start % SLOT_MINUTES:
-        raise ValueError(f"{hhmm(start)} is not on the quarter hour; appointments start at :00, :15, :30 or :45")
+        raise ValueError(
+            f"{hhmm(start)} is not on the quarter hour; appointments start at :00, :15, :30 or :45"
+        )
     if _earliest(day) is None:
         raise ValueError(f"{day.isoformat()} is in the past; today is {today().isoformat()}")
 
@@ -575,7 +621,7 @@ def _check_start(day: dt.date, start: int) -> None:
 async def _occupy(
     tx: Transaction, stylist: str, day: dt.date, start: int, minutes: int, reference: str
 ) -> None:
-    """One row per quarter hour, in time order (concurrent writers then queue, not deadlock)."""
+    """One row per quarter hour, in time order, so overlapping bookings queue, not deadlock."""
     slots = range(start, start + minutes, SLOT_MINUTES)
     values = ", ".join("(?, ?, ?, ?)" for _ in slots)
     args = [value for slot in slots for value in (stylist, day.isoformat(), hhmm(slot), reference)]

@@ -21,7 +21,9 @@ def _sibling(name: str) -> ModuleType:
     """Import `name`.py from this folder: a vertical's folder is not a package on sys.path."""
     unique = f"{__name__}.{name}"
     if unique not in sys.modules:
-        spec = importlib.util.spec_from_file_location(unique, Path(__file__).with_name(f"{name}.py"))
+        spec = importlib.util.spec_from_file_location(
+            unique, Path(__file__).with_name(f"{name}.py")
+        )
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[unique] = module

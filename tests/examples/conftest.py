@@ -75,4 +75,3 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         return
     async with pg_schema() as url:
         yield url
-

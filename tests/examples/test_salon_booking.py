@@ -178,7 +178,9 @@ async def test_references_are_never_reused_even_after_cancelling(salon: Vertical
     cancelled = await salon.run("cancel", reference="G B dash 1 0 2")
     assert cancelled["cancelled"] is True and cancelled["reference"] == "GB-102"
     third = await salon.run("book", **{**HAIRCUT, "time": "11:00"}, customer_name="Bo Chen")
-    assert third["booked"] is True and third["reference"] == "GB-103"  # the freed slot, a new number
+    assert (
+        third["booked"] is True and third["reference"] == "GB-103"
+    )  # the freed slot, a new number
 
     await salon.run("cancel", reference="GB-103")
     await salon.run("cancel", reference="gb-101")
@@ -201,11 +203,16 @@ async def test_reschedule_moves_the_booking_or_offers_alternatives(salon: Vertic
     mine = await salon.run("book", **HAIRCUT, customer_name="Jane Doe")
     other = await salon.run("book", **{**HAIRCUT, "day": "saturday"}, customer_name="Ann Lee")
 
-    refused = await salon.run("reschedule", reference=mine["reference"], day="saturday", time="10:30")
+    refused = await salon.run(
+        "reschedule", reference=mine["reference"], day="saturday", time="10:30"
+    )
     assert refused["rescheduled"] is False
     assert refused["requested"] == {"day": "2026-11-28", "weekday": "Saturday", "time": "10:30"}
     assert refused["alternatives"][0] == {
-        "day": "2026-11-28", "weekday": "Saturday", "time": "11:00", "stylist": "Maria"
+        "day": "2026-11-28",
+        "weekday": "Saturday",
+        "time": "11:00",
+        "stylist": "Maria",
     }
     [unchanged] = await rows(
         salon, "SELECT day, starts FROM appointments WHERE reference = ?", mine["reference"]
@@ -216,7 +223,8 @@ async def test_reschedule_moves_the_booking_or_offers_alternatives(salon: Vertic
     moved = await salon.run("reschedule", reference=mine["reference"], day="friday", time="10:30")
     assert moved["rescheduled"] is True and moved["previously"]["time"] == "10:00"
     slots = await rows(
-        salon, "SELECT slot FROM appointment_slots WHERE reference = ? ORDER BY slot",
+        salon,
+        "SELECT slot FROM appointment_slots WHERE reference = ? ORDER BY slot",
         mine["reference"],
     )
     assert [s["slot"] for s in slots] == ["10:30", "10:45", "11:00", "11:15"]
@@ -229,12 +237,16 @@ async def test_reschedule_moves_the_booking_or_offers_alternatives(salon: Vertic
 
 
 async def test_unbookable_requests_say_why(salon: Vertical) -> None:
-    monday = await salon.run("book", service="colour", day="monday", time="10:00", customer_name="Al")
+    monday = await salon.run(
+        "book", service="colour", day="monday", time="10:00", customer_name="Al"
+    )
     assert monday["booked"] is False and monday["reason"] == "the salon is closed on Mondays"
     # The nearest open day with the book open is the Saturday before.
     assert monday["alternatives"][0]["weekday"] == "Saturday"
 
-    late = await salon.run("book", service="balayage", day="friday", time="17:00", customer_name="Al")
+    late = await salon.run(
+        "book", service="balayage", day="friday", time="17:00", customer_name="Al"
+    )
     assert late["booked"] is False and "finish by closing" in late["reason"]
     assert late["alternatives"][0]["time"] == "16:00"
 
@@ -245,7 +257,9 @@ async def test_unbookable_requests_say_why(salon: Vertical) -> None:
     with pytest.raises(ValueError, match="quarter hour"):
         await salon.run("book", service="colour", day="friday", time="10:10", customer_name="Al")
     with pytest.raises(ValueError, match="in the past"):
-        await salon.run("book", service="colour", day="2026-11-20", time="10:00", customer_name="Al")
+        await salon.run(
+            "book", service="colour", day="2026-11-20", time="10:00", customer_name="Al"
+        )
     with pytest.raises(ValueError, match="customer_name is required"):
         await salon.run("book", service="colour", day="friday", time="10:00")
 
@@ -258,8 +272,13 @@ async def test_end_call_hangs_up_after_the_goodbye(salon: Vertical) -> None:
 
 @pytest.mark.parametrize(
     ("text", "day"),
-    [("friday", "2026-11-27"), ("Tue", "2026-11-24"), ("this saturday", "2026-11-28"),
-     ("tomorrow", "2026-11-25"), ("2026-12-01", "2026-12-01")],
+    [
+        ("friday", "2026-11-27"),
+        ("Tue", "2026-11-24"),
+        ("this saturday", "2026-11-28"),
+        ("tomorrow", "2026-11-25"),
+        ("2026-12-01", "2026-12-01"),
+    ],
 )
 def test_days_are_read_relative_to_today(text: str, day: str) -> None:
     booking = Vertical("salon", "glambook").module.booking

@@ -1,0 +1,140 @@
+"""A whole call's cost record: replayed through the bridge, priced, stored, reconciled."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import httpx
+
+from pipeline.bookkeeper import Bookkeeper
+from pipeline.costs.catalog import Catalog
+from pipeline.costs.ledger import Ledger
+from pipeline.costs.spool import SpoolingLedger
+from pipeline.local_call import run_local_call
+from providers.cassette import Cassette
+from tests.conftest import AUTH_TOKEN, FIXTURES, running_bridge
+from transports.twilio.signature import SignatureChecker
+from transports.twilio.softphone import CallScript, load_caller_audio
+
+SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 6]
+CASSETTE = Cassette(
+    stt=[{"at": 4.0, "transcript": "what are your opening hours", "is_final": True,
+          "speech_final": True}],
+    llm=[
+        {"match": "opening hours", "tool_calls": [{"name": "opening_hours", "arguments": {}}]},
+        {"match": "Monday to Friday", "text": "We are open Monday to Friday, eight to six."},
+    ],
+)
+# List prices, written out by hand (pricing.md), to check the catalog and the arithmetic.
+PER_MINUTE = {"voice.inbound_local": Decimal("0.0085"), "media_streams": Decimal("0.0044"),
+              "number.local": Decimal("1.15") / 1000}
+STT_PER_SECOND = Decimal("0.0048") / 60
+GPT_4O_MINI = {"input": Decimal("0.15"), "cached_input": Decimal("0.075"), "output": Decimal("0.60")}
+AURA_2_PER_CHAR = Decimal("0.030") / 1000
+
+
+def usd(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+
+
+async def test_a_replayed_call_leaves_one_priced_record(frontdesk, ledger_url, tmp_path):
+    call = await run_local_call(frontdesk, audio=SPEECH, cassette=CASSETTE, ledger_url=ledger_url,
+                                spool_path=tmp_path / "spool", settle_s=1.0,
+                                user_speech_timeout=0.3)
+    async with await Ledger.open(ledger_url) as ledger:
+        stored = await ledger.get(call.cost.call_sid)
+        report = await ledger.report(tenant="acme")
+    assert stored is not None and stored == call.cost
+    assert sum(row.calls for row in report.tenants) == 1
+
+    usage = call.usage
+    expected: dict[str, Decimal] = {}
+    minutes = 1  # a ~7 s call bills one whole minute per carrier leg and stream
+    for item, rate in PER_MINUTE.items():
+        expected[item] = usd(minutes * rate)
+    [stt] = usage.stt
+    expected["stt:nova-3"] = usd(stt.audio_seconds * STT_PER_SECOND)
+    for kind, rate in GPT_4O_MINI.items():
+        tokens = sum(
+            getattr(r, {"input": "input_tokens", "cached_input": "cached_input_tokens",
+                        "output": "output_tokens"}[kind])
+            for r in usage.llm
+        )
+        if tokens:
+            expected[f"llm.{kind}:gpt-4o-mini"] = usd(tokens * rate / 1_000_000)
+    [tts] = usage.tts
+    expected["tts:aura-2-thalia-en"] = usd(tts.characters * AURA_2_PER_CHAR)
+
+    got = {item.item: item.usd for item in stored.items if item.usd or item.item in expected}
+    assert got == expected
+    assert stored.total_usd == sum(expected.values())
+
+
+async def test_twilio_status_callback_reconciles_the_record(frontdesk, ledger_url, tmp_path):
+    ledger = await SpoolingLedger.open(ledger_url, tmp_path / "spool")
+    bookkeeper = Bookkeeper(Catalog.load(), [frontdesk], ledger)
+    try:
+        async with running_bridge(frontdesk, CASSETTE) as running:
+            record_and_note = running.bridge.on_finished
+
+            async def on_finished(usage):
+                await bookkeeper.call_finished(usage)
+                await record_and_note(usage)
+
+            running.bridge.on_finished = on_finished
+
+            async def on_status(update):
+                await bookkeeper.call_status(update.call_sid, update.duration_seconds, update.status)
+
+            running.bridge.on_status = on_status
+            phone = await running.softphone().call(CallScript(
+                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0))
+            await running.finished()
+            form = {"CallSid": phone.call_sid, "AccountSid": "AC" + "3" * 32,
+                    "CallStatus": "completed", "CallDuration": "61", "From": "+15550109999",
+                    "To": "+15550100900"}
+            url = running.url + "/status"
+            async with httpx.AsyncClient() as client:
+                headers = {"X-Twilio-Signature": SignatureChecker(AUTH_TOKEN).sign(url, form)}
+                assert (await client.post(url, data=form, headers=headers)).status_code == 204
+            await bookkeeper.drain()
+        stored = await ledger.get(phone.call_sid)
+    finally:
+        await bookkeeper.close()
+    assert stored.billed_seconds == 61 and stored.measured_seconds < 15
+    carrier = next(i for i in stored.items if i.item == "voice.inbound_local")
+    assert carrier.quantity == 2  # 61 s billed: two whole minutes
+    assert carrier.usd == usd(2 * PER_MINUTE["voice.inbound_local"])
+
+
+async def test_a_ledger_outage_during_a_call_loses_nothing(frontdesk, tmp_path: Path):
+    database = tmp_path / "not-yet" / "ledger.db"  # its folder is missing: every write fails
+    url = f"sqlite:///{database}"
+    ledger = await SpoolingLedger.open(url, tmp_path / "spool.jsonl", retry_initial=0.1,
+                                       retry_max=0.2)
+    bookkeeper = Bookkeeper(Catalog.load(), [frontdesk], ledger)
+    try:
+        async with running_bridge(frontdesk, CASSETTE) as running:
+            note = running.bridge.on_finished
+
+            async def on_finished(usage):
+                await bookkeeper.call_finished(usage)
+                await note(usage)
+
+            running.bridge.on_finished = on_finished
+            phone = await running.softphone().call(CallScript(
+                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0))
+            await running.finished()
+            await bookkeeper.drain()
+        assert ledger.pending == 1  # spooled, not lost
+        database.parent.mkdir()  # the database comes back
+        async with asyncio.timeout(10):
+            while ledger.pending:
+                await asyncio.sleep(0.05)
+    finally:
+        await bookkeeper.close()
+    async with await Ledger.open(url) as check:
+        stored = await check.get(phone.call_sid)
+    assert stored is not None and stored.total_usd > 0
