@@ -110,7 +110,7 @@ async def test_outbound_dial_sends_the_stream_twiml_and_status_callback(frontdes
     try:
         async with running_bridge(frontdesk, Cassette()) as running:
             call_sid = await dialer.dial(running.bridge, frontdesk, "+15550108888")
-            with pytest.raises(ValueError, match="not an E.164 phone number"):
+            with pytest.raises(ValueError, match=r"not an E\.164 phone number"):
                 await dialer.dial(running.bridge, frontdesk, "555-0188")
     finally:
         await dialer.close()
