@@ -150,6 +150,9 @@ def call(
         "agent.wav"
     ),
     ledger: Annotated[str | None, typer.Option(help="Also record the call in this ledger.")] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Write what the providers answered to this cassette.")
+    ] = None,
 ) -> None:
     """Run one complete phone call on this machine and print what it cost."""
     from pipeline.local_call import print_call, run_local_call
@@ -157,11 +160,15 @@ def call(
     def run() -> None:
         loaded = load_vertical(vertical, check_keys=cassette is None)
         result = asyncio.run(
-            run_local_call(loaded, audio=audio, cassette=cassette, ledger_url=ledger)
+            run_local_call(
+                loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record
+            )
         )
         result.write_agent_audio(out)
         print_call(result, console)
         console.print(f"agent audio written to {out}")
+        if record:
+            console.print(f"cassette written to {record}")
 
     guarded(run)
 

@@ -38,6 +38,9 @@ VERTICAL_FILE = "vertical.toml"
 VERTICAL_GLOB = "*vertical.toml"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEFAULT_BUDGET_FAREWELL = (
+    "I'm sorry, I have to end our call here. Thank you for calling, goodbye."
+)
 _SECRET_OPTION = re.compile(r"(api_?key|auth_?token|secret|password)$", re.I)
 
 
@@ -121,6 +124,7 @@ class VerticalFile(BaseModel):
     description: str = ""
     greeting: str | None = None
     budget_usd: Decimal | None = Field(None, gt=0)
+    budget_farewell: str = DEFAULT_BUDGET_FAREWELL
     telephony: Telephony = Field(default_factory=Telephony)
     prices: list[PriceOverride] = Field(default_factory=list)
     chain: list[dict[str, Any]] = Field(min_length=1)
@@ -139,6 +143,7 @@ class Vertical:
     description: str = ""
     greeting: str | None = None
     budget_usd: Decimal | None = None
+    budget_farewell: str = ""
     prices: list[PriceOverride] = field(default_factory=list)
 
     @property
@@ -348,6 +353,7 @@ def load_vertical(
         description=top.description,
         greeting=top.greeting,
         budget_usd=top.budget_usd,
+        budget_farewell=top.budget_farewell,
         prices=top.prices,
     )
     if check_keys and not problems:

@@ -30,6 +30,7 @@ from pipeline.costs.spool import SpoolingLedger
 from pipeline.costs.usage import CallUsage
 from pipeline.session import CallSession
 from providers.cassette import Cassette, replay
+from providers.recorder import CassetteRecorder
 from transports.twilio.server import Bridge, BridgeSettings, create_app, running
 from transports.twilio.softphone import CallScript, Softphone, SoftphoneResult, load_caller_audio
 from transports.twilio.transport import ConnectionStats
@@ -62,6 +63,12 @@ class LocalCall:
     @property
     def transcript(self) -> str:
         return "\n".join(f"{who}: {text}" for who, text in self.conversation)
+
+    @property
+    def prompt_cache_hit_after_first_turn(self) -> bool:
+        """Every LLM request after the first read its prefix from the provider's cache."""
+        requests = self.usage.llm
+        return len(requests) > 1 and all(r.cached_input_tokens > 0 for r in requests[1:])
 
     def said(self, speaker: str) -> list[str]:
         return [text for who, text in self.conversation if who == speaker]
@@ -126,8 +133,12 @@ async def run_local_call(
     max_s: float = 180.0,
     user_speech_timeout: float = 0.6,
     catalog: Catalog | None = None,
+    record_to: str | Path | None = None,
 ) -> LocalCall:
-    """Place one call through the real bridge; providers replayed from `cassette` if given."""
+    """Place one call through the real bridge; providers replayed from `cassette` if given.
+
+    With `record_to`, what the providers answered is written there as a cassette.
+    """
     caller_audio = audio if isinstance(audio, bytes) else load_caller_audio(audio)
     if isinstance(cassette, str | Path):
         cassette = Cassette.load(cassette)
@@ -141,8 +152,15 @@ async def run_local_call(
     sessions: list[CallSession] = []
     recorded = asyncio.Event()
 
+    recorders: list[CassetteRecorder] = []
+
     async def keep(session: CallSession) -> None:
         sessions.append(session)
+        if record_to:
+            stats = session.built.transport.connection.stats
+            recorder = CassetteRecorder(lambda: stats.audio_bytes_in / 8000)
+            session.worker.add_observer(recorder)
+            recorders.append(recorder)
 
     async def finished(usage: CallUsage) -> None:
         await bookkeeper.call_finished(usage)
@@ -156,7 +174,8 @@ async def run_local_call(
             user_speech_timeout=user_speech_timeout,
         )
         bridge = Bridge(
-            [vertical], settings, on_finished=finished, on_session=keep
+            [vertical], settings, on_finished=finished, on_session=keep,
+            pricer=bookkeeper.price,
         )
         async with running(create_app(bridge)) as url:
             bridge.settings.public_url = url
@@ -192,6 +211,8 @@ async def run_local_call(
     if not sessions or sessions[0].usage is None:
         raise RuntimeError(f"the call never started (softphone ended with {phone.ended_by!r})")
     session = sessions[0]
+    if record_to and recorders:
+        recorders[0].cassette(f"{vertical.name} call {session.call.call_sid}").save(record_to)
     conversation, tools = _conversation(session.built.context.get_messages())
     return LocalCall(
         vertical=vertical,

@@ -41,7 +41,7 @@ async def serve_forever(
         dialer = Dialer(os.environ["TWILIO_ACCOUNT_SID"], settings.auth_token,
                         api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None)
     bridge = Bridge(verticals, settings, on_finished=bookkeeper.call_finished,
-                    on_status=on_status, dialer=dialer)
+                    on_status=on_status, pricer=bookkeeper.price, dialer=dialer)
     try:
         async with running(create_app(bridge), host, port) as url:
             announce(f"tollbridge listening on {url}")

@@ -21,12 +21,14 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
 
 from pipeline.builder import BuiltCall, CallContext, build_call
+from pipeline.costs.lineitem import CallCost
 from pipeline.costs.usage import CallUsage
 from pipeline.logs import get_logger
 
 CANCEL_TIMEOUT_S = 5.0
 
 UsageSink = Callable[[CallUsage], Awaitable[None]]
+Pricer = Callable[[CallUsage], CallCost]
 
 
 class CallSession:
@@ -37,16 +39,31 @@ class CallSession:
         call: CallContext,
         *,
         on_finished: UsageSink | None = None,
+        pricer: Pricer | None = None,
         observers: list[Any] | None = None,
     ):
         self.call = call
         self.on_finished = on_finished
+        self.pricer = pricer
         self.log = get_logger(
             call_sid=call.call_sid, tenant=call.vertical.tenant, vertical=call.vertical.name
         )
         self.built: BuiltCall = build_call(call, observers=observers)
         self.ended_by = ""
         self.usage: CallUsage | None = None
+        meter = self.built.meter
+        if meter and pricer and call.vertical.budget_usd is not None:
+            meter.on_usage = self._check_budget
+
+    async def _check_budget(self) -> None:
+        """At the budget, the agent wraps up politely and hangs up (once)."""
+        if self.ended_by or self.built.meter is None or self.pricer is None:
+            return
+        spent = self.pricer(self.built.meter.usage()).total_usd
+        budget = self.call.vertical.budget_usd
+        if budget is not None and spent >= budget:
+            self.log.warning("budget_reached", spent_usd=str(spent), budget_usd=str(budget))
+            await self.end(farewell=self.call.vertical.budget_farewell, reason="budget")
 
     @property
     def worker(self):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bookkeeper import Bookkeeper
 from pipeline.config import Vertical, load_vertical
+from pipeline.costs.catalog import Catalog
 from pipeline.costs.usage import CallUsage
 from pipeline.session import CallSession
 from providers.cassette import Cassette, Replay, replay
@@ -66,7 +68,7 @@ async def running_bridge(
         )
         bridge = Bridge(
             [vertical], settings, on_finished=on_finished, on_session=on_session,
-            on_status=on_status,
+            on_status=on_status, pricer=Bookkeeper(Catalog.load(), [vertical], None).price,
         )
         async with running(create_app(bridge)) as url:
             bridge.settings.public_url = url

@@ -42,7 +42,8 @@ async def _record_outcome(call: ToolCall, outcome: str, **fields: Any) -> dict[s
         "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "call_sid": call.call_sid,
         "tenant": call.tenant,
-        "lead": call.callee,
+        "caller": call.caller,
+        "callee": call.callee,  # the lead, on an outbound call
         "outcome": outcome,
         **fields,
         "answers": call.state.get("answers", {}),

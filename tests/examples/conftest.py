@@ -21,7 +21,7 @@ PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0
 CALLER = "+15550100999"
 
 
-class Vertical:
+class ExampleTools:
     """A vertical's tools by name, the module they came from, and a way to call them."""
 
     def __init__(self, name: str, tenant: str) -> None:

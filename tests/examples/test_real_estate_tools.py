@@ -11,22 +11,22 @@ import pytest
 
 from pipeline.costs.database import connect
 
-from .conftest import EXAMPLES, Vertical
+from .conftest import EXAMPLES, ExampleTools
 
 TODAY = "2026-11-24"  # a Tuesday
 SATURDAY = "2026-11-28"
 
 
 @pytest.fixture
-def oneroof() -> Vertical:
-    return Vertical("real_estate", "oneroof")
+def oneroof() -> ExampleTools:
+    return ExampleTools("real_estate", "oneroof")
 
 
 @pytest.fixture
-async def showings(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vertical]:
+async def showings(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ExampleTools]:
     monkeypatch.setenv("ONEROOF_DB_URL", db_url)
     monkeypatch.setenv("ONEROOF_TODAY", TODAY)
-    yield Vertical("real_estate", "oneroof")
+    yield ExampleTools("real_estate", "oneroof")
 
 
 def test_the_listings_file_is_complete_and_believable() -> None:
@@ -51,7 +51,7 @@ def test_the_listings_file_is_complete_and_believable() -> None:
         assert Decimal(item["price"]) > 0 and item["sqft"] > 0
 
 
-async def test_search_filters_combine_and_sort_by_price(oneroof: Vertical) -> None:
+async def test_search_filters_combine_and_sort_by_price(oneroof: ExampleTools) -> None:
     found = await oneroof.run(
         "search_listings", max_price=500000, min_bedrooms=2, type="apartments"
     )
@@ -82,7 +82,7 @@ async def test_search_filters_combine_and_sort_by_price(oneroof: Vertical) -> No
         await oneroof.run("search_listings", type="castle")
 
 
-async def test_details_by_id_or_by_part_of_the_address(oneroof: Vertical) -> None:
+async def test_details_by_id_or_by_part_of_the_address(oneroof: ExampleTools) -> None:
     oak = await oneroof.run("listing_details", listing="the house on Oak Avenue")
     assert (oak["id"], oak["status"], oak["sqft"]) == ("OR-1003", "active", 2300)
     assert "fenced back yard" in oak["description"]
@@ -93,7 +93,9 @@ async def test_details_by_id_or_by_part_of_the_address(oneroof: Vertical) -> Non
         await oneroof.run("listing_details", listing="Elm Avenue")
 
 
-async def test_a_showing_is_stored_and_its_slot_cannot_be_booked_twice(showings: Vertical) -> None:
+async def test_a_showing_is_stored_and_its_slot_cannot_be_booked_twice(
+    showings: ExampleTools,
+) -> None:
     call = showings.call(call_sid="CAshowing")
     booked = await showings.run(
         "schedule_showing", call, listing_id="OR-1001", day="Saturday", time="11", name="Alex Kim"
@@ -139,7 +141,9 @@ async def test_a_showing_is_stored_and_its_slot_cannot_be_booked_twice(showings:
     assert len(rows) == 2
 
 
-async def test_two_callers_racing_for_one_showing_exactly_one_gets_it(showings: Vertical) -> None:
+async def test_two_callers_racing_for_one_showing_exactly_one_gets_it(
+    showings: ExampleTools,
+) -> None:
     """Each tool call has its own connection, as two calls in two processes would."""
     results = await asyncio.gather(
         *(
@@ -154,7 +158,7 @@ async def test_two_callers_racing_for_one_showing_exactly_one_gets_it(showings: 
 
 
 async def test_showings_only_for_active_homes_within_hours_and_two_weeks(
-    showings: Vertical,
+    showings: ExampleTools,
 ) -> None:
     with pytest.raises(ValueError, match="is pending"):
         await showings.run(
@@ -180,7 +184,7 @@ async def test_showings_only_for_active_homes_within_hours_and_two_weeks(
         await showings.run("schedule_showing", listing_id="OR-1001", day="friday", time="11:00")
 
 
-async def test_end_call_hangs_up_after_the_goodbye(oneroof: Vertical) -> None:
+async def test_end_call_hangs_up_after_the_goodbye(oneroof: ExampleTools) -> None:
     call = oneroof.call()
     assert await oneroof.run("end_call", call) == {"ending_call": True}
     assert oneroof.hung_up == [call.call_sid]

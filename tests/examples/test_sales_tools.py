@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Vertical
+from .conftest import ExampleTools
 
 LEAD = "+15550123456"
 
@@ -21,8 +21,8 @@ def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def sales() -> Vertical:
-    return Vertical("sales", "brightpath")
+def sales() -> ExampleTools:
+    return ExampleTools("sales", "brightpath")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -30,15 +30,17 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def answer_all(sales: Vertical, call: Any, scores: dict[str, Any]) -> None:
+async def answer_all(sales: ExampleTools, call: Any, scores: dict[str, Any]) -> None:
     for question, score in scores.items():
         await sales.run(
             "record_answer", call, question=question, answer=f"{question} answer", score=score
         )
 
 
-async def test_a_qualified_lead_is_scored_and_written_once(sales: Vertical, results: Path) -> None:
-    call = sales.call(call_sid="CAqualified", callee=LEAD)
+async def test_a_qualified_lead_is_scored_and_written_once(
+    sales: ExampleTools, results: Path
+) -> None:
+    call = sales.call(call_sid="CAqualified", caller="+15550100300", callee=LEAD)
     first = await sales.run(
         "record_answer", call, question="Budget", answer="about $20k this year", score=2
     )
@@ -49,7 +51,7 @@ async def test_a_qualified_lead_is_scored_and_written_once(sales: Vertical, resu
 
     [line] = lines(results)
     assert line["call_sid"] == "CAqualified" and line["tenant"] == "brightpath"
-    assert line["lead"] == LEAD
+    assert (line["caller"], line["callee"]) == ("+15550100300", LEAD)
     assert (line["outcome"], line["score"], line["max_score"]) == ("qualified", 10, 12)
     assert line["answers"] == {
         "budget": {"answer": "about $20k this year", "score": 2},
@@ -67,7 +69,7 @@ async def test_a_qualified_lead_is_scored_and_written_once(sales: Vertical, resu
     ("scores", "verdict"), [((2, 2, 2, 2), "qualified"), ((3, 3, 1, 0), "not_qualified")]
 )
 async def test_eight_of_twelve_qualifies(
-    sales: Vertical, results: Path, scores: tuple[int, ...], verdict: str
+    sales: ExampleTools, results: Path, scores: tuple[int, ...], verdict: str
 ) -> None:
     call = sales.call()
     await answer_all(
@@ -78,7 +80,7 @@ async def test_eight_of_twelve_qualifies(
 
 
 async def test_finishing_early_or_bad_answers_are_errors_for_the_model(
-    sales: Vertical, results: Path
+    sales: ExampleTools, results: Path
 ) -> None:
     call = sales.call()
     await sales.run("record_answer", call, question="need", answer="their CRM is failing", score=3)
@@ -92,7 +94,9 @@ async def test_finishing_early_or_bad_answers_are_errors_for_the_model(
     assert lines(results) == []
 
 
-async def test_not_interested_is_recorded_and_the_call_ends(sales: Vertical, results: Path) -> None:
+async def test_not_interested_is_recorded_and_the_call_ends(
+    sales: ExampleTools, results: Path
+) -> None:
     call = sales.call(callee=LEAD)
     await sales.run("record_answer", call, question="budget", answer="none", score=0)
     reply = await sales.run("mark_not_interested", call, reason="take me off your list")
@@ -103,7 +107,7 @@ async def test_not_interested_is_recorded_and_the_call_ends(sales: Vertical, res
     assert line["answers"] == {"budget": {"answer": "none", "score": 0}}
 
 
-async def test_voicemail_is_recorded_and_the_call_ends(sales: Vertical, results: Path) -> None:
+async def test_voicemail_is_recorded_and_the_call_ends(sales: ExampleTools, results: Path) -> None:
     call = sales.call()
     assert (await sales.run("voicemail_detected", call))["recorded"] == "voicemail"
     assert sales.hung_up == [call.call_sid]
@@ -111,7 +115,7 @@ async def test_voicemail_is_recorded_and_the_call_ends(sales: Vertical, results:
 
 
 async def test_results_default_to_the_working_directory(
-    sales: Vertical, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sales: ExampleTools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("BRIGHTPATH_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from .conftest import Vertical
+from .conftest import ExampleTools
 
 TODAY = "2026-11-24"  # a Tuesday: the book runs Tuesday 24 to Monday 30, closed Sunday and Monday
 FRIDAY = "2026-11-27"
@@ -19,23 +19,23 @@ HAIRCUT = {"service": "women's haircut", "day": "friday", "time": "10:00", "styl
 
 
 @pytest.fixture
-async def salon(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vertical]:
+async def salon(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ExampleTools]:
     monkeypatch.setenv("GLAMBOOK_DB_URL", db_url)
     monkeypatch.setenv("GLAMBOOK_TODAY", TODAY)
-    vertical = Vertical("salon", "glambook")
+    vertical = ExampleTools("salon", "glambook")
     try:
         yield vertical
     finally:
         await vertical.module.close_salons()
 
 
-async def rows(salon: Vertical, sql: str, *args: Any) -> list[dict[str, Any]]:
+async def rows(salon: ExampleTools, sql: str, *args: Any) -> list[dict[str, Any]]:
     book = await salon.module.salon()
     async with book.db.transaction(write=False) as tx:
         return await tx.fetch(sql, *args)
 
 
-async def test_services_prices_and_hours_come_from_the_seeded_database(salon: Vertical) -> None:
+async def test_services_prices_and_hours_come_from_the_seeded_database(salon: ExampleTools) -> None:
     listed = await salon.run("services_and_prices")
     prices = {s["name"]: (s["minutes"], s["price_usd"]) for s in listed["services"]}
     assert prices == {
@@ -61,7 +61,7 @@ async def test_services_prices_and_hours_come_from_the_seeded_database(salon: Ve
     assert count["n"] == 5 * 3
 
 
-async def test_booking_writes_an_appointment_and_its_slots(salon: Vertical) -> None:
+async def test_booking_writes_an_appointment_and_its_slots(salon: ExampleTools) -> None:
     call = salon.call(call_sid="CAbooking")
     booked = await salon.run("book", call, **HAIRCUT, customer_name="Jane Doe")
     assert booked == {
@@ -97,7 +97,7 @@ async def test_booking_writes_an_appointment_and_its_slots(salon: Vertical) -> N
     assert not {"09:15", "09:30", "10:00", "10:45"} & set(free["start_times"])
 
 
-async def test_the_database_itself_refuses_a_second_booking_of_a_slot(salon: Vertical) -> None:
+async def test_the_database_itself_refuses_a_second_booking_of_a_slot(salon: ExampleTools) -> None:
     await salon.run("book", **HAIRCUT, customer_name="Jane Doe")
     book = await salon.module.salon()
     with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
@@ -110,7 +110,7 @@ async def test_the_database_itself_refuses_a_second_booking_of_a_slot(salon: Ver
 
 
 async def test_a_stale_check_is_still_stopped_by_the_database(
-    salon: Vertical, monkeypatch: pytest.MonkeyPatch
+    salon: ExampleTools, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A caller whose availability check missed the other booking cannot commit over it."""
     await salon.run("book", **HAIRCUT, customer_name="Jane Doe")
@@ -136,7 +136,7 @@ async def test_a_stale_check_is_still_stopped_by_the_database(
     assert len(await rows(salon, "SELECT reference FROM appointments")) == 1
 
 
-async def test_two_calls_racing_for_one_slot_exactly_one_wins(salon: Vertical) -> None:
+async def test_two_calls_racing_for_one_slot_exactly_one_wins(salon: ExampleTools) -> None:
     """Two processes' connections book the same slot at the same moment."""
     Salon = salon.module.booking.Salon
     url = salon.module.database_url()
@@ -170,7 +170,7 @@ async def test_two_calls_racing_for_one_slot_exactly_one_wins(salon: Vertical) -
     assert either[0]["stylist"] != either[1]["stylist"]
 
 
-async def test_references_are_never_reused_even_after_cancelling(salon: Vertical) -> None:
+async def test_references_are_never_reused_even_after_cancelling(salon: ExampleTools) -> None:
     first = await salon.run("book", **HAIRCUT, customer_name="Jane Doe")
     second = await salon.run("book", **{**HAIRCUT, "time": "11:00"}, customer_name="Ann Lee")
     assert (first["reference"], second["reference"]) == ("GB-101", "GB-102")
@@ -199,7 +199,7 @@ async def test_references_are_never_reused_even_after_cancelling(salon: Vertical
         await salon.run("cancel", reference="GB-999")
 
 
-async def test_reschedule_moves_the_booking_or_offers_alternatives(salon: Vertical) -> None:
+async def test_reschedule_moves_the_booking_or_offers_alternatives(salon: ExampleTools) -> None:
     mine = await salon.run("book", **HAIRCUT, customer_name="Jane Doe")
     other = await salon.run("book", **{**HAIRCUT, "day": "saturday"}, customer_name="Ann Lee")
 
@@ -236,7 +236,7 @@ async def test_reschedule_moves_the_booking_or_offers_alternatives(salon: Vertic
         await salon.run("reschedule", reference=other["reference"], day="friday", time="15:00")
 
 
-async def test_unbookable_requests_say_why(salon: Vertical) -> None:
+async def test_unbookable_requests_say_why(salon: ExampleTools) -> None:
     monday = await salon.run(
         "book", service="colour", day="monday", time="10:00", customer_name="Al"
     )
@@ -264,7 +264,7 @@ async def test_unbookable_requests_say_why(salon: Vertical) -> None:
         await salon.run("book", service="colour", day="friday", time="10:00")
 
 
-async def test_end_call_hangs_up_after_the_goodbye(salon: Vertical) -> None:
+async def test_end_call_hangs_up_after_the_goodbye(salon: ExampleTools) -> None:
     call = salon.call()
     assert await salon.run("end_call", call) == {"ending_call": True}
     assert salon.hung_up == [call.call_sid]
@@ -281,7 +281,7 @@ async def test_end_call_hangs_up_after_the_goodbye(salon: Vertical) -> None:
     ],
 )
 def test_days_are_read_relative_to_today(text: str, day: str) -> None:
-    booking = Vertical("salon", "glambook").module.booking
+    booking = ExampleTools("salon", "glambook").module.booking
     assert booking.parse_day(text, dt.date.fromisoformat(TODAY)).isoformat() == day
 
 
@@ -290,4 +290,4 @@ def test_days_are_read_relative_to_today(text: str, day: str) -> None:
     [("10:00", 600), ("10", 600), ("2pm", 840), ("2:30 p.m.", 870), ("3", 900), ("14:45", 885)],
 )
 def test_times_are_read_as_a_receptionist_would(text: str, minutes: int) -> None:
-    assert Vertical("salon", "glambook").module.booking.parse_time(text) == minutes
+    assert ExampleTools("salon", "glambook").module.booking.parse_time(text) == minutes

@@ -226,3 +226,22 @@ def _media(chunk: int, audio: bytes) -> str:
         "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(chunk * 20),
                   "payload": base64.b64encode(audio).decode()},
     })
+
+
+async def test_a_call_reaching_its_budget_is_wrapped_up_politely(frontdesk):
+    from dataclasses import replace
+    from decimal import Decimal
+
+    farewell = "Sorry, our time is up. Goodbye."
+    vertical = replace(frontdesk, budget_usd=Decimal("0.002"), budget_farewell=farewell)
+    cassette = Cassette(
+        stt=[final(4.0, "tell me a long story")],
+        llm=[{"match": "story", "text": "Once upon a time there was a phone call."}],
+    )
+    async with running_bridge(vertical, cassette) as running:
+        phone = await running.softphone().call(script(audio=SPEECH[: 8000 * 20]))
+        [usage] = await running.finished()
+        session = running.sessions[0]
+    assert usage.ended_by == "budget"
+    assert phone.ended_by == "agent_hung_up"
+    assert assistant_messages(session)[-1] == farewell

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from pipeline.builder import CallContext
 from pipeline.config import Vertical
 from pipeline.logs import get_logger
-from pipeline.session import CallSession, UsageSink
+from pipeline.session import CallSession, Pricer, UsageSink
 from transports.twilio import protocol
 from transports.twilio.transport import MediaStreamConnection
 
@@ -69,6 +69,7 @@ async def serve_media_stream(
     find_vertical: Callable[[protocol.Start], Vertical | None],
     make_call: Callable[[Vertical, protocol.Start, MediaStreamConnection], CallContext],
     on_finished: UsageSink | None = None,
+    pricer: Pricer | None = None,
     on_session: Callable[[CallSession], Awaitable[None]] | None = None,
 ) -> None:
     """Serve one accepted Media Streams socket until the call ends."""
@@ -91,7 +92,9 @@ async def serve_media_stream(
         return
 
     connection = MediaStreamConnection(ws.send_text, ws.close, start.stream_sid)
-    session = CallSession(make_call(vertical, start, connection), on_finished=on_finished)
+    session = CallSession(
+        make_call(vertical, start, connection), on_finished=on_finished, pricer=pricer
+    )
     if on_session:
         await on_session(session)
     await session.run(_pump(reader, session, connection))

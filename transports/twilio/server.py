@@ -32,7 +32,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from pipeline.builder import CallContext
 from pipeline.config import Vertical, e164
 from pipeline.logs import get_logger
-from pipeline.session import CallSession
+from pipeline.session import CallSession, Pricer
 from transports.twilio import protocol
 from transports.twilio.media_stream import serve_media_stream
 from transports.twilio.signature import SignatureChecker, public_url
@@ -83,6 +83,7 @@ class Bridge:
         on_finished: Callable[[Any], Awaitable[None]] | None = None,
         on_status: Callable[[StatusUpdate], Awaitable[None]] | None = None,
         on_session: Callable[[CallSession], Awaitable[None]] | None = None,
+        pricer: Pricer | None = None,
         dialer: Any = None,
     ):
         self.settings = settings
@@ -100,6 +101,8 @@ class Bridge:
         self.on_finished = on_finished
         self.on_status = on_status
         self.on_session = on_session
+        self.pricer = pricer
+        """Prices a call's usage so far, for per-call budgets."""
         self.dialer = dialer
         self.sessions: dict[str, CallSession] = {}
         self.statuses: dict[str, StatusUpdate] = {}
@@ -229,6 +232,7 @@ def create_app(bridge: Bridge) -> FastAPI:
                 find_vertical=bridge.find_vertical,
                 make_call=bridge.make_call,
                 on_finished=bridge.on_finished,
+                pricer=bridge.pricer,
                 on_session=track,
             )
         except asyncio.CancelledError:

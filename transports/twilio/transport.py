@@ -103,6 +103,7 @@ class ConnectionStats:
     """What crossed the socket, for the call record, tests and benchmarks."""
 
     media_in: int = 0
+    audio_bytes_in: int = 0
     media_out: int = 0
     audio_bytes_out: int = 0
     marks_sent: int = 0
@@ -131,6 +132,7 @@ class TwilioInput(FrameProcessor):
 
     async def audio(self, payload: bytes) -> None:
         self._connection.stats.media_in += 1
+        self._connection.stats.audio_bytes_in += len(payload)
         if self._started:
             await self._push_audio(payload)
         elif len(self._early) < EARLY_AUDIO_FRAMES:
