@@ -17,7 +17,9 @@ from typing import Any
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import EndWorkerFrame, Frame, LLMFullResponseEndFrame
+from pipecat.pipeline.llm_switcher import LLMSwitcher
 from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -161,7 +163,21 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         observers.append(meter)
 
     def service(stage: Stage) -> FrameProcessor:
-        """Build a provider stage and tell the meter who bills for it."""
+        """Build a provider stage (with its fallback, if any) and tell the meter who bills."""
+        primary = one_service(stage)
+        if stage.fallback is None:
+            return primary
+        backup = one_service(stage.fallback)
+        switcher_type = LLMSwitcher if isinstance(primary, LLMService) else ServiceSwitcher
+        switcher = switcher_type([primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
+
+        @switcher.strategy.event_handler("on_service_switched")
+        async def switched(_strategy, active) -> None:
+            log.warning("provider_fallback", stage=stage.name, now=active.name)
+
+        return switcher
+
+    def one_service(stage: Stage) -> FrameProcessor:
         processor = stage.kind.build(stage.options, call)
         if meter:
             options = stage.options

@@ -68,15 +68,20 @@ def _chain_table(vertical: Vertical) -> Table:
     for column in ("#", "kind", "role", "audio in", "audio out", "options"):
         table.add_column(column)
     for stage in vertical.chain:
-        options = stage.options.model_dump(exclude_defaults=True, exclude_none=True)
-        table.add_row(
-            str(stage.index),
-            stage.name,
-            str(stage.kind.role),
-            str(stage.kind.audio_in(stage.options) or "—"),
-            str(stage.kind.audio_out(stage.options) or "—"),
-            ", ".join(f"{k}={v}" for k, v in options.items()),
-        )
+        index, current = str(stage.index), stage
+        while current is not None:
+            options = current.options.model_dump(exclude_defaults=True, exclude_none=True)
+            if "prompt" in options:
+                options["prompt"] = Path(options["prompt"]).relative_to(vertical.folder.resolve())
+            table.add_row(
+                index,
+                current.name,
+                str(current.kind.role),
+                str(current.kind.audio_in(current.options) or "—"),
+                str(current.kind.audio_out(current.options) or "—"),
+                ", ".join(f"{k}={v}" for k, v in options.items()),
+            )
+            index, current = "  ↳ fallback", current.fallback
     return table
 
 

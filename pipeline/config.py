@@ -104,11 +104,12 @@ class PriceOverride(BaseModel):
 
 @dataclass(frozen=True)
 class Stage:
-    """One validated chain entry: its kind and its typed options."""
+    """One validated chain entry: its kind, its typed options, and what takes over if it fails."""
 
     index: int
     kind: StageKind
     options: StageOptions
+    fallback: Stage | None = None
 
     @property
     def name(self) -> str:
@@ -157,9 +158,12 @@ class Vertical:
         """Environment variable → the stage needing it (for key checks)."""
         needed: dict[str, str] = {}
         for stage in self.chain:
-            name = stage.kind.api_key_env(stage.options)
-            if name:
-                needed.setdefault(name, f"chain[{stage.index}]")
+            where, current = f"chain[{stage.index}]", stage
+            while current is not None:
+                name = current.kind.api_key_env(current.options)
+                if name:
+                    needed.setdefault(name, where)
+                where, current = f"{where}.fallback", current.fallback
         return needed
 
 
@@ -265,9 +269,9 @@ def check_chain(stages: list[Stage]) -> list[tuple[str, str]]:
 
 
 def _build_stage(
-    index: int, raw: dict[str, Any], registry: Registry, base_dir: Path
+    index: int, raw: dict[str, Any], registry: Registry, base_dir: Path, where: str = ""
 ) -> tuple[Stage | None, list[tuple[str, str]]]:
-    where = f"chain[{index}]"
+    where = where or f"chain[{index}]"
     if not isinstance(raw, dict):
         return None, [(where, "each stage is a table with a `use` key")]
     use = raw.get("use")
@@ -283,7 +287,7 @@ def _build_stage(
                 f"(registered kinds: {', '.join(names)})",
             )
         ]
-    options = {k: v for k, v in raw.items() if k != "use"}
+    options = {k: v for k, v in raw.items() if k not in ("use", "fallback")}
     secrets = [
         (f"{where}.{key}", "secrets are never written in the file; set api_key_env to the "
          "name of the environment variable that holds it")
@@ -295,8 +299,28 @@ def _build_stage(
     try:
         parsed = kind.options.model_validate(options, context={"base_dir": base_dir, "kind": use})
     except ValidationError as error:
-        return None, _messages(error, ("chain", index))
-    return Stage(index=index, kind=kind, options=parsed), []
+        return None, [(f"{where}.{key}", message) for key, message in _messages(error)]
+    fallback = None
+    if "fallback" in raw:
+        fallback, problems = _build_stage(
+            index, raw["fallback"], registry, base_dir, f"{where}.fallback"
+        )
+        if problems:
+            return None, problems
+        assert fallback is not None
+        if kind.role in (Role.LLM, Role.SPEECH_TO_SPEECH):  # same agent, other provider
+            inherited = {k: getattr(parsed, k) for k in ("prompt", "tools")
+                         if getattr(fallback.options, k, None) is None}
+            fallback = Stage(index, fallback.kind, fallback.options.model_copy(update=inherited))
+        if fallback.kind.role is not kind.role or kind.role in (Role.TRANSPORT, Role.METER):
+            return None, [(f"{where}.fallback.use", f"a {kind.role} stage's fallback must be "
+                           f"another {kind.role} stage, not {fallback.name}")]
+        for side in ("audio_in", "audio_out"):
+            mine, theirs = getattr(kind, side)(parsed), getattr(fallback.kind, side)(fallback.options)
+            if mine != theirs:
+                return None, [(f"{where}.fallback", f"{side.replace('_', ' ')} is {theirs}, "
+                               f"but {use} has {mine}; a fallback must use the same audio format")]
+    return Stage(index=index, kind=kind, options=parsed, fallback=fallback), []
 
 
 def load_vertical(

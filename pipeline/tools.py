@@ -9,10 +9,13 @@ reported to the model as an error result, so a broken tool never ends a call.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +47,34 @@ class Tool:
 
 
 def load_tools(spec: str, folder: Path) -> list[Tool]:
-    """Import ``module:ATTR`` from `folder` and check it is a list of Tool."""
+    """Import ``module:ATTR`` from `folder` and check it is a list of Tool.
+
+    The folder is imported as a package of its own, so a vertical's modules
+    can import each other relatively (``from . import booking``).
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f'"{spec}" is not of the form "module:ATTRIBUTE" (e.g. "tools:TOOLS")')
     path = folder / (module_name.replace(".", "/") + ".py")
     if not path.is_file():
         raise ValueError(f'module "{module_name}" not found (looked for {path.name} in {folder.name}/)')
-    unique = f"tollbridge_tools_{abs(hash(path.resolve()))}"
-    module = sys.modules.get(unique)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(unique, path)
-        assert loader_spec and loader_spec.loader
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[unique] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as error:
-            del sys.modules[unique]
-            raise ValueError(f"importing {path.name} failed: {error!r}") from error
+    package = _vertical_package(folder)
+    try:
+        module = importlib.import_module(f"{package}.{module_name}")
+    except Exception as error:
+        raise ValueError(f"importing {path.name} failed: {error!r}") from error
     tools = getattr(module, attr, None)
     if not isinstance(tools, list | tuple) or not all(isinstance(t, Tool) for t in tools):
         raise ValueError(f"{module_name}.{attr} must be a list of tollbridge Tool objects")
     return list(tools)
+
+
+def _vertical_package(folder: Path) -> str:
+    """A package (named after the folder's path) whose modules are the folder's files."""
+    resolved = folder.resolve()
+    name = "tollbridge_vertical_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
+    if name not in sys.modules:
+        package = importlib.util.module_from_spec(ModuleSpec(name, None, is_package=True))
+        package.__path__ = [str(resolved)]
+        sys.modules[name] = package
+    return name

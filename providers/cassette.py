@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Vertical
+from pipeline.config import Stage, Vertical
 
 VERSION = 1
 FAKE_KEYS = {
@@ -129,6 +129,17 @@ def _fake_for(kind: str, cassette: Cassette) -> tuple[Any, str, str]:
     raise CassetteError(f"no local fake can replay stage kind {kind!r}")
 
 
+def _provider_stages(vertical: Vertical) -> list[Stage]:
+    """Every stage that talks to a provider, fallbacks included."""
+    found = []
+    for stage in vertical.chain:
+        current = stage
+        while current is not None and current.kind.role.value not in ("transport", "meter"):
+            found.append(current)
+            current = current.fallback
+    return found
+
+
 @contextlib.asynccontextmanager
 async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay]:
     """Start a fake for each provider stage of `vertical`, serving `cassette`."""
@@ -136,8 +147,8 @@ async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay
     urls: dict[str, str] = {}
     env: dict[str, str] = {}
     async with contextlib.AsyncExitStack() as stack:
-        for stage in vertical.chain:
-            if stage.kind.role.value in ("transport", "meter"):
+        for stage in _provider_stages(vertical):
+            if stage.name in fakes:
                 continue
             fake, scheme, path = _fake_for(stage.name, cassette)
             await stack.enter_async_context(fake)

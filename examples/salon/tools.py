@@ -7,31 +7,12 @@ opened once per process and shared by every call.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pipeline.tools import Tool, ToolCall
 
-
-def _sibling(name: str) -> ModuleType:
-    """Import `name`.py from this folder: a vertical's folder is not a package on sys.path."""
-    unique = f"{__name__}.{name}"
-    if unique not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            unique, Path(__file__).with_name(f"{name}.py")
-        )
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        spec.loader.exec_module(module)
-    return sys.modules[unique]
-
-
-booking = _sibling("booking")
+from . import booking
 
 _salons: dict[str, booking.Salon] = {}
 
