@@ -25,12 +25,13 @@ import base64
 import json
 import multiprocessing
 import os
+import random
 import resource
 import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -42,13 +43,14 @@ FRAME_S = 0.02
 FRAME_BYTES = 160
 SLOTS = 4
 SPEECH_S = 1.0
-PAUSE_S = 0.4
-"""The caller speaks again this long after the reply finished playing."""
+PAUSES_S = (0.2, 1.0)
+"""The caller speaks again after a pause drawn from this range once the reply has played,
+so calls drift apart instead of answering in lockstep."""
 LATE_S = 0.04
 ANSWER_TIMEOUT_S = standins.FIXED_DELAY_S + 3.0
 """No agent audio this long after the caller stopped: the turn went unanswered."""
 REPLY_BYTES = int(standins.REPLY_S * standins.SAMPLE_RATE)
-TURN_S = SPEECH_S + standins.FIXED_DELAY_S + standins.REPLY_S + PAUSE_S + 0.5
+TURN_S = SPEECH_S + standins.FIXED_DELAY_S + standins.REPLY_S + 0.5
 """Time a turn needs; a caller starts no turn it cannot finish before hanging up."""
 RAMP_S_PER_CALL = 0.02
 
@@ -100,10 +102,13 @@ class LoadReport:
 class Caller:
     """One simulated call: a turn-taking caller and Twilio's playback buffer."""
 
-    def __init__(self, url: str, starts_at: float, seconds: float):
+    def __init__(self, url: str, index: int, starts_at: float, seconds: float):
         self.url = url
         self.starts_at = starts_at
         self.ends_at = starts_at + seconds
+        self._random = random.Random(index)  # the same schedule against every server
+        # Callers start listening first, for a random part of a turn: their turns interleave.
+        self._next_turn_at = starts_at + self._random.uniform(0, max(0.0, min(TURN_S, seconds - TURN_S)))
         self.call_sid = "CA" + uuid.uuid4().hex
         self.stream_sid = "MZ" + uuid.uuid4().hex
         self.ws: ClientConnection | None = None
@@ -183,12 +188,14 @@ class Caller:
             if now - self._last_speech_at < ANSWER_TIMEOUT_S:
                 return False
             self.report.unanswered += 1
-            return True
-        if self._reply_bytes >= REPLY_BYTES:
-            return now >= self._play_end + PAUSE_S
-        if now - self._first_audio_at < standins.REPLY_S + ANSWER_TIMEOUT_S:
+        elif self._reply_bytes >= REPLY_BYTES:
+            if now < self._play_end:
+                return False
+        elif now - self._first_audio_at < standins.REPLY_S + ANSWER_TIMEOUT_S:
             return False
-        self.report.missing_frames += (REPLY_BYTES - self._reply_bytes) / FRAME_BYTES
+        else:
+            self.report.missing_frames += (REPLY_BYTES - self._reply_bytes) / FRAME_BYTES
+        self._next_turn_at = now + self._random.uniform(*PAUSES_S)
         return True
 
     async def tick(self, now: float) -> None:
@@ -200,12 +207,12 @@ class Caller:
             if self._waiting and self._turn_over(now):
                 self._waiting = False
             if not self._waiting and self._spoken == len(SPEECH_PAYLOADS):
-                if now + TURN_S <= self.ends_at:
-                    self._spoken, self._first_audio_at, self._reply_bytes = 0, None, 0
-                    self.report.turns += 1
-                elif now >= self.ends_at:
+                if now >= self.ends_at:
                     await self._hang_up(now)
                     return
+                if self._next_turn_at <= now <= self.ends_at - TURN_S:
+                    self._spoken, self._first_audio_at, self._reply_bytes = 0, None, 0
+                    self.report.turns += 1
             while self._marks and self._marks[0][0] <= now:
                 name = self._marks.popleft()[1]
                 await self.ws.send(self._message("mark", f'"mark":{{"name":"{name}"}}'))
@@ -238,7 +245,7 @@ async def _run(url: str, calls: int, seconds: float) -> LoadReport:
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     ramp = calls * RAMP_S_PER_CALL
-    callers = [Caller(url, began + 0.1 + ramp * i / calls, seconds) for i in range(calls)]
+    callers = [Caller(url, i, began + 0.1 + ramp * i / calls, seconds) for i in range(calls)]
     slots: list[list[Caller]] = [[] for _ in range(SLOTS)]
     lag_max = 0.0
 
@@ -294,30 +301,46 @@ async def _run(url: str, calls: int, seconds: float) -> LoadReport:
     )
 
 
-def _main(url: str, calls: int, seconds: float, core: int, conn: Any) -> None:
+def _serve(core: int, conn: Connection) -> None:
+    """The generator process: run each requested load, report, wait for the next."""
     import uvloop
 
     os.sched_setaffinity(0, {core})
-    conn.send(asdict(uvloop.run(_run(url, calls, seconds))))
+    while (request := conn.recv()) is not None:
+        url, calls, seconds = request
+        conn.send(asdict(uvloop.run(_run(url, calls, seconds))))
 
 
-def run_load(url: str, *, calls: int, seconds: float, core: int) -> LoadReport:
-    """Run `calls` concurrent calls of about `seconds` each from a process pinned to `core`."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_main, args=(url, calls, seconds, core, child), name="bench-load", daemon=True
-    )
-    process.start()
-    child.close()
-    limit = 60 + calls * RAMP_S_PER_CALL + seconds + TURN_S + 2 * ANSWER_TIMEOUT_S
-    try:
-        if not parent.poll(limit):
-            raise EOFError
-        report = LoadReport(**parent.recv())
-    except EOFError:
-        raise RuntimeError(f"the load generator gave no report within {limit:.0f} s") from None
-    finally:
-        process.kill()
-        process.join()
-    return report
+class LoadGenerator:
+    """A load-generator process pinned to one core, kept for many runs (it imports once)."""
+
+    def __init__(self, core: int):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(core, child), name="bench-load",
+                                         daemon=True)
+        self._process.start()
+        child.close()
+
+    def run(self, url: str, *, calls: int, seconds: float) -> LoadReport:
+        """`calls` concurrent calls of about `seconds` each against `url`."""
+        limit = 60 + calls * RAMP_S_PER_CALL + seconds + TURN_S + 2 * ANSWER_TIMEOUT_S
+        self._conn.send((url, calls, seconds))
+        try:
+            if not self._conn.poll(limit):
+                raise EOFError
+            return LoadReport(**self._conn.recv())
+        except EOFError:
+            self.close()
+            raise RuntimeError(f"the load generator gave no report within {limit:.0f} s") from None
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()

@@ -67,8 +67,8 @@ class LoopWatch:
             await asyncio.sleep(LAG_TICK_S)
             self.lags.append((time.perf_counter() - before - LAG_TICK_S) * 1000)
 
-    def report(self, calls: int) -> dict[str, Any]:
-        """Figures since the last report; the next report starts afresh."""
+    def report(self, calls: int, reset: bool) -> dict[str, Any]:
+        """Figures since the last reset."""
         lags = sorted(self.lags) or [0.0]
         report = {
             "calls": calls,
@@ -77,7 +77,8 @@ class LoopWatch:
             "full_gcs": self.full_gcs,
             "gc_max_ms": self.gc_max_ms,
         }
-        self.lags, self.full_gcs, self.gc_max_ms = [], 0, 0.0
+        if reset:
+            self.lags, self.full_gcs, self.gc_max_ms = [], 0, 0.0
         return report
 
 
@@ -160,7 +161,9 @@ def pipecat_app() -> tuple[FastAPI, Callable[[], int]]:
         async def on_client_disconnected(_transport: Any, _client: Any) -> None:
             await worker.cancel()
 
-        await WorkerRunner(handle_sigint=False).run(worker)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        await runner.run()
 
     @app.websocket("/media")
     async def media(ws: WebSocket) -> None:
@@ -249,8 +252,8 @@ async def _serve(name: ServerName, conn: Connection) -> None:
     watch = LoopWatch()
 
     @app.get("/bench/stats")
-    async def stats() -> dict[str, Any]:
-        return watch.report(active_calls())
+    async def stats(reset: bool = False) -> dict[str, Any]:
+        return watch.report(active_calls(), reset)
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -283,6 +286,11 @@ class ServerProcess:
     log_path: Path
 
     @property
+    def url(self) -> str:
+        """The Media Streams WebSocket URL."""
+        return f"ws://127.0.0.1:{self.port}/media"
+
+    @property
     def pid(self) -> int:
         assert self.process.pid is not None
         return self.process.pid
@@ -308,10 +316,11 @@ class ServerProcess:
         """Make VmHWM count from now (Linux: write 5 to clear_refs)."""
         Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """Active calls, loop lag and full-GC pauses since the last reset."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            connection.request("GET", "/bench/stats")
+            connection.request("GET", "/bench/stats" + ("?reset=true" if reset else ""))
             return json.loads(connection.getresponse().read())
         finally:
             connection.close()

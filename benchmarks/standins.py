@@ -17,11 +17,12 @@ answers after `LLM_DELAY_S`; the TTS starts its `REPLY_S` of audio after
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import warnings
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipecat.frames.frames import (
     Frame,
@@ -34,6 +35,7 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings, ServiceSettings, STTSettings, TTSSettings
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
@@ -95,6 +97,11 @@ def reply_chunks(encoding: Encoding) -> list[bytes]:
     return [audio[i : i + step] for i in range(0, len(audio), step)]
 
 
+def _unsupported(kind: type[ServiceSettings]) -> Any:
+    """Settings with every field None: a stand-in has no model, voice or language."""
+    return kind(**{f.name: None for f in dataclasses.fields(kind) if f.name != "extra"})
+
+
 class Endpointer:
     """Finds the end of the caller's utterance in the audio itself, by energy.
 
@@ -133,7 +140,12 @@ class StandInSTT(STTService):
     """Emits a fixed final transcript when the Endpointer hears the caller stop."""
 
     def __init__(self, *, encoding: Encoding, **kwargs):
-        super().__init__(sample_rate=SAMPLE_RATE, **kwargs)
+        super().__init__(
+            sample_rate=SAMPLE_RATE,
+            ttfs_p99_latency=ENDPOINT_MS / 1000,
+            settings=_unsupported(STTSettings),
+            **kwargs,
+        )
         self._endpointer = Endpointer(encoding)
 
     def can_generate_metrics(self) -> bool:
@@ -147,6 +159,9 @@ class StandInSTT(STTService):
 
 class StandInLLM(LLMService):
     """Answers every context with the same text after LLM_DELAY_S, and reports tokens."""
+
+    def __init__(self, **kwargs):
+        super().__init__(settings=_unsupported(LLMSettings), **kwargs)
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -170,7 +185,11 @@ class StandInTTS(TTSService):
 
     def __init__(self, *, encoding: Encoding, **kwargs):
         super().__init__(
-            sample_rate=SAMPLE_RATE, push_start_frame=True, push_stop_frames=True, **kwargs
+            sample_rate=SAMPLE_RATE,
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=_unsupported(TTSSettings),
+            **kwargs,
         )
         self._chunks = reply_chunks(encoding)
 

@@ -9,6 +9,7 @@ format (none on a μ-law chain such as Deepgram + Aura-2).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,13 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import EndWorkerFrame, Frame, LLMFullResponseEndFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndWorkerFrame,
+    Frame,
+    LLMFullResponseEndFrame,
+)
 from pipecat.pipeline.llm_switcher import LLMSwitcher
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
@@ -75,17 +82,24 @@ class BuiltCall:
 
 
 class HangUpAfterReply(FrameProcessor):
-    """Ends the call after the LLM's next complete reply, once a tool asked to hang up.
+    """Ends the call once the caller has heard the agent's reply, after a tool asked to.
 
-    A tool runs mid-turn, before the model has said goodbye; ending the
-    pipeline there would cut the goodbye off. The EndFrame this requests
-    travels behind the reply, and the transport holds it until the caller
-    has heard every word.
+    A tool runs mid-turn, before the model has said goodbye: ending there
+    would cut the goodbye off. So the hang-up waits for the end of the reply
+    (LLMFullResponseEndFrame) and then for the transport to report that the
+    caller has heard all of it (BotStoppedSpeakingFrame, sent when Twilio
+    has played the last mark). A reply that produces no speech at all ends
+    the call after `SILENT_REPLY_S`.
     """
+
+    SILENT_REPLY_S = 10.0
 
     def __init__(self) -> None:
         super().__init__(name="hang-up-after-reply")
         self._armed = False
+        self._reply_done = False
+        self._speaking = False
+        self._timer: asyncio.Task | None = None
 
     def arm(self) -> None:
         self._armed = True
@@ -93,9 +107,32 @@ class HangUpAfterReply(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         await self.push_frame(frame, direction)
-        if self._armed and isinstance(frame, LLMFullResponseEndFrame):
-            self._armed = False
-            await self.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._speaking = False
+            if self._reply_done:
+                await self._hang_up()
+        elif self._armed and isinstance(frame, LLMFullResponseEndFrame):
+            self._armed, self._reply_done = False, True
+            self._timer = self.create_task(self._unless_it_speaks(), name="silent-reply")
+
+    async def _unless_it_speaks(self) -> None:
+        await asyncio.sleep(self.SILENT_REPLY_S)
+        if not self._speaking:
+            await self._hang_up()
+
+    async def _hang_up(self) -> None:
+        self._reply_done = False
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        await self.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+    async def cleanup(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        await super().cleanup()
 
 
 def _audio_of(stage: Stage | None, side: str) -> AudioFormat | None:

@@ -29,6 +29,7 @@ from pipeline.costs.lineitem import CallCost
 from pipeline.costs.spool import SpoolingLedger
 from pipeline.costs.usage import CallUsage
 from pipeline.session import CallSession
+from pipeline.tools import shutdown as shutdown_tools
 from providers.cassette import Cassette, replay
 from providers.recorder import CassetteRecorder
 from transports.twilio.server import Bridge, BridgeSettings, create_app, running
@@ -134,6 +135,7 @@ async def run_local_call(
     user_speech_timeout: float = 0.6,
     catalog: Catalog | None = None,
     record_to: str | Path | None = None,
+    speed: float = 1.0,
 ) -> LocalCall:
     """Place one call through the real bridge; providers replayed from `cassette` if given.
 
@@ -188,6 +190,7 @@ async def run_local_call(
                 hang_up_at=hang_up_at,
                 settle_s=settle_s,
                 max_s=max_s,
+                speed=speed,
             )
             result = await phone.call(script)
             with contextlib.suppress(TimeoutError):  # the bridge finishes the call's record
@@ -207,6 +210,7 @@ async def run_local_call(
         await bookkeeper.drain()
     finally:
         await bookkeeper.close()
+        await shutdown_tools()
 
     if not sessions or sessions[0].usage is None:
         raise RuntimeError(f"the call never started (softphone ended with {phone.ended_by!r})")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from pipeline.bookkeeper import Bookkeeper
 from pipeline.config import Vertical
+from pipeline.tools import shutdown as shutdown_tools
 from transports.twilio.dialer import Dialer
 from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
 
@@ -57,6 +58,7 @@ async def serve_forever(
         if dialer:
             await dialer.close()
         await bookkeeper.close()
+        await shutdown_tools()
 
 
 async def _forever() -> None:

@@ -46,6 +46,24 @@ class Tool:
     required: list[str] = field(default_factory=list)
 
 
+_closers: list[Callable[[], Awaitable[None]]] = []
+
+
+def at_shutdown(close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """Register what a vertical's tools must release when the process is done with calls
+    (a shared database connection, say). `shutdown` runs every closer, each time, so a
+    closer must do nothing when there is nothing open."""
+    if close not in _closers:
+        _closers.append(close)
+    return close
+
+
+async def shutdown() -> None:
+    """Release what tools registered with `at_shutdown`."""
+    for close in reversed(_closers):
+        await close()
+
+
 def load_tools(spec: str, folder: Path) -> list[Tool]:
     """Import ``module:ATTR`` from `folder` and check it is a list of Tool.
 

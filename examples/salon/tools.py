@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pipeline.tools import Tool, ToolCall
+from pipeline.tools import Tool, ToolCall, at_shutdown
 
 from . import booking
 
@@ -31,6 +31,7 @@ async def salon() -> booking.Salon:
     return _salons[url]
 
 
+@at_shutdown
 async def close_salons() -> None:
     """Close the shared appointment books (at shutdown, or between tests)."""
     while _salons:
