@@ -19,6 +19,7 @@ import collections
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
-    py_spy = shutil.which("py-spy")
+    # pip puts it beside the interpreter, which need not be on PATH (a venv not activated)
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         parser.error("py-spy is not installed (pip install py-spy)")
     work = Path(tempfile.mkdtemp(prefix="tollbridge-profile-"))

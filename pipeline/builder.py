@@ -21,8 +21,10 @@ from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndWorkerFrame,
+    ErrorFrame,
     Frame,
     LLMFullResponseEndFrame,
+    LLMRunFrame,
 )
 from pipecat.pipeline.llm_switcher import LLMSwitcher
 from pipecat.pipeline.pipeline import Pipeline
@@ -79,6 +81,28 @@ class BuiltCall:
     meter: CostMeter | None
     tool_call: ToolCall
     transport: Any
+
+
+class FailOverOnAnyError(ServiceSwitcherStrategyFailover):
+    """Move to the fallback on any error from the active provider.
+
+    pipecat fails over only when a service declares itself unusable; its
+    WebSocket TTS services and the LLM services report a refused connection
+    or an overloaded API as recoverable and retry on the next sentence or
+    turn. On a phone call those retries are silence, so the first error hands
+    the stage to its fallback.
+    """
+
+    async def handle_error(self, error: ErrorFrame) -> FrameProcessor | None:
+        failed = error.processor or self.active_service
+        if failed is not self.active_service:
+            return None
+        here = self.services.index(failed)
+        for step in range(1, len(self.services)):
+            candidate = self.services[(here + step) % len(self.services)]
+            if candidate.is_usable:
+                return await self._set_active_if_available(candidate)
+        return None
 
 
 class HangUpAfterReply(FrameProcessor):
@@ -199,6 +223,8 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         meter = meter_stage.kind.build(meter_stage.options, call)
         observers.append(meter)
 
+    user_turns: list[FrameProcessor] = []  # the user aggregator, once built
+
     def service(stage: Stage) -> FrameProcessor:
         """Build a provider stage (with its fallback, if any) and tell the meter who bills."""
         primary = one_service(stage)
@@ -206,11 +232,13 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
             return primary
         backup = one_service(stage.fallback)
         switcher_type = LLMSwitcher if isinstance(primary, LLMService) else ServiceSwitcher
-        switcher = switcher_type([primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
+        switcher = switcher_type([primary, backup], strategy_type=FailOverOnAnyError)
 
         @switcher.strategy.event_handler("on_service_switched")
         async def switched(_strategy, active) -> None:
             log.warning("provider_fallback", stage=stage.name, now=active.name)
+            if isinstance(active, LLMService) and user_turns:
+                await user_turns[0].queue_frame(LLMRunFrame())  # answer the turn that failed
 
         return switcher
 
@@ -252,6 +280,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
     _register_tools(llm, tools, tool_call, log)
     context = LLMContext(tools=_tool_schemas(tools) if tools else ToolsSchema(standard_tools=[]))
     aggregators = LLMContextAggregatorPair(context, user_params=_telephony_turns(call))
+    user_turns.append(aggregators.user())
 
     wire = transport_stage.kind.audio_out(transport_stage.options) or MULAW_8K
     listener = stages[Role.STT] or brain

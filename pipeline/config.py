@@ -315,6 +315,8 @@ def _build_stage(
         if fallback.kind.role is not kind.role or kind.role in (Role.TRANSPORT, Role.METER):
             return None, [(f"{where}.fallback.use", f"a {kind.role} stage's fallback must be "
                            f"another {kind.role} stage, not {fallback.name}")]
+        if "retries" in type(parsed).model_fields and parsed.retries is None:
+            parsed = parsed.model_copy(update={"retries": 0})  # fail over, don't back off
         for side in ("audio_in", "audio_out"):
             mine, theirs = getattr(kind, side)(parsed), getattr(fallback.kind, side)(fallback.options)
             if mine != theirs:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 from anthropic import AsyncAnthropic
 from pipecat.services.anthropic.llm import AnthropicLLMService
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from pipeline.registry import Role, StageKind
 from providers.options import LLMOptions, check_llm_model
@@ -23,6 +23,9 @@ class AnthropicLLMOptions(LLMOptions):
     api_key_env: str = "ANTHROPIC_API_KEY"
     model: str = "claude-haiku-4-5"
     cache_ttl: Literal["5m", "1h"] = "5m"
+    retries: int | None = Field(None, ge=0, le=5)
+    """SDK retries on overload or network errors; default 2, or 0 when the stage has a
+    fallback (the fallback answers faster than a retry's back-off)."""
 
     @field_validator("model")
     @classmethod
@@ -40,8 +43,11 @@ def build_llm(options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMSe
     )
     if options.temperature is not None:
         settings.temperature = options.temperature
-    base_url = call.base_url("anthropic.llm", options.base_url)
-    client = AsyncAnthropic(api_key=options.api_key(call.env), base_url=base_url) if base_url else None
+    client = AsyncAnthropic(
+        api_key=options.api_key(call.env),
+        base_url=call.base_url("anthropic.llm", options.base_url),
+        max_retries=2 if options.retries is None else options.retries,
+    )
     return AnthropicLLMService(api_key=options.api_key(call.env), client=client, settings=settings)
 
 

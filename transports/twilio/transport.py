@@ -206,11 +206,13 @@ class TwilioOutput(FrameProcessor):
             await self._close_segment()
         elif self._open and not isinstance(frame, TTSStoppedFrame | EndFrame):
             self._open.append((frame, direction))
-        elif self._pending:
-            self._pending[-1].frames.append((frame, direction))
-        else:
-            await self._release_open()
-            await self._release(frame, direction)
+        else:  # the end of a TTS context: its text waits for the audio sent before it, if any
+            held, self._open = [*self._open, (frame, direction)], []
+            if self._pending:
+                self._pending[-1].frames += held
+            else:
+                for waiting, way in held:
+                    await self._release(waiting, way)
 
     async def _send_audio(self, audio: bytes) -> None:
         if not audio:
@@ -236,12 +238,6 @@ class TwilioOutput(FrameProcessor):
         self._connection.stats.marks_sent += 1
         self._ensure_watchdog()
         await self._connection.send(protocol.mark_message(self._connection.stream_sid, pending.name))
-
-    async def _release_open(self) -> None:
-        """Text that never got audio (the TTS produced none) has nothing to wait for."""
-        frames, self._open = self._open, []
-        for frame, direction in frames:
-            await self._release(frame, direction)
 
     async def played(self, name: str) -> None:
         """Twilio echoed mark `name`: everything up to it has been heard."""
