@@ -82,7 +82,8 @@ class CallReport:
 
 @dataclass
 class LoadReport:
-    calls: int
+    """What all callers of one run saw."""
+
     failures: list[str]
     call_seconds: float
     turns: int
@@ -283,7 +284,6 @@ async def _run(url: str, calls: int, seconds: float) -> LoadReport:
     used = resource.getrusage(resource.RUSAGE_SELF)
     reports = [c.report for c in callers]
     return LoadReport(
-        calls=calls,
         failures=[r.failure for r in reports if r.failure],
         call_seconds=sum(r.seconds for r in reports),
         turns=sum(r.turns for r in reports),

@@ -37,7 +37,7 @@ from rich.table import Table
 
 from benchmarks import standins
 from benchmarks.codec import codec_counts
-from benchmarks.load import TURN_S, LoadGenerator
+from benchmarks.load import FRAME_BYTES, TURN_S, LoadGenerator
 from benchmarks.servers import SERVERS, LoopKind, ServerName, ServerProcess, start_server
 
 SERVER_CORE, LOAD_CORE = 0, 1
@@ -68,12 +68,17 @@ class Run:
     unanswered: int
     reply_frames: float
     late_frames: float
+    gap_ms: float
     missing_frames: float
+    extra_frames: float
+    """Agent audio outside any reply (there should be none)."""
+    marks_echoed: int
     failed_calls: int
     loop_lag_max_ms: float
     full_gcs: int
     gc_max_ms: float
     client_cpu_share: float
+    client_lag_max_ms: float
     realtime: bool
     why_not: list[str] = field(default_factory=list)
 
@@ -140,12 +145,16 @@ def measure(
         unanswered=load.unanswered,
         reply_frames=load.frames_received,
         late_frames=load.late_frames,
+        gap_ms=load.gap_s * 1000,
         missing_frames=load.missing_frames,
+        extra_frames=load.extra_bytes / FRAME_BYTES,
+        marks_echoed=load.marks_echoed,
         failed_calls=len(load.failures),
         loop_lag_max_ms=stats["lag_max_ms"],
         full_gcs=stats["full_gcs"],
         gc_max_ms=stats["gc_max_ms"],
         client_cpu_share=load.client_cpu_s / load.client_wall_s,
+        client_lag_max_ms=load.client_lag_max_ms,
         realtime=not why_not,
         why_not=why_not,
     )

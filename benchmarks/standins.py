@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 Encoding = Literal["mulaw", "pcm16"]
 
 SAMPLE_RATE = 8000
-FRAME_MS = 20
 ENDPOINT_MS = 200
 """Line silence after speech that makes the STT emit its final transcript."""
 TURN_STOP_S = 0.2

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from pipeline.config import did_you_mean
 from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
+from providers.mulaw_tts import MulawAudio
 from providers.options import ProviderOptions
 
 if TYPE_CHECKING:
@@ -139,8 +140,13 @@ class MeteredDeepgramTTS(DeepgramTTSService):
             yield frame
 
 
+class MulawDeepgramTTS(MulawAudio, MeteredDeepgramTTS):
+    """Aura-2 with μ-law output passed through byte for byte."""
+
+
 def build_tts(options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
-    return MeteredDeepgramTTS(
+    service = MulawDeepgramTTS if options.encoding == "mulaw" else MeteredDeepgramTTS
+    return service(
         api_key=options.api_key(call.env),
         base_url=call.base_url("deepgram.tts", options.base_url) or "wss://api.deepgram.com",
         encoding=options.encoding,

@@ -12,6 +12,7 @@ from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pydantic import Field
 
 from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
+from providers.mulaw_tts import MulawAudio
 from providers.options import ProviderOptions
 
 if TYPE_CHECKING:
@@ -47,6 +48,10 @@ class MulawElevenLabsTTS(ElevenLabsTTSService):
         await super()._connect_websocket()
 
 
+class MulawBytesElevenLabsTTS(MulawAudio, MulawElevenLabsTTS):
+    """`ulaw_8000` output passed through byte for byte."""
+
+
 def audio_out(options: ElevenLabsTTSOptions) -> AudioFormat:
     if options.output == "ulaw_8000":
         return MULAW_8K
@@ -62,7 +67,8 @@ def build_tts(options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTS
         similarity_boost=options.similarity_boost,
         speed=options.speed,
     )
-    return MulawElevenLabsTTS(
+    service = MulawBytesElevenLabsTTS if options.output == "ulaw_8000" else MulawElevenLabsTTS
+    return service(
         api_key=options.api_key(call.env),
         url=call.base_url("elevenlabs.tts", options.base_url) or "wss://api.elevenlabs.io",
         sample_rate=rate,

@@ -245,3 +245,32 @@ async def test_a_call_reaching_its_budget_is_wrapped_up_politely(frontdesk):
     assert usage.ended_by == "budget"
     assert phone.ended_by == "agent_hung_up"
     assert assistant_messages(session)[-1] == farewell
+
+
+async def test_audio_crosses_the_bridge_bit_exact_with_no_conversion(frontdesk):
+    """Twilio's μ-law reaches Deepgram untouched; Aura-2's μ-law reaches Twilio untouched."""
+    import hashlib
+
+    from providers.fakes.audio import synthesize
+    from transports.codec import AudioConverter
+
+    reply = "We are open Monday to Friday, eight to six."
+    cassette = Cassette(stt=[final(4.0, "what are your opening hours")],
+                        llm=[{"match": "opening hours", "text": reply}])
+    async with running_bridge(frontdesk, cassette) as running:
+        phone = await running.softphone().call(script())
+        await running.finished()
+        session = running.sessions[0]
+        [listened] = running.fakes.fakes["deepgram.stt"].requests
+        spoken_texts = [m["text"] for r in running.fakes.fakes["deepgram.tts"].requests
+                        for m in r.messages if isinstance(m, dict) and m.get("type") == "Speak"]
+    assert not [p for p in session.built.processors if isinstance(p, AudioConverter)]
+    [metadata] = [m for m in listened.sent if m.get("type") == "Metadata"]
+    assert metadata["sha256"] == hashlib.sha256(phone.caller_audio).hexdigest()
+    spoken = b"".join(
+        synthesize(text, encoding="mulaw", sample_rate=8000, chars_per_second=CHARS_PER_SECOND)
+        for text in spoken_texts
+    )
+    assert "".join(spoken_texts).split() == (GREETING + " " + reply).split()
+    assert len(phone.agent_audio) == len(spoken)
+    assert phone.agent_audio == spoken

@@ -83,6 +83,8 @@ class SoftphoneResult:
     stream_sid: str
     agent_audio: bytes = b""
     """What Twilio would have played to the caller, in order."""
+    caller_audio: bytes = b""
+    """What the caller sent, frame by frame (speech, then line silence)."""
     media_received: int = 0
     marks_received: list[str] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
@@ -212,6 +214,7 @@ class Softphone:
         receiver = asyncio.create_task(receive())
         dtmf = sorted(script.dtmf)
         chunk, offset, quiet_since = 0, 0, None
+        sent = bytearray()
         frame_s = FRAME_S / script.speed
         try:
             while not closed.is_set():
@@ -228,6 +231,7 @@ class Softphone:
                 frame = script.audio[offset:offset + FRAME_BYTES]
                 offset += FRAME_BYTES
                 frame = frame.ljust(FRAME_BYTES, MULAW_SILENCE)
+                sent += frame
                 chunk += 1
                 await ws.send(message("media", media={
                     "track": "inbound", "chunk": str(chunk),
@@ -258,6 +262,7 @@ class Softphone:
         finally:
             result.duration_s = chunk * FRAME_S
             result.agent_audio = bytes(playback.played)
+            result.caller_audio = bytes(sent)
             receiver.cancel()
             try:
                 await receiver
