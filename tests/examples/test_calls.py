@@ -128,3 +128,20 @@ async def test_a_caller_hanging_up_mid_sentence_still_leaves_a_record(replay_cal
     stt = items(result)["stt"]
     assert Decimal("9.5") <= stt <= Decimal("10.5")  # Deepgram bills the audio it got
     assert result.cost.total_usd > 0
+
+
+async def test_the_realtime_brain_handles_the_same_call_and_costs_more(replay_call, tmp_path):
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    realtime = await replay_call(
+        EXAMPLES / "real_estate" / "realtime.vertical.toml", audio=CALLS / "real_estate_listing.wav",
+        cassette=CALLS / "real_estate_listing.realtime.cassette.json", ledger_url=ledger,
+        settle_s=2.0,
+    )
+    showing = next(t for t in realtime.tools if t.name == "schedule_showing")
+    assert showing.result["scheduled"] is True
+    assert realtime.phone.ended_by == "agent_hung_up"
+    kinds = set(items(realtime))
+    assert {"realtime.audio_in", "realtime.audio_out", "realtime.text_in"} <= kinds
+    assert not {"stt", "tts"} & kinds  # one brain: no separate STT or TTS bill
+    cascaded = await call(replay_call, tmp_path, "real_estate", "real_estate_listing")
+    assert realtime.cost.usd_per_minute > cascaded.cost.usd_per_minute
