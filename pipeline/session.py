@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from pipecat.frames.frames import EndWorkerFrame, TTSSpeakFrame
@@ -32,7 +34,15 @@ Pricer = Callable[[CallUsage], CallCost]
 
 
 class CallSession:
-    """Runs one call's pipeline and guarantees that its usage is reported."""
+    """Runs one call's pipeline and guarantees that its usage is reported.
+
+    The call's share of the bridge's own compute is estimated as the process
+    CPU time spent while it ran divided by the average number of calls the
+    process was serving, so the ledger can carry infrastructure cost too.
+    """
+
+    active = 0
+    """Calls this process is running now (CPU time is a process-wide quantity)."""
 
     def __init__(
         self,
@@ -51,6 +61,7 @@ class CallSession:
         self.built: BuiltCall = build_call(call, observers=observers)
         self.ended_by = ""
         self.usage: CallUsage | None = None
+        self._cpu_seconds = 0.0
         meter = self.built.meter
         if meter and pricer and call.vertical.budget_usd is not None:
             meter.on_usage = self._check_budget
@@ -78,6 +89,8 @@ class CallSession:
 
     async def run(self, caller_side: Awaitable[str]) -> CallUsage | None:
         """Run until either side ends the call. `caller_side` returns why it ended."""
+        CallSession.active += 1
+        self._cpu_start, self._active_start = time.process_time(), CallSession.active
         runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
         await runner.add_workers(self.worker)
         pipeline = asyncio.create_task(runner.run(), name=f"pipeline {self.call.call_sid}")
@@ -104,6 +117,10 @@ class CallSession:
             for task in (pipeline, reader):
                 if not task.done():
                     task.cancel()
+            self._cpu_seconds = (time.process_time() - self._cpu_start) / (
+                (self._active_start + CallSession.active) / 2
+            )
+            CallSession.active -= 1
             await self._finish()
         return self.usage
 
@@ -113,6 +130,7 @@ class CallSession:
         if meter is None:
             return
         self.usage = meter.usage(ended_at=datetime.now(UTC), ended_by=self.ended_by)
+        self.usage.compute_cpu_seconds = Decimal(str(round(self._cpu_seconds, 4)))
         if self.on_finished:
             try:
                 await self.on_finished(self.usage)

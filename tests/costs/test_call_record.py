@@ -33,6 +33,7 @@ PER_MINUTE = {"voice.inbound_local": Decimal("0.0085"), "media_streams": Decimal
 STT_PER_SECOND = Decimal("0.0048") / 60
 GPT_4O_MINI = {"input": Decimal("0.15"), "cached_input": Decimal("0.075"), "output": Decimal("0.60")}
 AURA_2_PER_CHAR = Decimal("0.030") / 1000
+COMPUTE_PER_CORE_HOUR = Decimal("0.05")  # the catalog's stated assumption
 
 
 def usd(amount: Decimal) -> Decimal:
@@ -66,6 +67,8 @@ async def test_a_replayed_call_leaves_one_priced_record(frontdesk, ledger_url, t
             expected[f"llm.{kind}:gpt-4o-mini"] = usd(tokens * rate / 1_000_000)
     [tts] = usage.tts
     expected["tts:aura-2-thalia-en"] = usd(tts.characters * AURA_2_PER_CHAR)
+    assert 0 < usage.compute_cpu_seconds < 10  # the bridge's own CPU, estimated per call
+    expected["compute"] = usd(usage.compute_cpu_seconds * COMPUTE_PER_CORE_HOUR / 3600)
 
     got = {item.item: item.usd for item in stored.items if item.usd or item.item in expected}
     assert got == expected
