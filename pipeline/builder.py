@@ -288,7 +288,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
     processors: list[FrameProcessor] = [transport.input()]
     processors += codec_between(wire, _audio_of(listener, "audio_in"), inbound=True)
     if stages[Role.STT]:
-        processors += [service(stages[Role.STT]), DTMFAggregator(prefix="Caller pressed ")]
+        processors += [service(stages[Role.STT]), DTMFAggregator(prefix="[keypad] ")]
     processors += [aggregators.user(), llm, hangup]
     if stages[Role.TTS]:
         processors.append(service(stages[Role.TTS]))

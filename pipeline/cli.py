@@ -158,15 +158,21 @@ def call(
     record: Annotated[
         Path | None, typer.Option(help="Write what the providers answered to this cassette.")
     ] = None,
+    press: Annotated[
+        list[str] | None,
+        typer.Option(help="A keypad press as SECONDS:DIGIT, e.g. 16:1 (repeatable)."),
+    ] = None,
 ) -> None:
     """Run one complete phone call on this machine and print what it cost."""
     from pipeline.local_call import print_call, run_local_call
 
     def run() -> None:
+        presses = [_press(spec) for spec in press or []]
         loaded = load_vertical(vertical, check_keys=cassette is None)
         result = asyncio.run(
             run_local_call(
-                loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record
+                loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record,
+                dtmf=presses,
             )
         )
         result.write_agent_audio(out)
@@ -209,6 +215,17 @@ def dial(
         console.print(f"call placed: {asyncio.run(place(loaded))}")
 
     guarded(run)
+
+
+def _press(spec: str) -> tuple[float, str]:
+    seconds, _, digit = spec.partition(":")
+    try:
+        at = float(seconds)
+    except ValueError:
+        raise ValueError(f"--press {spec!r}: expected SECONDS:DIGIT, e.g. 16:1") from None
+    if len(digit) != 1 or digit not in "0123456789*#":
+        raise ValueError(f"--press {spec!r}: {digit!r} is not a keypad digit")
+    return at, digit
 
 
 def _mount_costs() -> None:

@@ -16,6 +16,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -236,13 +237,16 @@ def print_call(call: LocalCall, console: Console) -> None:
     console.rule(f"{call.vertical.name} — call {call.cost.call_sid}")
     for who, text in call.conversation:
         style = {"caller": "cyan", "agent": "green", "tool": "yellow"}[who]
-        console.print(f"[{style}]{who:>6}[/{style}]  {text}", highlight=False)
+        shown = text if who != "tool" or len(text) <= 110 else text[:107] + "…"
+        console.print(f"[{style}]{who:>6}[/{style}]  {shown}", highlight=False)
     table = Table(title=f"cost — catalog {call.cost.catalog_version}")
     for column in ("item", "provider", "quantity", "unit", "unit price $", "$"):
-        table.add_column(column, justify="left" if column in ("item", "provider", "unit") else "right")
+        left = column in ("item", "provider", "unit")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column == "item")
     for item in call.cost.items:
+        unit_price = item.unit_price_usd.quantize(Decimal("1e-12")).normalize()
         table.add_row(item.item, item.provider, f"{item.quantity.normalize():f}", item.unit,
-                      f"{item.unit_price_usd.normalize():f}", f"{item.usd:.6f}")
+                      f"{unit_price:f}", f"{item.usd:.6f}")
     console.print(table)
     per_minute = call.cost.usd_per_minute
     console.print(

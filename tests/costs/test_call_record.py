@@ -70,6 +70,8 @@ async def test_a_replayed_call_leaves_one_priced_record(frontdesk, ledger_url, t
     assert 0 < usage.compute_cpu_seconds < 10  # the bridge's own CPU, estimated per call
     expected["compute"] = usd(usage.compute_cpu_seconds * COMPUTE_PER_CORE_HOUR / 3600)
 
+    # the front desk's prompt and tools are far below the 1,024 tokens OpenAI caches from
+    assert not call.prompt_cache_hit_after_first_turn
     got = {item.item: item.usd for item in stored.items if item.usd or item.item in expected}
     assert got == expected
     assert stored.total_usd == sum(expected.values())

@@ -63,7 +63,10 @@ async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
     assert result.phone.ended_by == "agent_hung_up" and result.cost.ended_by == "agent"
     assert result.phone.clears == 0
     assert {"voice.inbound_local", "media_streams", "number.local", "stt", "llm.input",
-            "llm.output", "tts"} <= set(items(result))
+            "llm.cached_input", "llm.output", "tts"} <= set(items(result))
+    # system prompt + tools form a stable prefix over 1,024 tokens: every turn after
+    # the first is served from OpenAI's prompt cache
+    assert result.prompt_cache_hit_after_first_turn
 
 
 async def test_salon_barge_in_and_keypad(replay_call, tmp_path):

@@ -87,7 +87,7 @@ async def test_barge_in_clears_twilio_and_the_context_keeps_only_what_was_heard(
 
 
 async def test_keypad_presses_reach_the_model(frontdesk):
-    cassette = Cassette(llm=[{"match": "Caller pressed 1", "text": "You pressed one."}])
+    cassette = Cassette(llm=[{"match": "[keypad] 1", "text": "You pressed one."}])
     async with running_bridge(frontdesk, cassette) as running:
         phone = await running.softphone().call(script(dtmf=[(3.5, "1")]))
         await running.finished()
