@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.costs.database import Database, connect
+from pipeline.spoken_time import WEEKDAYS, hhmm, parse_day, parse_time
 from pipeline.tools import Tool, ToolCall
 
 TYPES = ("house", "apartment", "condo", "townhouse")
@@ -34,7 +35,6 @@ SEARCH_RESULTS = 5
 ALTERNATIVES = 3
 FILLER = {"the", "a", "an", "on", "in", "at", "of", "one", "home", "place", "listing"}
 """Words a caller wraps an address in ("the one on Oak Avenue")."""
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 SHOWINGS_TABLE = """CREATE TABLE IF NOT EXISTS showings (
     listing_id TEXT NOT NULL,
@@ -88,45 +88,6 @@ def today() -> dt.date:
     """OneRoof's today: ``ONEROOF_TODAY`` (an ISO date, for demos and tests) or the real one."""
     fixed = os.environ.get("ONEROOF_TODAY", "").strip()
     return dt.date.fromisoformat(fixed) if fixed else dt.date.today()
-
-
-def parse_day(text: str, first: dt.date) -> dt.date:
-    """An ISO date, "today", "tomorrow" or a weekday name (the next one from `first`)."""
-    word = text.strip().lower().removeprefix("this ").strip()
-    if word == "today":
-        return first
-    if word == "tomorrow":
-        return first + dt.timedelta(days=1)
-    for index, name in enumerate(WEEKDAYS):
-        if len(word) >= 3 and name.startswith(word):
-            return first + dt.timedelta(days=(index - first.weekday()) % 7)
-    try:
-        return dt.date.fromisoformat(word)
-    except ValueError:
-        raise ValueError(
-            f'"{text}" is not a day: give a date as YYYY-MM-DD or a weekday name'
-        ) from None
-
-
-def parse_time(text: str) -> int:
-    """Minutes after midnight from "11:00", "14:30" or "2pm"; a bare hour before 8 is the afternoon."""
-    match = re.fullmatch(r"(\d{1,2})(?:[:.h](\d{2}))?\s*([ap])?\.?\s*m?\.?", text.strip().lower())
-    if not match:
-        raise ValueError(f'"{text}" is not a time: give it as HH:MM, e.g. 14:30')
-    hour, minute = int(match[1]), int(match[2] or 0)
-    if match[3] == "p" and hour < 12:
-        hour += 12
-    elif match[3] == "a" and hour == 12:
-        hour = 0
-    elif not match[3] and 1 <= hour < 8:
-        hour += 12
-    if hour > 23 or minute > 59:
-        raise ValueError(f'"{text}" is not a time of day')
-    return hour * 60 + minute
-
-
-def hhmm(minutes: int) -> str:
-    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _when(day: dt.date, start: int) -> dict[str, str]:

@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from pipeline.costs.database import Database, Transaction, connect
+from pipeline.spoken_time import WEEKDAYS, hhmm
 
 SLOT_MINUTES = 15
 OPENS, CLOSES = "09:00", "19:00"
@@ -51,7 +52,6 @@ ALTERNATIVES = 3
 ATTEMPTS = 3
 """Tries per booking when another call's transaction wins a slot first."""
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 ANYONE = {"", "any", "anyone", "anybody", "no preference", "whoever", "whoever is free"}
 
 SCHEMA = (
@@ -119,46 +119,6 @@ def _earliest(day: dt.date) -> int | None:
         return 0
     clock = dt.datetime.now()
     return clock.hour * 60 + clock.minute
-
-
-def parse_day(text: str, first: dt.date) -> dt.date:
-    """An ISO date, "today", "tomorrow" or a weekday name (the next one from `first`)."""
-    word = text.strip().lower().removeprefix("this ").strip()
-    if word == "today":
-        return first
-    if word == "tomorrow":
-        return first + dt.timedelta(days=1)
-    for index, name in enumerate(WEEKDAYS):
-        if len(word) >= 3 and name.startswith(word):
-            return first + dt.timedelta(days=(index - first.weekday()) % 7)
-    try:
-        return dt.date.fromisoformat(word)
-    except ValueError:
-        raise ValueError(
-            f'"{text}" is not a day: give a date as YYYY-MM-DD or a weekday name'
-        ) from None
-
-
-def parse_time(text: str) -> int:
-    """Minutes after midnight from "10:00", "14:30", "2pm" or "2:30 p.m.". A bare hour
-    before 8 is the afternoon: the salon is open 9 to 7, so "at 2" means 14:00."""
-    match = re.fullmatch(r"(\d{1,2})(?:[:.h](\d{2}))?\s*([ap])?\.?\s*m?\.?", text.strip().lower())
-    if not match:
-        raise ValueError(f'"{text}" is not a time: give it as HH:MM, e.g. 14:30')
-    hour, minute = int(match[1]), int(match[2] or 0)
-    if match[3] == "p" and hour < 12:
-        hour += 12
-    elif match[3] == "a" and hour == 12:
-        hour = 0
-    elif not match[3] and 1 <= hour < 8:
-        hour += 12
-    if hour > 23 or minute > 59:
-        raise ValueError(f'"{text}" is not a time of day')
-    return hour * 60 + minute
-
-
-def hhmm(minutes: int) -> str:
-    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _minutes(text: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pipeline.spoken_time import parse_day, parse_time
 from pipeline.tools import Tool, ToolCall, at_shutdown
 
 from . import booking
@@ -64,7 +65,7 @@ async def opening_hours(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
 
 async def find_slots(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
     book = await salon()
-    day = booking.parse_day(_text(args, "day"), booking.today())
+    day = parse_day(_text(args, "day"), booking.today())
     return await book.free_times(_text(args, "service"), day, args.get("stylist"))
 
 
@@ -72,8 +73,8 @@ async def book_appointment(args: dict[str, Any], call: ToolCall) -> dict[str, An
     book = await salon()
     return await book.book(
         _text(args, "service"),
-        booking.parse_day(_text(args, "day"), booking.today()),
-        booking.parse_time(_text(args, "time")),
+        parse_day(_text(args, "day"), booking.today()),
+        parse_time(_text(args, "time")),
         _text(args, "customer_name"),
         stylist=args.get("stylist"),
         phone=call.caller,
@@ -85,8 +86,8 @@ async def reschedule(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
     book = await salon()
     return await book.reschedule(
         _text(args, "reference"),
-        booking.parse_day(_text(args, "day"), booking.today()),
-        booking.parse_time(_text(args, "time")),
+        parse_day(_text(args, "day"), booking.today()),
+        parse_time(_text(args, "time")),
     )
 
 
