@@ -9,7 +9,6 @@ format (none on a μ-law chain such as Deepgram + Aura-2).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,18 +16,10 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
-    EndWorkerFrame,
-    ErrorFrame,
-    Frame,
-    LLMFullResponseEndFrame,
-    LLMRunFrame,
-)
+from pipecat.frames.frames import LLMRunFrame
 from pipecat.pipeline.llm_switcher import LLMSwitcher
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
+from pipecat.pipeline.service_switcher import ServiceSwitcher
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -36,13 +27,15 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from pipeline.config import Stage, Vertical
+from pipeline.failover import FailOverOnAnyError
+from pipeline.hangup import HangUpAfterReply
 from pipeline.meter import CostMeter, Service
 from pipeline.registry import MULAW_8K, AudioFormat, Role
 from pipeline.tools import Tool, ToolCall
@@ -81,82 +74,6 @@ class BuiltCall:
     meter: CostMeter | None
     tool_call: ToolCall
     transport: Any
-
-
-class FailOverOnAnyError(ServiceSwitcherStrategyFailover):
-    """Move to the fallback on any error from the active provider.
-
-    pipecat fails over only when a service declares itself unusable; its
-    WebSocket TTS services and the LLM services report a refused connection
-    or an overloaded API as recoverable and retry on the next sentence or
-    turn. On a phone call those retries are silence, so the first error hands
-    the stage to its fallback.
-    """
-
-    async def handle_error(self, error: ErrorFrame) -> FrameProcessor | None:
-        failed = error.processor or self.active_service
-        if failed is not self.active_service:
-            return None
-        here = self.services.index(failed)
-        for step in range(1, len(self.services)):
-            candidate = self.services[(here + step) % len(self.services)]
-            if candidate.is_usable:
-                return await self._set_active_if_available(candidate)
-        return None
-
-
-class HangUpAfterReply(FrameProcessor):
-    """Ends the call once the caller has heard the agent's reply, after a tool asked to.
-
-    A tool runs mid-turn, before the model has said goodbye: ending there
-    would cut the goodbye off. So the hang-up waits for the end of the reply
-    (LLMFullResponseEndFrame) and then for the transport to report that the
-    caller has heard all of it (BotStoppedSpeakingFrame, sent when Twilio
-    has played the last mark). A reply that produces no speech at all ends
-    the call after `SILENT_REPLY_S`.
-    """
-
-    SILENT_REPLY_S = 10.0
-
-    def __init__(self) -> None:
-        super().__init__(name="hang-up-after-reply")
-        self._armed = False
-        self._reply_done = False
-        self._speaking = False
-        self._timer: asyncio.Task | None = None
-
-    def arm(self) -> None:
-        self._armed = True
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        await self.push_frame(frame, direction)
-        if isinstance(frame, BotStartedSpeakingFrame):
-            self._speaking = True
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._speaking = False
-            if self._reply_done:
-                await self._hang_up()
-        elif self._armed and isinstance(frame, LLMFullResponseEndFrame):
-            self._armed, self._reply_done = False, True
-            self._timer = self.create_task(self._unless_it_speaks(), name="silent-reply")
-
-    async def _unless_it_speaks(self) -> None:
-        await asyncio.sleep(self.SILENT_REPLY_S)
-        if not self._speaking:
-            await self._hang_up()
-
-    async def _hang_up(self) -> None:
-        self._reply_done = False
-        if self._timer:
-            self._timer.cancel()
-            self._timer = None
-        await self.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
-
-    async def cleanup(self) -> None:
-        if self._timer:
-            self._timer.cancel()
-        await super().cleanup()
 
 
 def _audio_of(stage: Stage | None, side: str) -> AudioFormat | None:
