@@ -36,6 +36,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipeline.config import Stage, Vertical
 from pipeline.failover import FailOverOnAnyError
 from pipeline.hangup import HangUpAfterReply
+from pipeline.logs import get_logger
 from pipeline.meter import CostMeter, Service
 from pipeline.registry import MULAW_8K, AudioFormat, Role
 from pipeline.tools import Tool, ToolCall
@@ -124,8 +125,6 @@ def _telephony_turns(call: CallContext) -> LLMUserAggregatorParams:
 
 def build_call(call: CallContext, *, observers: list[Any] | None = None) -> BuiltCall:
     """Build (not start) the pipeline for one call of `call.vertical`."""
-    from pipeline.logs import get_logger
-
     vertical = call.vertical
     log = get_logger(call_sid=call.call_sid, tenant=vertical.tenant, vertical=vertical.name)
     stages = {role: vertical.stage(role) for role in Role}

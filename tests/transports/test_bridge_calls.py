@@ -274,3 +274,16 @@ async def test_audio_crosses_the_bridge_bit_exact_with_no_conversion(frontdesk):
     assert "".join(spoken_texts).split() == (GREETING + " " + reply).split()
     assert len(phone.agent_audio) == len(spoken)
     assert phone.agent_audio == spoken
+
+
+async def test_a_stream_without_parameters_goes_to_the_only_vertical(frontdesk):
+    """A peer that sends a bare `start` (no customParameters) still gets the agent."""
+    cassette = Cassette(stt=[final(3.5, "hello")], llm=[{"match": "hello", "text": "Hi there."}])
+    async with running_bridge(frontdesk, cassette) as running:
+        phone = await running.softphone().call(
+            CallScript(audio=SPEECH[: 8000 * 5], parameters={}, settle_s=1.5, max_s=20))
+        [usage] = await running.finished()
+        session = running.sessions[0]
+    assert usage.vertical == "frontdesk"
+    assert assistant_messages(session)[-1] == "Hi there."
+    assert phone.marks_echoed == phone.marks_received

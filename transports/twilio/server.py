@@ -130,7 +130,16 @@ class Bridge:
         return str(response)
 
     def find_vertical(self, start: protocol.Start) -> Vertical | None:
-        return self.verticals.get(start.custom_parameters.get("vertical", ""))
+        """The vertical a stream belongs to: named by its `vertical` parameter, else
+        found by its `to` number, else the only one this bridge serves."""
+        params = start.custom_parameters
+        if "vertical" in params:
+            return self.verticals.get(params["vertical"])
+        if params.get("to") in self.by_number:
+            return self.by_number[params["to"]]
+        if len(self.verticals) == 1:
+            return next(iter(self.verticals.values()))
+        return None
 
     def make_call(
         self, vertical: Vertical, start: protocol.Start, connection: MediaStreamConnection
