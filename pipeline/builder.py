@@ -16,7 +16,7 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import LLMRunFrame
+from pipecat.frames.frames import LLMRunFrame, MetricsFrame
 from pipecat.pipeline.llm_switcher import LLMSwitcher
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.service_switcher import ServiceSwitcher
@@ -132,12 +132,10 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
     assert transport_stage is not None, "validated chains always have a transport"
     transport = transport_stage.kind.build(transport_stage.options, call)
 
-    observers = list(observers or [])
     meter_stage = stages[Role.METER]
     meter: CostMeter | None = None
     if meter_stage:
         meter = meter_stage.kind.build(meter_stage.options, call)
-        observers.append(meter)
 
     user_turns: list[FrameProcessor] = []  # the user aggregator, once built
 
@@ -219,12 +217,21 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
             enable_metrics=True,
             enable_usage_metrics=True,
         ),
-        observers=observers,
+        observers=list(observers or []),
         idle_timeout_secs=None,
         enable_rtvi=False,
+        enable_turn_tracking=False,  # an observer: a task wake-up for every frame pushed
         check_dangling_tasks=False,
         conversation_id=call.call_sid,
     )
+    if meter:
+        worker.add_reached_downstream_filter((MetricsFrame,))
+
+        @worker.event_handler("on_frame_reached_downstream")
+        async def metered(_worker, frame) -> None:
+            if isinstance(frame, MetricsFrame):
+                await meter.on_metrics(frame)
+
     return BuiltCall(
         worker=worker,
         processors=processors,

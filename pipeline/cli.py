@@ -125,11 +125,11 @@ def serve(
     ] = False,
 ) -> None:
     """Run the bridge: the voice webhook, the Media Streams socket and status callbacks."""
-    from pipeline.service import serve_forever
+    from pipeline.service import run_service, serve_forever
 
     def run() -> None:
         loaded = [v for path in verticals for v in load_verticals(path, check_keys=True)]
-        asyncio.run(
+        run_service(
             serve_forever(
                 loaded,
                 host=host,
@@ -235,3 +235,6 @@ def _mount_costs() -> None:
 
 
 _mount_costs()
+
+if __name__ == "__main__":
+    app()

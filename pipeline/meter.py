@@ -1,8 +1,9 @@
 """The `cost.meter` stage: watches a call's usage metrics and keeps its running cost.
 
-It is a pipecat observer, not a processor in the audio path: it sees every
-`MetricsFrame` once, wherever in the pipeline it was pushed, and adds nothing
-to the 20 ms hop count. Usage arrives in pipecat's provider-neutral shapes
+It is neither a processor in the audio path nor a pipecat observer (an
+observer costs a queue item and a task wake-up for every frame pushed
+anywhere): the pipeline worker hands it each `MetricsFrame` that reaches the
+end of the pipeline, and nothing else. Usage arrives in pipecat's provider-neutral shapes
 (STT audio seconds, LLM tokens, TTS characters); the builder tells the meter
 which service is which provider and model, so no provider code lives here.
 The call's record is produced by `usage()` when the call ends, however it ends.
@@ -22,7 +23,6 @@ from pipecat.metrics.metrics import (
     STTUsageMetricsData,
     TTSUsageMetricsData,
 )
-from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from pipeline.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
 from pipeline.registry import Role, StageKind, StageOptions
@@ -84,11 +84,10 @@ def _realtime_tokens(service: Service, usage) -> RealtimeUsage:
     )
 
 
-class CostMeter(BaseObserver):
+class CostMeter:
     """Accumulates one call's billable usage from pipecat's usage metrics."""
 
     def __init__(self, call: CallContext):
-        super().__init__(observe_every_push=False)
         self.call = call
         self.started_at = datetime.now(UTC)
         self.services: dict[str, Service] = {}
@@ -113,11 +112,9 @@ class CostMeter(BaseObserver):
         model = getattr(stage.options, "model", None) or getattr(stage.options, "voice", "")
         return Service(provider=stage.kind.name.split(".")[0], model=model)
 
-    async def on_push_frame(self, data: FramePushed) -> None:
-        if not isinstance(data.frame, MetricsFrame):
-            return
+    async def on_metrics(self, frame: MetricsFrame) -> None:
         counted = False
-        for item in data.frame.data:
+        for item in frame.data:
             if isinstance(item, STTUsageMetricsData):
                 service = self._service(item.processor, Role.STT)
                 key = (service.provider, service.model)

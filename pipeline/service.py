@@ -1,10 +1,18 @@
-"""`tollbridge serve`: the bridge as a long-running service."""
+"""`tollbridge serve`: the bridge as a long-running service.
+
+It runs on uvloop when installed (uvicorn's `standard` extra brings it; about a
+fifth less CPU per call in the benchmarks), and freezes everything allocated
+at start-up out of the garbage collector's reach, so the collector's full
+passes stay short while calls are live instead of stalling every call.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pipeline.bookkeeper import Bookkeeper
 from pipeline.config import Vertical
@@ -45,6 +53,8 @@ async def serve_forever(
                     on_status=on_status, pricer=bookkeeper.price, dialer=dialer)
     try:
         async with running(create_app(bridge), host, port) as url:
+            gc.collect()
+            gc.freeze()
             announce(f"tollbridge listening on {url}")
             announce(f"voice webhook (paste into Twilio): {public_url.rstrip('/')}/voice")
             announce(f"status callback: {public_url.rstrip('/')}/status")
@@ -63,3 +73,14 @@ async def serve_forever(
 
 async def _forever() -> None:
     await asyncio.Event().wait()
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run the service's coroutine on uvloop when it is installed, else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)

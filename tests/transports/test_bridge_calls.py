@@ -287,3 +287,29 @@ async def test_a_stream_without_parameters_goes_to_the_only_vertical(frontdesk):
     assert usage.vertical == "frontdesk"
     assert assistant_messages(session)[-1] == "Hi there."
     assert phone.marks_echoed == phone.marks_received
+
+
+async def test_two_concurrent_calls_keep_their_own_state(frontdesk):
+    """Two calls at once on one bridge: separate pipelines, contexts, usage and audio."""
+    cassette = Cassette(
+        stt=[final(3.5, "what are your opening hours")],
+        llm=[
+            {"match": "opening hours", "text": "Monday to Friday, eight to six."},
+            {"match": "opening hours", "text": "Monday to Friday, eight to six."},
+        ],
+    )
+    async with running_bridge(frontdesk, cassette) as running:
+        short, long = await asyncio.gather(
+            running.softphone().call(script(audio=SPEECH[: 8000 * 5])),
+            running.softphone().call(script(audio=SPEECH[: 8000 * 8])),
+        )
+        usages = {u.call_sid: u for u in await running.finished(2)}
+        sessions = {s.call.call_sid: s for s in running.sessions}
+    assert set(usages) == {short.call_sid, long.call_sid}
+    for phone in (short, long):
+        session = sessions[phone.call_sid]
+        assert assistant_messages(session) == [GREETING, "Monday to Friday, eight to six."]
+        [stt] = usages[phone.call_sid].stt
+        assert abs(float(stt.audio_seconds) - phone.duration_s) < 0.05  # each billed its own audio
+    assert sessions[short.call_sid].built.context is not sessions[long.call_sid].built.context
+    assert usages[long.call_sid].stt[0].audio_seconds > usages[short.call_sid].stt[0].audio_seconds

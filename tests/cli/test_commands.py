@@ -1,0 +1,89 @@
+"""The command line as a user runs it: real processes, real ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+import httpx
+
+from tests.conftest import FIXTURES
+from transports.twilio.signature import SignatureChecker
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLLBRIDGE = [sys.executable, "-m", "pipeline.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOLLBRIDGE, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_validate_prints_each_chain_and_exits_zero():
+    done = run("validate", "examples/")
+    assert done.returncode == 0, done.stderr
+    assert "4 vertical(s) valid" in done.stdout
+    assert "fallback" in done.stdout and "deepgram.tts" in done.stdout
+
+
+def test_a_bad_config_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
+    (tmp_path / "vertical.toml").write_text('name = "x"\ntenant = "t"\n[[chain]]\nuse = "twilo"\n')
+    done = run("validate", str(tmp_path))
+    assert done.returncode == 1
+    assert 'chain[0].use: unknown stage kind "twilo"; did you mean "twilio"?' in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_validate_keys_names_the_missing_variable():
+    env = {k: "" for k in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY")}
+    done = run("validate", "--keys", "examples/salon", env=env)
+    assert done.returncode == 1
+    assert "environment variable DEEPGRAM_API_KEY is not set" in done.stderr
+
+
+def test_schema_enumerates_every_kind():
+    done = run("schema")
+    assert done.returncode == 0
+    for kind in ("twilio", "deepgram.stt", "openai.llm", "openai.realtime", "cost.meter"):
+        assert f'"const": "{kind}"' in done.stdout
+
+
+def test_serve_answers_a_signed_webhook_and_stops_cleanly(tmp_path):
+    port, token = free_port(), "serve-test-token"
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": token, "DEEPGRAM_API_KEY": "dg",
+           "OPENAI_API_KEY": "sk", "TOLLBRIDGE_SPOOL": str(tmp_path / "spool")}
+    server = subprocess.Popen(
+        [*TOLLBRIDGE, "serve", str(FIXTURES / "frontdesk"), "--port", str(port),
+         "--ledger", f"sqlite:///{tmp_path / 'ledger.db'}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        form = {"CallSid": "CA" + "7" * 32, "From": "+15550107777", "To": "+15550100900"}
+        signature = SignatureChecker(token).sign(f"{base}/voice", form)
+        response = httpx.post(f"{base}/voice", data=form, headers={"X-Twilio-Signature": signature})
+        assert response.status_code == 200
+        stream = ElementTree.fromstring(response.text).find("./Connect/Stream")
+        assert stream.get("url") == f"ws://127.0.0.1:{port}/media"
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=20)
+    assert "voice webhook (paste into Twilio)" in out
+    assert server.returncode is not None

@@ -1,0 +1,47 @@
+"""Logs: one configured stream, call context on every line, secrets never written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import structlog
+from loguru import logger as loguru_logger
+
+from pipeline import logs
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """configure() binds the (captured) stderr of this test; put the defaults back after."""
+    yield
+    structlog.reset_defaults()
+    loguru_logger.remove()
+    loguru_logger.add(sys.stderr)
+
+
+def lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_secrets_are_redacted_by_key_and_by_shape(capsys):
+    logs.configure("INFO", json=True)
+    log = logs.get_logger(call_sid="CA1", tenant="glambook", vertical="salon")
+    log.info("provider_connected", api_key="sk-live-abcdef123456", auth_token="tok_123",
+             url="wss://api.example/v1?token=abc123&model=nova-3",
+             header="Authorization: Token dg-secret-key", note="key sk-proj-ABCDEFGH12345678 used")
+    [line] = lines(capsys)
+    text = json.dumps(line)
+    for secret in ("sk-live-abcdef123456", "tok_123", "abc123", "dg-secret-key", "ABCDEFGH12345678"):
+        assert secret not in text
+    assert line["api_key"] == logs.REDACTED and "model=nova-3" in line["url"]
+    assert (line["call_sid"], line["tenant"], line["vertical"]) == ("CA1", "glambook", "salon")
+
+
+def test_pipecat_loguru_records_join_the_same_stream(capsys):
+    logs.configure("INFO", json=True)
+    loguru_logger.info("DeepgramSTTService#0: connected with api_key=dg-123456789")
+    [line] = [entry for entry in lines(capsys) if entry.get("module")]
+    assert line["event"].startswith("DeepgramSTTService#0: connected")
+    assert "dg-123456789" not in line["event"]
