@@ -4,13 +4,16 @@ When a call ends the bookkeeper prices its usage with the catalog (plus the
 vertical's negotiated rates) and hands the record to the spooling ledger in a
 background task, so a slow or absent database never delays a hang-up and a
 failed write is spooled, not lost. Twilio's status callbacks reconcile the
-telephony lines to the billed duration the same way.
+telephony lines to the billed duration the same way, and where credentials
+allow, Twilio's own price for the call is fetched and stored beside ours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 
 from pipeline.config import Vertical
@@ -27,8 +30,17 @@ log = get_logger(component="bookkeeper")
 class Bookkeeper:
     """Prices calls and writes them to the ledger without blocking anyone."""
 
-    def __init__(self, catalog: Catalog, verticals: list[Vertical], ledger: SpoolingLedger | None):
+    def __init__(
+        self,
+        catalog: Catalog,
+        verticals: list[Vertical],
+        ledger: SpoolingLedger | None,
+        *,
+        twilio_price: Callable[[str], Awaitable[Decimal | None]] | None = None,
+    ):
         self.ledger = ledger
+        self.twilio_price = twilio_price
+        """Where credentials allow: what Twilio charged for a call, read after it ended."""
         self._catalogs = {
             v.name: catalog.with_overrides(p.model_dump() for p in v.prices) for v in verticals
         }
@@ -75,6 +87,14 @@ class Bookkeeper:
     async def call_status(self, call_sid: str, billed_seconds: int | None, status: str) -> None:
         if self.ledger and billed_seconds is not None:
             self._background(self.ledger.reconcile(call_sid, billed_seconds, status))
+        if self.ledger and self.twilio_price and status == "completed":
+            self._background(self._store_twilio_price(call_sid))
+
+    async def _store_twilio_price(self, call_sid: str) -> None:
+        assert self.ledger and self.twilio_price
+        price = await self.twilio_price(call_sid)
+        if price is not None:
+            await self.ledger.set_twilio_price(call_sid, price)
 
     def _background(self, write) -> None:
         task = asyncio.create_task(write)

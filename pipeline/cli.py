@@ -194,11 +194,11 @@ def dial(
 ) -> None:
     """Place an outbound call whose audio streams to the bridge at --public-url."""
     from pipeline.config import e164
-    from transports.twilio.dialer import Dialer
+    from transports.twilio.rest import TwilioRest
     from transports.twilio.server import Bridge, BridgeSettings
 
     async def place(loaded: Vertical) -> str:
-        dialer = Dialer(
+        dialer = TwilioRest(
             os.environ.get("TWILIO_ACCOUNT_SID", ""),
             os.environ.get("TWILIO_AUTH_TOKEN", ""),
             api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None,

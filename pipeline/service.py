@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.bookkeeper import Bookkeeper
 from pipeline.config import Vertical
 from pipeline.tools import shutdown as shutdown_tools
-from transports.twilio.dialer import Dialer
+from transports.twilio.rest import TwilioRest
 from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
 
 SPOOL_FILE = "tollbridge-ledger.spool"
@@ -47,8 +47,9 @@ async def serve_forever(
     )
     dialer = None
     if os.environ.get("TWILIO_ACCOUNT_SID") and settings.auth_token:
-        dialer = Dialer(os.environ["TWILIO_ACCOUNT_SID"], settings.auth_token,
-                        api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None)
+        dialer = TwilioRest(os.environ["TWILIO_ACCOUNT_SID"], settings.auth_token,
+                            api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None)
+        bookkeeper.twilio_price = dialer.call_price
     bridge = Bridge(verticals, settings, on_finished=bookkeeper.call_finished,
                     on_status=on_status, pricer=bookkeeper.price, dialer=dialer)
     try:

@@ -143,3 +143,48 @@ async def test_a_ledger_outage_during_a_call_loses_nothing(frontdesk, tmp_path: 
     async with await Ledger.open(url) as check:
         stored = await check.get(phone.call_sid)
     assert stored is not None and stored.total_usd > 0
+
+
+async def test_twilio_price_is_fetched_after_the_call_and_drift_stored(frontdesk, ledger_url,
+                                                                       tmp_path, make_usage):
+    """Twilio fills in a call's price a while after it ends; we read it and keep both figures."""
+    from aiohttp import web
+
+    from pipeline.costs.pricing import price_call
+    from transports.twilio.rest import TwilioRest
+
+    account, fetched = "AC" + "5" * 32, []
+    usage = make_usage(tenant="acme", vertical="frontdesk")
+
+    async def call_resource(request: web.Request) -> web.Response:
+        fetched.append(request.match_info["sid"])
+        price = None if len(fetched) == 1 else "-0.01700"  # not set yet, then set
+        return web.json_response({"sid": request.match_info["sid"], "status": "completed",
+                                  "price": price, "price_unit": "USD", "duration": "61"})
+
+    app = web.Application()
+    app.router.add_get(f"/2010-04-01/Accounts/{account}/Calls/{{sid}}.json", call_resource)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    rest = TwilioRest(account, AUTH_TOKEN, api_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    ledger = await SpoolingLedger.open(ledger_url, tmp_path / "spool")
+
+    async def price(call_sid):
+        return await rest.call_price(call_sid, waits=(0.0, 0.05))
+
+    bookkeeper = Bookkeeper(Catalog.load(), [frontdesk], ledger, twilio_price=price)
+    try:
+        await bookkeeper.call_finished(usage)
+        await bookkeeper.call_status(usage.call_sid, 61, "completed")
+        await bookkeeper.drain()
+        stored = await ledger.get(usage.call_sid)
+    finally:
+        await bookkeeper.close()
+        await rest.close()
+        await runner.cleanup()
+    assert fetched == [usage.call_sid, usage.call_sid]
+    assert stored.twilio_price_usd == Decimal("0.017")
+    ours = sum(i.usd for i in price_call(usage, Catalog.load()).items
+               if i.item == "voice.inbound_local")
+    assert stored.drift_usd == Decimal("0.017") - ours  # Twilio's figure minus our carrier line

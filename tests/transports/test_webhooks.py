@@ -11,7 +11,7 @@ from aiohttp import web
 
 from providers.cassette import Cassette
 from tests.conftest import AUTH_TOKEN, running_bridge
-from transports.twilio.dialer import Dialer
+from transports.twilio.rest import TwilioRest
 from transports.twilio.signature import SignatureChecker
 
 SIGNER = SignatureChecker(AUTH_TOKEN)
@@ -106,7 +106,7 @@ async def test_outbound_dial_sends_the_stream_twiml_and_status_callback(frontdes
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     api = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    dialer = Dialer(account, AUTH_TOKEN, api_base_url=api)
+    dialer = TwilioRest(account, AUTH_TOKEN, api_base_url=api)
     try:
         async with running_bridge(frontdesk, Cassette()) as running:
             call_sid = await dialer.dial(running.bridge, frontdesk, "+15550108888")

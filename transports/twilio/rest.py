@@ -1,12 +1,17 @@
-"""Outbound calls: Twilio's REST API dials, and the answered call opens our Media Stream.
+"""Twilio's REST API: placing outbound calls, and reading what Twilio charged for a call.
 
-The call's TwiML is inline (no extra webhook round trip) and carries the
-same `<Connect><Stream>` as an inbound call; Twilio's status callbacks come
-back to `/status` so the ledger can reconcile the minutes. Numbers are checked
-as E.164 before anything is sent.
+An outbound call's TwiML is inline (no extra webhook round trip) and carries
+the same `<Connect><Stream>` as an inbound call; Twilio's status callbacks
+come back to `/status` so the ledger can reconcile the minutes. Numbers are
+checked as E.164 before anything is sent. After a call ends, Twilio fills in
+the Call resource's `price` (connectivity only) some time later; the ledger
+stores it beside our own figure so drift shows.
 """
 
 from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
 
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
@@ -19,11 +24,13 @@ from transports.twilio.signature import public_url
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 MAX_INLINE_TWIML = 4000
 
-log = get_logger(component="dialer")
+log = get_logger(component="twilio_rest")
+PRICE_WAITS_S = (30.0, 60.0, 120.0, 300.0)
+"""When to look for a finished call's price: Twilio sets it a little after the call ends."""
 
 
-class Dialer:
-    """Places calls with the official `twilio` SDK (its async HTTP client)."""
+class TwilioRest:
+    """Twilio's REST API through the official `twilio` SDK (its async HTTP client)."""
 
     def __init__(
         self,
@@ -65,6 +72,19 @@ class Dialer:
         )
         log.info("outbound_call_placed", call_sid=call.sid, vertical=vertical.name, to=to)
         return call.sid
+
+    async def call_price(
+        self, call_sid: str, waits: tuple[float, ...] = PRICE_WAITS_S
+    ) -> Decimal | None:
+        """What Twilio charged for the call (USD, positive), once it has set it; None if
+        it still has not after the last wait."""
+        for wait in waits:
+            await asyncio.sleep(wait)
+            call = await self._client.calls(call_sid).fetch_async()
+            if call.price is not None and (call.price_unit or "USD").upper() == "USD":
+                return abs(Decimal(str(call.price)))
+        log.warning("twilio_price_not_set", call_sid=call_sid)
+        return None
 
     async def close(self) -> None:
         await self._client.http_client.close()
