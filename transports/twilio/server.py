@@ -105,7 +105,6 @@ class Bridge:
         """Prices a call's usage so far, for per-call budgets."""
         self.dialer = dialer
         self.sessions: dict[str, CallSession] = {}
-        self.statuses: dict[str, StatusUpdate] = {}
 
     @property
     def media_url(self) -> str:
@@ -205,7 +204,6 @@ def create_app(bridge: Bridge) -> FastAPI:
             duration_seconds=int(duration) if str(duration or "").isdigit() else None,
             fields={k: str(v) for k, v in form.items()},
         )
-        bridge.statuses[update.call_sid] = update
         log.info("call_status", call_sid=update.call_sid, status=update.status,
                  duration=update.duration_seconds)
         if bridge.on_status:
