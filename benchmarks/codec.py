@@ -13,6 +13,7 @@ counting is real.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,13 @@ def _count(vertical: Vertical) -> dict[str, Any]:
     keys = {name: "bench-key" for name in vertical.required_env()}
     built = build_call(CallContext(vertical, "CA" + "0" * 32, connection=connection, env=keys))
     converters = [p for p in _walk(built.processors) if isinstance(p, AudioConverter)]
+    started = time.process_time()
     for converter in converters:
         width = 1 if converter.source.encoding == "mulaw" else 2
         frame = b"\xff" * (converter.source.sample_rate // 50 * width)
         for _ in range(FRAMES_PER_MINUTE):
             converter.convert(frame)
+    cpu = time.process_time() - started
     return {
         "vertical": vertical.name,
         "chain": [stage.name for stage in vertical.chain],
@@ -72,6 +75,7 @@ def _count(vertical: Vertical) -> dict[str, Any]:
         ],
         "conversions_per_call_minute": sum(c.conversions for c in converters),
         "resamples_per_call_minute": sum(c.resamples for c in converters),
+        "codec_cpu_s_per_call_minute": round(cpu, 4),
     }
 
 

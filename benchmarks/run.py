@@ -285,15 +285,16 @@ def _extras(report: dict[str, Any]) -> list[str]:
                 f"| {name} | {row['calls']} | {_fmt(row['cpu_s_per_call_minute'], '.2f')} | "
                 f"{_fmt(row['rss_per_call_mb'], '.2f')} | {_fmt(row['latency_p95_ms'], '.2f')} |"
             )
-    lines += ["", "| chain | converters | conversions/call-min | resamples/call-min |",
-              "|---|---|---|---|"]
+    lines += ["", "| chain | converters | conversions/call-min | resamples/call-min | "
+              "codec CPU-s/call-min |", "|---|---|---|---|---|"]
     for row in report["codec"]:
         if "error" in row:
-            lines.append(f"| {row['vertical']} | not loadable: {row['error']} | | |")
+            lines.append(f"| {row['vertical']} | not loadable: {row['error']} | | | |")
             continue
         names = ", ".join(c["name"] for c in row["converters"]) or "none"
         lines.append(f"| {row['vertical']} ({' → '.join(row['chain'])}) | {names} | "
-                     f"{row['conversions_per_call_minute']} | {row['resamples_per_call_minute']} |")
+                     f"{row['conversions_per_call_minute']} | {row['resamples_per_call_minute']} | "
+                     f"{row['codec_cpu_s_per_call_minute']} |")
     return lines
 
 

@@ -87,3 +87,19 @@ def test_serve_answers_a_signed_webhook_and_stops_cleanly(tmp_path):
         out, _ = server.communicate(timeout=20)
     assert "voice webhook (paste into Twilio)" in out
     assert server.returncode is not None
+
+
+def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
+    env = {"GLAMBOOK_DB_URL": f"sqlite:///{tmp_path / 'glambook.db'}", "COLUMNS": "120"}
+    out = tmp_path / "agent.wav"
+    done = run(
+        "call", "examples/salon", "--audio", "tests/fixtures/calls/salon_barge_in_dtmf.wav",
+        "--cassette", "tests/fixtures/calls/salon_barge_in_dtmf.cassette.json",
+        "--press", "16:1", "--press", "16.1:#", "--out", str(out), env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "caller  Sorry, what are your opening hours?" in done.stdout
+    assert "agent  A beard trim is twenty dollars." in done.stdout
+    assert "voice.inbound_local" in done.stdout and "$/min" in done.stdout
+    assert "replay mismatch" not in done.stdout
+    assert out.stat().st_size > 8000 * 2 * 5  # seconds of agent speech, as 16-bit PCM
