@@ -59,6 +59,26 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
+LOCKED_ATTEMPTS = 50
+
+
+async def _while_locked(conn: aiosqlite.Connection, statement: str) -> None:
+    """Run `statement` (closing its cursor), waiting out a momentary "database is locked".
+
+    While another connection turns a new file to WAL, SQLite can answer a
+    pragma or a BEGIN with "locked" without going through the busy handler;
+    that passes in milliseconds.
+    """
+    for attempt in range(LOCKED_ATTEMPTS):
+        try:
+            await (await conn.execute(statement)).close()
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == LOCKED_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.01 * (1 + attempt % 10))
+
+
 class _SQLite:
     """One aiosqlite connection; a lock keeps each transaction to itself."""
 
@@ -73,15 +93,17 @@ class _SQLite:
     async def connect(cls, path: str) -> _SQLite:
         conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
-        for pragma in ("foreign_keys = ON", "journal_mode = WAL", "busy_timeout = 5000"):
-            await conn.execute(f"PRAGMA {pragma}")
+        # busy_timeout first; each cursor is closed: `journal_mode` answers with a row,
+        # and an unread row keeps the statement open, holding a lock other connections wait on
+        for pragma in ("busy_timeout = 5000", "foreign_keys = ON", "journal_mode = WAL"):
+            await _while_locked(conn, f"PRAGMA {pragma}")
         return cls(conn)
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[_SQLite]:
         """Writers take the file's write lock up front; readers (a report) leave it to them."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            await _while_locked(self._conn, "BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self
             except BaseException:

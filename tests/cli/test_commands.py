@@ -100,6 +100,6 @@ def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "caller  Sorry, what are your opening hours?" in done.stdout
     assert "agent  A beard trim is twenty dollars." in done.stdout
-    assert "voice.inbound_local" in done.stdout and "$/min" in done.stdout
+    assert "voice.inbound_local" in done.stdout and "/min" in done.stdout
     assert "replay mismatch" not in done.stdout
     assert out.stat().st_size > 8000 * 2 * 5  # seconds of agent speech, as 16-bit PCM
