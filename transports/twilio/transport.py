@@ -179,10 +179,6 @@ class TwilioOutput(FrameProcessor):
         self._speaking = False
         self._watchdog: asyncio.Task | None = None
 
-    @property
-    def speaking(self) -> bool:
-        return self._speaking
-
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if direction is FrameDirection.UPSTREAM:
