@@ -30,16 +30,20 @@ SERVER_CORE, LOAD_CORE = 0, 1
 _WHERE = re.compile(r" \((?:[^)]*/)?([^/):]+)(?::\d+)?\)")
 
 
+_LOOP_DISPATCH = ("Handle._run (asyncio/events.py", "Runner.run (asyncio/runners.py")
+"""The frame right above a task's coroutine: asyncio's callback handle; uvloop's is C."""
+
+
 def _short(frame: str) -> str:
     return _WHERE.sub(r" (\1)", frame)
 
 
 def _task_of(frames: list[str]) -> str:
     """The coroutine the sampled task runs, and for a processor's task, which processor."""
-    steps = [i for i, frame in enumerate(frames) if frame.startswith("Handle._run (asyncio/events.py")]
-    if not steps or steps[0] + 1 >= len(frames):
+    steps = [i for i, frame in enumerate(frames) if frame.startswith(_LOOP_DISPATCH)]
+    if not steps or steps[-1] + 1 >= len(frames):
         return "event loop (polling, scheduling callbacks)"
-    i = steps[0] + 1
+    i = steps[-1] + 1
     if "run_coroutine" in frames[i] and i + 1 < len(frames):
         i += 1  # pipecat's TaskManager wrapper
     task = _short(frames[i])
@@ -76,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("py-spy is not installed (pip install py-spy)")
     work = Path(tempfile.mkdtemp(prefix="tollbridge-profile-"))
     raw = work / f"{args.server}.txt"
-    server = start_server(args.server, loop="asyncio", core=SERVER_CORE, log_dir=work)
+    server = start_server(args.server, loop="uvloop", core=SERVER_CORE, log_dir=work)
     load = LoadGenerator(LOAD_CORE)
     try:
         load.run(server.url, calls=1, seconds=TURN_S)
         spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(server.pid), "--rate", "100", "--format", "raw",
+            [py_spy, "record", "--pid", str(server.pid), "--rate", "250", "--format", "raw",
              "--duration", str(round(args.seconds)), "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -316,8 +316,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="length of each call")
     parser.add_argument("--repeat", type=int)
     parser.add_argument("--servers", type=lambda text: text.split(","), default=list(SERVERS))
-    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
-                        help="event loop of the servers (tollbridge serve uses asyncio)")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop",
+                        help="event loop of the servers (tollbridge serve and uvicorn.run use "
+                        "uvloop when installed)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL

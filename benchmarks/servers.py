@@ -259,6 +259,10 @@ async def _serve(name: ServerName, conn: Connection) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     watcher = asyncio.create_task(watch.run())
     async with running(app) as url:
+        if name == "tollbridge":
+            from pipeline.service import freeze_startup_heap
+
+            freeze_startup_heap()  # as `tollbridge serve` does
         conn.send(int(url.rsplit(":", 1)[1]))
         await stop.wait()
     watcher.cancel()

@@ -33,6 +33,7 @@ class _STT(_Strict):
     provider: str = "deepgram"
     model: str
     audio_seconds: Decimal = Field(ge=0)
+    avoided_seconds: Decimal = Field(Decimal(0), ge=0)
 
 
 class _LLM(_Strict):

@@ -155,8 +155,10 @@ def _call_time_unit(row: CatalogRow) -> str:
 
 def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
     seconds: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    avoided: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     for stt in usage.stt:
         seconds[(stt.provider, stt.model)] += Decimal(stt.audio_seconds)
+        avoided[(stt.provider, stt.model)] += Decimal(stt.avoided_seconds)
     lines = []
     for (provider, model), audio in seconds.items():
         row = catalog.find(provider, "stt", model)
@@ -169,6 +171,10 @@ def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         lines.append(
             LineItem.priced(f"stt:{model}", provider, quantity, row.line_unit, row.unit_price)
         )
+        if avoided[(provider, model)]:  # memo: silence not streamed, at no cost
+            lines.append(LineItem.priced(
+                f"stt.avoided:{model}", provider, avoided[(provider, model)], "second", Decimal(0)
+            ))
     return lines
 
 

@@ -26,11 +26,15 @@ NumberType = Literal["local", "toll_free"]
 
 @dataclass(frozen=True)
 class STTUsage:
-    """Seconds of audio streamed to one STT model (silence included: streaming bills it)."""
+    """Seconds of audio streamed to one STT model (silence included: streaming bills it).
+
+    `avoided_seconds` is line silence the call held back instead of streaming.
+    """
 
     provider: str
     model: str
     audio_seconds: Decimal
+    avoided_seconds: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
