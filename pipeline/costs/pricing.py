@@ -114,6 +114,51 @@ def with_twilio_price(cost: CallCost, price_usd: Decimal) -> CallCost:
     return replace(cost, twilio_price_usd=price, drift_usd=price - ours)
 
 
+def without_savings(usage: CallUsage) -> CallUsage:
+    """The same call as it would have been billed with none of the cost features on.
+
+    Prompt caching off: every cache read and cache write is billed as plain input
+    (the prompt size, and so any tier, is unchanged). No TTS phrase cache: avoided
+    characters are synthesised. No STT silence gate: avoided seconds are streamed.
+    The input is left untouched.
+    """
+    return replace(
+        usage,
+        llm=[
+            replace(
+                req,
+                input_tokens=req.total_input_tokens,
+                cached_input_tokens=0,
+                cache_write_5m_tokens=0,
+                cache_write_1h_tokens=0,
+            )
+            for req in usage.llm
+        ],
+        realtime=[
+            replace(
+                req,
+                text_in=req.text_in + req.text_cached_in,
+                text_cached_in=0,
+                audio_in=req.audio_in + req.audio_cached_in,
+                audio_cached_in=0,
+            )
+            for req in usage.realtime
+        ],
+        tts=[
+            replace(tts, characters=tts.characters + tts.avoided_characters, avoided_characters=0)
+            for tts in usage.tts
+        ],
+        stt=[
+            replace(
+                stt,
+                audio_seconds=stt.audio_seconds + stt.avoided_seconds,
+                avoided_seconds=Decimal(0),
+            )
+            for stt in usage.stt
+        ],
+    )
+
+
 def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> list[LineItem]:
     """Number, carrier, stream and recording lines: always present (maybe zero) so a
     later reconciliation has their unit prices to re-bill with."""

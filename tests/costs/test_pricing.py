@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.costs.catalog import Catalog, UnknownPriceError
 from pipeline.costs.lineitem import CallCost, LineItem, round_usd
-from pipeline.costs.pricing import price_call, rebill, with_twilio_price
+from pipeline.costs.pricing import price_call, rebill, with_twilio_price, without_savings
 from pipeline.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
 
 from .conftest import STARTED
@@ -218,6 +218,77 @@ def test_realtime_text_and_audio(catalog: Catalog, make_usage: MakeUsage) -> Non
         gross, "gpt-realtime", provider_id="openai", genai_request_timestamp=STARTED
     ).total_price
     assert _llm_total(cost) == expected == D("0.04132")
+
+
+def test_without_savings_bills_what_the_cost_features_saved(
+    catalog: Catalog, make_usage: MakeUsage
+) -> None:
+    usage = make_usage(  # 61 s: every telephony line bills 2 minutes either way
+        stt=[STTUsage("deepgram", "nova-3", D(40), avoided_seconds=D(20))],
+        llm=[
+            LLMRequestUsage(
+                "openai", "gpt-4o-mini", input_tokens=1_000, cached_input_tokens=4_000,
+                output_tokens=200,
+            ),
+            LLMRequestUsage(
+                "anthropic", "claude-haiku-4-5", input_tokens=1_000, cached_input_tokens=8_000,
+                cache_write_5m_tokens=2_000, cache_write_1h_tokens=1_000, output_tokens=300,
+            ),
+        ],
+        tts=[TTSUsage("deepgram", "aura-2-thalia-en", 1_000, avoided_characters=300)],
+        realtime=[
+            RealtimeUsage(
+                "openai", "gpt-realtime", text_in=300, text_cached_in=100, audio_in=400,
+                audio_cached_in=200, text_out=100, audio_out=400,
+            )
+        ],
+    )
+    before = repr(usage)
+    plain = without_savings(usage)
+    assert repr(usage) == before  # the input is not touched
+    assert [r.total_input_tokens for r in plain.llm] == [5_000, 12_000]  # same prompt sizes
+    telephony = {"number.local": D("0.0023"), "voice.inbound_local": D("0.017"),
+                 "media_streams": D("0.0088")}
+    shared = {  # lines the features do not change
+        "llm.output:gpt-4o-mini": D("0.00012"),
+        "llm.output:claude-haiku-4-5": D("0.0015"),
+        "realtime.text_out:gpt-realtime": D("0.0016"),
+        "realtime.audio_out:gpt-realtime": D("0.0256"),
+    }
+    with_features = {line.item: line.usd for line in price_call(usage, catalog).items}
+    assert with_features == {
+        **telephony,
+        "stt:nova-3": D("0.0032"),  # 40 s at 0.0048/min
+        "stt.avoided:nova-3": D(0),
+        "llm.input:gpt-4o-mini": D("0.00015"),
+        "llm.cached_input:gpt-4o-mini": D("0.0003"),  # 4,000 at 0.075/M
+        "llm.input:claude-haiku-4-5": D("0.001"),
+        "llm.cached_input:claude-haiku-4-5": D("0.0008"),
+        "llm.cache_write_5m:claude-haiku-4-5": D("0.0025"),
+        "llm.cache_write_1h:claude-haiku-4-5": D("0.002"),
+        "realtime.text_in:gpt-realtime": D("0.0012"),
+        "realtime.text_cached_in:gpt-realtime": D("0.00004"),
+        "realtime.audio_in:gpt-realtime": D("0.0128"),
+        "realtime.audio_cached_in:gpt-realtime": D("0.00008"),
+        "tts:aura-2-thalia-en": D("0.03"),  # 1,000 chars at 0.030/1k
+        "tts.avoided:aura-2-thalia-en": D(0),
+        **shared,
+    }
+    without = {line.item: line.usd for line in price_call(plain, catalog).items}
+    assert without == {
+        **telephony,
+        "stt:nova-3": D("0.0048"),  # all 60 s streamed
+        "llm.input:gpt-4o-mini": D("0.00075"),  # 5,000 at 0.15/M
+        "llm.input:claude-haiku-4-5": D("0.012"),  # 12,000 at 1/M, no cache writes
+        "realtime.text_in:gpt-realtime": D("0.0016"),  # 400 at 4/M
+        "realtime.audio_in:gpt-realtime": D("0.0192"),  # 600 at 32/M
+        "tts:aura-2-thalia-en": D("0.039"),  # 1,300 chars
+        **shared,
+    }
+    # saved: STT 0.0016 + gpt-4o-mini 0.0003 + haiku 0.0057 + realtime 0.00036 + 0.00632
+    # + TTS 0.009
+    assert sum(without.values()) - sum(with_features.values()) == D("0.02328")
+    assert without_savings(plain) == plain  # nothing left to take away
 
 
 def test_compute_per_core_hour(catalog: Catalog, make_usage: MakeUsage) -> None:
