@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
@@ -40,6 +41,7 @@ from pipeline.logs import get_logger
 from pipeline.meter import CostMeter, Service
 from pipeline.registry import MULAW_8K, AudioFormat, Role
 from pipeline.tools import Tool, ToolCall
+from providers.phrase_cache import PHRASES, PhraseCaching
 from transports.codec import codec_between
 
 
@@ -108,6 +110,11 @@ def _register_tools(llm: LLMService, tools: list[Tool], tool_call: ToolCall, log
         llm.register_function(tool.name, handler)
 
 
+def _count_avoided(meter: CostMeter | None, billed: Service, characters: int) -> None:
+    if meter:
+        meter.avoided_tts(billed.provider, billed.model, characters)
+
+
 def _telephony_turns(call: CallContext) -> LLMUserAggregatorParams:
     """Turn-taking from transcripts: no per-call VAD model, so nothing heavy per call.
 
@@ -158,16 +165,20 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
 
     def one_service(stage: Stage) -> FrameProcessor:
         processor = stage.kind.build(stage.options, call)
+        options = stage.options
+        billed = Service(
+            provider=stage.kind.name.split(".")[0],
+            model=getattr(options, "model", None) or getattr(options, "voice", ""),
+            cache_ttl=getattr(options, "cache_ttl", "5m"),
+        )
         if meter:
-            options = stage.options
-            meter.attach(
-                processor.name,
-                Service(
-                    provider=stage.kind.name.split(".")[0],
-                    model=getattr(options, "model", None) or getattr(options, "voice", ""),
-                    cache_ttl=getattr(options, "cache_ttl", "5m"),
-                ),
-                realtime=stage.kind.role is Role.SPEECH_TO_SPEECH,
+            meter.attach(processor.name, billed, realtime=stage.kind.role is Role.SPEECH_TO_SPEECH)
+        if isinstance(processor, PhraseCaching) and vertical.phrase_cache:
+            processor.use_phrase_cache(
+                PHRASES,
+                stage=f"{stage.kind.name} {options.model_dump_json()}",
+                phrases=vertical.fixed_phrases,
+                on_avoided=partial(_count_avoided, meter, billed),
             )
         return processor
 

@@ -126,6 +126,8 @@ class VerticalFile(BaseModel):
     greeting: str | None = None
     budget_usd: Decimal | None = Field(None, gt=0)
     budget_farewell: str = DEFAULT_BUDGET_FAREWELL
+    phrase_cache: bool = True
+    """Synthesize the greeting and farewell once per process and replay them."""
     telephony: Telephony = Field(default_factory=Telephony)
     prices: list[PriceOverride] = Field(default_factory=list)
     chain: list[dict[str, Any]] = Field(min_length=1)
@@ -145,7 +147,13 @@ class Vertical:
     greeting: str | None = None
     budget_usd: Decimal | None = None
     budget_farewell: str = ""
+    phrase_cache: bool = True
     prices: list[PriceOverride] = field(default_factory=list)
+
+    @property
+    def fixed_phrases(self) -> list[str]:
+        """What the agent says word for word on many calls: the TTS phrase cache's candidates."""
+        return [text for text in (self.greeting, self.budget_farewell) if text]
 
     @property
     def folder(self) -> Path:
@@ -380,6 +388,7 @@ def load_vertical(
         greeting=top.greeting,
         budget_usd=top.budget_usd,
         budget_farewell=top.budget_farewell,
+        phrase_cache=top.phrase_cache,
         prices=top.prices,
     )
     if check_keys and not problems:

@@ -20,6 +20,7 @@ from pipeline.config import did_you_mean
 from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
 from providers.mulaw_tts import MulawAudio
 from providers.options import ProviderOptions
+from providers.phrase_cache import PhraseCaching
 
 if TYPE_CHECKING:
     from pipeline.builder import CallContext
@@ -140,12 +141,16 @@ class MeteredDeepgramTTS(DeepgramTTSService):
             yield frame
 
 
-class MulawDeepgramTTS(MulawAudio, MeteredDeepgramTTS):
+class CachedDeepgramTTS(PhraseCaching, MeteredDeepgramTTS):
+    """Aura-2 whose fixed phrases are served from the phrase cache (not metered: not sent)."""
+
+
+class MulawDeepgramTTS(MulawAudio, CachedDeepgramTTS):
     """Aura-2 with μ-law output passed through byte for byte."""
 
 
 def build_tts(options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
-    service = MulawDeepgramTTS if options.encoding == "mulaw" else MeteredDeepgramTTS
+    service = MulawDeepgramTTS if options.encoding == "mulaw" else CachedDeepgramTTS
     return service(
         api_key=options.api_key(call.env),
         base_url=call.base_url("deepgram.tts", options.base_url) or "wss://api.deepgram.com",

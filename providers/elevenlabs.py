@@ -14,6 +14,7 @@ from pydantic import Field
 from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
 from providers.mulaw_tts import MulawAudio
 from providers.options import ProviderOptions
+from providers.phrase_cache import PhraseCaching
 
 if TYPE_CHECKING:
     from pipeline.builder import CallContext
@@ -32,7 +33,7 @@ class ElevenLabsTTSOptions(ProviderOptions):
     speed: float | None = Field(None, ge=0.7, le=1.2)
 
 
-class MulawElevenLabsTTS(ElevenLabsTTSService):
+class MulawElevenLabsTTS(PhraseCaching, ElevenLabsTTSService):
     """Requests a fixed output format (μ-law 8 kHz by default) instead of pcm_<rate>."""
 
     def __init__(self, *, output_format: str, **kwargs):

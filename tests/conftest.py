@@ -17,6 +17,7 @@ from pipeline.costs.catalog import Catalog
 from pipeline.costs.usage import CallUsage
 from pipeline.session import CallSession
 from providers.cassette import Cassette, Replay, replay
+from providers.phrase_cache import PHRASES
 from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
 from transports.twilio.softphone import Softphone
 
@@ -74,6 +75,12 @@ async def running_bridge(
             bridge.settings.public_url = url
             state["it"] = RunningBridge(bridge=bridge, url=url, fakes=fakes)
             yield state["it"]
+
+
+@pytest.fixture(autouse=True)
+def empty_phrase_cache() -> None:
+    """Each test starts as a fresh process does: no greeting recorded yet."""
+    PHRASES.clear()
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""TTS phrase cache: a vertical's fixed phrases are synthesized once per process.
+
+A salon's greeting is the same on every call. Paying the TTS provider to say
+it again costs characters and puts the provider's time to first byte in front
+of every caller's first words. The first call records the audio the provider
+sends for a fixed phrase (the greeting, the budget farewell); later calls in
+the same process play those bytes, and the ledger shows the characters as
+avoided. Entries are keyed by stage kind, the stage's full options (voice,
+model, output format, speed, endpoint…) and the exact text, so two voices or
+formats never share audio. Only a phrase spoken on its own (a
+`TTSSpeakFrame`) and played to the end is stored: an interrupted greeting is
+not.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass
+
+from pipecat.frames.frames import (
+    Frame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+
+MAX_CACHE_BYTES = 8 * 1024 * 1024
+"""About 17 minutes of μ-law: far more fixed phrases than a process serves."""
+
+
+@dataclass(frozen=True)
+class PhraseKey:
+    stage: str
+    """Stage kind and its options, as JSON: which voice, model, format and endpoint."""
+    text: str
+
+
+class PhraseStore:
+    """Recorded phrase audio shared by every call in the process, least recently used first out."""
+
+    def __init__(self, max_bytes: int = MAX_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[PhraseKey, tuple[bytes, ...]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: PhraseKey) -> tuple[bytes, ...] | None:
+        chunks = self._entries.get(key)
+        if chunks is not None:
+            self._entries.move_to_end(key)
+        return chunks
+
+    def put(self, key: PhraseKey, chunks: tuple[bytes, ...]) -> None:
+        size = sum(map(len, chunks))
+        if key in self._entries or not size or size > self.max_bytes:
+            return
+        self._entries[key] = chunks
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= sum(map(len, evicted))
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+PHRASES = PhraseStore()
+"""The process-wide store."""
+
+
+class PhraseCaching:
+    """Mixin (first among a pipecat TTS service's bases) serving fixed phrases from a store.
+
+    Until `use_phrase_cache` is called the service behaves exactly as its base.
+    """
+
+    _phrase_store: PhraseStore | None = None
+
+    def use_phrase_cache(
+        self,
+        store: PhraseStore,
+        *,
+        stage: str,
+        phrases: Iterable[str],
+        on_avoided: Callable[[int], None],
+    ) -> None:
+        """Serve `phrases` from `store`; `on_avoided(characters)` is told what each hit saved."""
+        self._phrase_store = store
+        self._phrase_stage = stage
+        self._phrases = {text.strip() for text in phrases if text and text.strip()}
+        self._on_avoided = on_avoided
+        self._speaking_phrase: str | None = None
+        self._recording: dict[str, tuple[PhraseKey, list[bytes]]] = {}
+        self._served: set[str] = set()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        phrase = frame.text.strip() if isinstance(frame, TTSSpeakFrame) else None
+        if self._phrase_store is None or phrase not in self._phrases:
+            await super().process_frame(frame, direction)
+            return
+        self._speaking_phrase = phrase  # the base synthesizes it before returning
+        try:
+            await super().process_frame(frame, direction)
+        finally:
+            self._speaking_phrase = None
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        if self._phrase_store is None or text.strip() != self._speaking_phrase:
+            async for frame in super().run_tts(text, context_id):
+                yield frame
+            return
+        key = PhraseKey(self._phrase_stage, text.strip())
+        chunks = self._phrase_store.get(key)
+        if chunks is None:
+            self._recording[context_id] = (key, [])
+            async for frame in super().run_tts(text, context_id):
+                yield frame
+            return
+        self._on_avoided(len(text))
+        if not self.audio_context_available(context_id):  # a service that opens its own
+            await self.create_audio_context(context_id)
+            yield TTSStartedFrame(context_id=context_id)
+        for chunk in chunks:
+            yield TTSAudioRawFrame(chunk, self.sample_rate, 1, context_id=context_id)
+        if self._push_text_frames:  # else the base sends the untimed words at the stop frame
+            spoken = TTSTextFrame(text.strip(), text_type="sentence")
+            spoken.context_id = context_id
+            context = self._tts_contexts.get(context_id)
+            spoken.append_to_context = context.append_to_context if context else True
+            yield spoken
+        yield TTSStoppedFrame(context_id=context_id)
+        self._served.add(context_id)
+
+    async def append_to_audio_context(self, context_id: str | None, frame) -> None:
+        if self._phrase_store is not None and context_id:
+            if context_id in self._served and frame is not None:
+                return  # the base's own text and stop for a phrase already played in full
+            if context_id in self._recording and isinstance(frame, TTSAudioRawFrame):
+                self._recording[context_id][1].append(frame.audio)
+        await super().append_to_audio_context(context_id, frame)
+
+    async def flush_audio(self, context_id: str | None = None) -> None:
+        if self._phrase_store is None or context_id not in self._served:  # never sent: no flush
+            await super().flush_audio(context_id)
+
+    async def on_audio_context_completed(self, context_id: str) -> None:
+        if self._phrase_store is not None and context_id in self._recording:
+            key, chunks = self._recording.pop(context_id)
+            self._phrase_store.put(key, tuple(chunks))
+        await super().on_audio_context_completed(context_id)
+
+    async def on_audio_context_interrupted(self, context_id: str) -> None:
+        if self._phrase_store is not None:
+            self._recording.pop(context_id, None)  # the caller cut it short: not whole
+        await super().on_audio_context_interrupted(context_id)
