@@ -12,11 +12,17 @@ tests/examples/test_calls.py sets them up). Each reference profile in
 examples/profiles is loaded as usage the same way `tollbridge costs estimate`
 does.
 
+Each call is replayed twice in a row and the second is priced: a process that
+has served the vertical before, so its greeting comes from the TTS phrase
+cache, as on every call but the first after a restart. The STT silence gate
+(off in the examples, whose cassettes are timed on ungated audio) is run over
+the audio the caller sent, which gives exactly what it would have held back.
+
 Each call's usage is priced twice with the catalog its vertical bills with:
 as recorded ("with": prompt caching, the TTS phrase cache and the STT silence
-gate as they acted on the call) and through `without_savings` ("without":
-every cached or cache-written token billed as plain input, every avoided TTS
-character synthesised, every avoided second of silence streamed).
+gate) and through `without_savings` ("without": every cached or cache-written
+token billed as plain input, every avoided TTS character synthesised, every
+avoided second of silence streamed).
 
 $/min is a call's total dollars divided by its minutes on the same basis the
 pricing uses (`CallCost.seconds`): Twilio's billed seconds when known, else
@@ -60,6 +66,8 @@ from pipeline.costs.ledger import Ledger
 from pipeline.costs.lineitem import CallCost, round_usd
 from pipeline.costs.pricing import price_call, without_savings
 from pipeline.costs.usage import CallUsage
+from pipeline.registry import Role
+from providers.silence_gate import SilenceGate
 from tests.examples.test_calls import CALLS, EXAMPLES, TODAY
 
 PROFILES = EXAMPLES / "profiles"
@@ -181,6 +189,36 @@ class Replayed:
 
 
 async def replay(call: FixtureCall, speed: float) -> Replayed:
+    """A fixture call as a warm process serves it: the second of two identical replays.
+
+    The first leaves the vertical's greeting in the TTS phrase cache, as every
+    call after the first does in a long-running bridge.
+    """
+    await replay_once(call, speed)
+    return await replay_once(call, speed)
+
+
+def gate_silence(usage: CallUsage, vertical: Vertical, caller_audio: bytes) -> CallUsage:
+    """The call as billed with `skip_silence` on: the gate run over what the caller sent.
+
+    The examples leave the gate off because their cassettes are timed on
+    ungated audio; the gate's decisions depend only on the audio, so running
+    it over the caller's recording gives exactly what it would have held back.
+    """
+    stage = vertical.stage(Role.STT)
+    if stage is None or stage.name != "deepgram.stt" or stage.options.skip_silence:
+        return usage
+    gate = SilenceGate(encoding=stage.options.encoding, sample_rate=stage.options.sample_rate,
+                       threshold_dbfs=stage.options.silence_threshold_dbfs)
+    for start in range(0, len(caller_audio), 160):
+        gate.admit(caller_audio[start : start + 160])
+    withheld = Decimal(str(round(gate.withheld_seconds, 6)))
+    stt = [replace(s, audio_seconds=s.audio_seconds - withheld, avoided_seconds=withheld)
+           if s.provider == "deepgram" else s for s in usage.stt]
+    return replace(usage, stt=stt)
+
+
+async def replay_once(call: FixtureCall, speed: float) -> Replayed:
     """One fixture call through the real bridge, checked against its ledger record."""
     from pipeline.local_call import run_local_call
 
@@ -209,7 +247,7 @@ async def replay(call: FixtureCall, speed: float) -> Replayed:
     if price_call(result.usage, catalog).items != stored.items:
         raise RuntimeError(f"fixture call {call.name}: re-pricing its usage does not give "
                            "the ledger's record")
-    usage, speed = result.usage, options["speed"]
+    usage, speed = gate_silence(result.usage, vertical, result.phone.caller_audio), options["speed"]
     if speed != 1:
         usage = replace(usage, measured_seconds=result.phone.frames_sent * FRAME_S)
     return Replayed(usage, catalog, speed, result.usage.measured_seconds)

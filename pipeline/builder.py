@@ -173,6 +173,8 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         )
         if meter:
             meter.attach(processor.name, billed, realtime=stage.kind.role is Role.SPEECH_TO_SPEECH)
+            if gate := getattr(processor, "silence_gate", None):
+                meter.gated_stt(billed.provider, billed.model, gate)
         if isinstance(processor, PhraseCaching) and vertical.phrase_cache:
             processor.use_phrase_cache(
                 PHRASES,

@@ -29,6 +29,7 @@ from pipeline.registry import Role, StageKind, StageOptions
 
 if TYPE_CHECKING:
     from pipeline.builder import CallContext
+    from providers.silence_gate import SilenceGate
 
 
 class MeterOptions(StageOptions):
@@ -97,6 +98,7 @@ class CostMeter:
         self.realtime: list[RealtimeUsage] = []
         self.tts: dict[tuple[str, str], int] = {}
         self.tts_avoided: dict[tuple[str, str], int] = {}
+        self.stt_gates: dict[tuple[str, str], list[SilenceGate]] = {}
         self.on_usage: Callable[[], Awaitable[None]] | None = None
         """Called after each usage report (the session checks the budget here)."""
 
@@ -142,6 +144,18 @@ class CostMeter:
         key = (provider, model)
         self.tts_avoided[key] = self.tts_avoided.get(key, 0) + characters
 
+    def gated_stt(self, provider: str, model: str, gate: SilenceGate) -> None:
+        """An STT whose silence gate holds audio back: its withheld seconds are avoided cost."""
+        self.stt_gates.setdefault((provider, model), []).append(gate)
+
+    def _stt_usage(self) -> list[STTUsage]:
+        usage = []
+        for key in sorted(set(self.stt) | set(self.stt_gates)):
+            withheld = sum(gate.withheld_seconds for gate in self.stt_gates.get(key, []))
+            usage.append(STTUsage(*key, self.stt.get(key, Decimal(0)),
+                                  Decimal(str(round(withheld, 6)))))
+        return usage
+
     def usage(self, *, ended_at: datetime | None = None, ended_by: str = "") -> CallUsage:
         """The call's usage so far (final when `ended_at` is given)."""
         vertical = self.call.vertical
@@ -161,7 +175,7 @@ class CostMeter:
             billed_seconds=None,
             recording=vertical.telephony.recording,
             monthly_minutes_per_number=vertical.telephony.monthly_minutes_per_number,
-            stt=[STTUsage(p, m, s) for (p, m), s in sorted(self.stt.items())],
+            stt=self._stt_usage(),
             llm=list(self.llm),
             tts=[
                 TTSUsage(p, m, self.tts.get((p, m), 0), self.tts_avoided.get((p, m), 0))

@@ -21,6 +21,7 @@ from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
 from providers.mulaw_tts import MulawAudio
 from providers.options import ProviderOptions
 from providers.phrase_cache import PhraseCaching
+from providers.silence_gate import SilenceGate
 
 if TYPE_CHECKING:
     from pipeline.builder import CallContext
@@ -49,6 +50,9 @@ class DeepgramSTTOptions(ProviderOptions):
     utterance_end_ms: int | None = Field(1000, ge=1000)
     smart_format: bool = True
     keyterms: list[str] = Field(default_factory=list)
+    skip_silence: bool = False
+    """Hold the caller's line silence back instead of streaming (and paying for) it."""
+    silence_threshold_dbfs: float = Field(-45.0, ge=-90, le=0)
 
     @field_validator("model")
     @classmethod
@@ -61,17 +65,36 @@ class DeepgramSTTOptions(ProviderOptions):
 
 
 class MulawAwareDeepgramSTT(DeepgramSTTService):
-    """pipecat counts STT usage as PCM16 (2 bytes a sample); μ-law is 1 byte a sample."""
+    """Nova over the WebSocket, billed for exactly the audio it is sent.
 
-    def __init__(self, *, bytes_per_sample: int, **kwargs):
+    pipecat counts STT usage as PCM16 (2 bytes a sample); μ-law is 1 byte a
+    sample. With a silence gate, held-back silence is neither sent nor counted.
+    """
+
+    def __init__(self, *, bytes_per_sample: int, silence_gate: SilenceGate | None, **kwargs):
         super().__init__(**kwargs)
         self._bytes_per_sample = bytes_per_sample
+        self.silence_gate = silence_gate
 
     def _record_stt_audio_usage(self, audio: bytes | bytearray) -> None:
+        if self.silence_gate is None:
+            self._count_sent(audio)
+
+    def _count_sent(self, audio: bytes | bytearray) -> None:
         if self.sample_rate > 0:
             self._stt_usage_pending_seconds += len(audio) / (
                 self.sample_rate * self._bytes_per_sample
             )
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        if self.silence_gate is not None:
+            audio = self.silence_gate.admit(audio)
+            if not audio:
+                yield None
+                return
+            self._count_sent(audio)
+        async for frame in super().run_stt(audio):
+            yield frame
 
 
 def stt_audio_in(options: DeepgramSTTOptions) -> AudioFormat:
@@ -98,6 +121,13 @@ def build_stt(options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTServ
         encoding=options.encoding,
         sample_rate=options.sample_rate,
         bytes_per_sample=1 if options.encoding == "mulaw" else 2,
+        silence_gate=SilenceGate(
+            encoding=options.encoding,
+            sample_rate=options.sample_rate,
+            threshold_dbfs=options.silence_threshold_dbfs,
+            # long enough for Deepgram to hear the pause that ends an utterance
+            hangover_s=max(1.5, (options.utterance_end_ms or 0) / 1000 + 0.5),
+        ) if options.skip_silence else None,
         settings=settings,
         audio_passthrough=False,  # caller audio ends here: fewer hops per 20 ms frame
     )

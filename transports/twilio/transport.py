@@ -6,7 +6,8 @@ transport is leaner and knows what the caller actually heard:
 
 * caller audio goes into the pipeline as μ-law 8 kHz exactly as Twilio sent it;
 * agent audio (already μ-law 8 kHz: the builder guarantees it) is sent to
-  Twilio as it arrives; Twilio queues and plays it, so nothing sleeps per frame;
+  Twilio as it arrives, each burst of chunks as one message; Twilio queues
+  and plays it, so nothing sleeps per frame;
 * after each piece of agent speech a `mark` is sent, and every frame that
   followed that audio in the pipeline (the spoken text, the end of the
   response, an EndFrame…) is held until Twilio echoes the mark, i.e. until
@@ -178,6 +179,8 @@ class TwilioOutput(FrameProcessor):
         self._playback_end = 0.0  # monotonic time the audio sent so far finishes playing
         self._speaking = False
         self._watchdog: asyncio.Task | None = None
+        self._outbox = bytearray()  # agent audio of the current burst, not yet sent
+        self._flush_task: asyncio.Task | None = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -190,6 +193,7 @@ class TwilioOutput(FrameProcessor):
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
             self._stop_watchdog()
+            self._stop_flush()
             await self.push_frame(frame, direction)
         elif isinstance(frame, SystemFrame):
             await self.push_frame(frame, direction)
@@ -213,10 +217,10 @@ class TwilioOutput(FrameProcessor):
     async def _send_audio(self, audio: bytes) -> None:
         if not audio:
             return
-        stats = self._connection.stats
-        stats.media_out += 1
-        stats.audio_bytes_out += len(audio)
-        await self._connection.send(protocol.media_message(self._connection.stream_sid, audio))
+        self._connection.stats.audio_bytes_out += len(audio)
+        self._outbox += audio
+        if self._flush_task is None or self._flush_task.done():  # after this burst is taken in
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         now = time.monotonic()
         self._playback_end = max(self._playback_end, now) + len(audio) / MULAW_BYTES_PER_S
         self._unmarked_audio = True
@@ -225,8 +229,20 @@ class TwilioOutput(FrameProcessor):
             await self.push_frame(BotStartedSpeakingFrame())
             await self.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
 
+    async def _flush(self) -> None:
+        """Send the agent audio taken in so far as one media message.
+
+        A TTS hands over a burst of small chunks at once; Twilio plays any
+        payload size, so each burst costs one message instead of one per 20 ms.
+        """
+        while self._outbox:
+            audio, self._outbox = bytes(self._outbox), bytearray()
+            self._connection.stats.media_out += 1
+            await self._connection.send(protocol.media_message(self._connection.stream_sid, audio))
+
     async def _close_segment(self) -> None:
         """Mark the end of the audio sent so far; its segment waits for the echo."""
+        await self._flush()
         pending = _Pending(name=next(self._names), due=self._playback_end + MARK_GRACE_S)
         pending.frames, self._open = self._open, []
         self._pending.append(pending)
@@ -252,6 +268,7 @@ class TwilioOutput(FrameProcessor):
         await self.push_frame(frame, direction)
         if isinstance(frame, EndFrame):
             self._stop_watchdog()
+            await self._flush()
             await self._connection.hang_up()
 
     async def _maybe_stopped_speaking(self) -> None:
@@ -262,6 +279,7 @@ class TwilioOutput(FrameProcessor):
 
     async def _interrupt(self) -> None:
         """Barge-in: drop what the caller has not heard, keep what must survive."""
+        self._outbox.clear()  # never sent, so nothing for Twilio to clear
         unplayed = self._unmarked_audio or bool(self._pending)
         if unplayed and time.monotonic() < self._playback_end:
             self._connection.stats.clears += 1
@@ -280,6 +298,11 @@ class TwilioOutput(FrameProcessor):
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = self.create_task(self._watch_marks(), name="twilio-mark-watchdog")
 
+    def _stop_flush(self) -> None:
+        if self._flush_task and not self._flush_task.done():
+            self._flush_task.cancel()
+        self._flush_task = None
+
     def _stop_watchdog(self) -> None:
         if self._watchdog and not self._watchdog.done():
             self._watchdog.cancel()
@@ -296,6 +319,7 @@ class TwilioOutput(FrameProcessor):
 
     async def cleanup(self) -> None:
         self._stop_watchdog()
+        self._stop_flush()
         await super().cleanup()
 
 
