@@ -6,8 +6,8 @@ transport is leaner and knows what the caller actually heard:
 
 * caller audio goes into the pipeline as μ-law 8 kHz exactly as Twilio sent it;
 * agent audio (already μ-law 8 kHz: the builder guarantees it) is sent to
-  Twilio as it arrives, each burst of chunks as one message; Twilio queues
-  and plays it, so nothing sleeps per frame;
+  Twilio as it arrives, merged into 200 ms messages once Twilio has enough
+  queued to play; Twilio queues and plays it, so nothing sleeps per frame;
 * after each piece of agent speech a `mark` is sent, and every frame that
   followed that audio in the pipeline (the spoken text, the end of the
   response, an EndFrame…) is held until Twilio echoes the mark, i.e. until
@@ -56,6 +56,13 @@ if TYPE_CHECKING:
 MARK_GRACE_S = 2.0
 """How long past its expected play-out time a mark may be late before we stop waiting."""
 MULAW_BYTES_PER_S = 8000
+SEND_AHEAD_S = 0.3
+MERGE_BYTES = 1600
+MERGE_WAIT_S = 0.1
+"""Agent audio goes out at once while Twilio has under SEND_AHEAD_S left to play.
+Beyond that nothing is urgent: chunks are merged into messages of MERGE_BYTES
+(200 ms), or whatever MERGE_WAIT_S has gathered. A TTS streams faster than real
+time in 20–40 ms chunks, so this sends a tenth of the messages, never late."""
 EARLY_AUDIO_FRAMES = 250
 """Caller audio kept while the pipeline starts (5 s of 20 ms frames); beyond it, dropped."""
 
@@ -219,22 +226,25 @@ class TwilioOutput(FrameProcessor):
             return
         self._connection.stats.audio_bytes_out += len(audio)
         self._outbox += audio
-        if self._flush_task is None or self._flush_task.done():  # after this burst is taken in
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         now = time.monotonic()
+        queued_s = self._playback_end - now  # what Twilio still has to play
         self._playback_end = max(self._playback_end, now) + len(audio) / MULAW_BYTES_PER_S
+        if queued_s < SEND_AHEAD_S or len(self._outbox) >= MERGE_BYTES:
+            await self._flush()
+        elif self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_later())
         self._unmarked_audio = True
         if not self._speaking:
             self._speaking = True
             await self.push_frame(BotStartedSpeakingFrame())
             await self.push_frame(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
 
-    async def _flush(self) -> None:
-        """Send the agent audio taken in so far as one media message.
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(MERGE_WAIT_S)
+        await self._flush()
 
-        A TTS hands over a burst of small chunks at once; Twilio plays any
-        payload size, so each burst costs one message instead of one per 20 ms.
-        """
+    async def _flush(self) -> None:
+        """Send the agent audio taken in so far as one media message."""
         while self._outbox:
             audio, self._outbox = bytes(self._outbox), bytearray()
             self._connection.stats.media_out += 1
