@@ -48,6 +48,10 @@ class MulawElevenLabsTTS(PhraseCaching, ElevenLabsTTSService):
         self._output_format = self._fixed_output_format
         await super()._connect_websocket()
 
+    async def _close_context(self, context_id: str):
+        if not self.served_from_cache(context_id):  # ElevenLabs never opened that one
+            await super()._close_context(context_id)
+
 
 class MulawBytesElevenLabsTTS(MulawAudio, MulawElevenLabsTTS):
     """`ulaw_8000` output passed through byte for byte."""

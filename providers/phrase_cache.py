@@ -138,16 +138,20 @@ class PhraseCaching:
         yield TTSStoppedFrame(context_id=context_id)
         self._served.add(context_id)
 
+    def served_from_cache(self, context_id: str | None) -> bool:
+        """True for a context the provider never heard of: its phrase came from the store."""
+        return self._phrase_store is not None and context_id in self._served
+
     async def append_to_audio_context(self, context_id: str | None, frame) -> None:
         if self._phrase_store is not None and context_id:
-            if context_id in self._served and frame is not None:
+            if self.served_from_cache(context_id) and frame is not None:
                 return  # the base's own text and stop for a phrase already played in full
             if context_id in self._recording and isinstance(frame, TTSAudioRawFrame):
                 self._recording[context_id][1].append(frame.audio)
         await super().append_to_audio_context(context_id, frame)
 
     async def flush_audio(self, context_id: str | None = None) -> None:
-        if self._phrase_store is None or context_id not in self._served:  # never sent: no flush
+        if not self.served_from_cache(context_id):
             await super().flush_audio(context_id)
 
     async def on_audio_context_completed(self, context_id: str) -> None:

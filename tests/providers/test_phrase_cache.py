@@ -28,6 +28,10 @@ async def _two_calls(vertical: Vertical, tts_kind: str):
         usages = await running.finished(2)
         assert running.fakes.failures == []
         billed_by_fake = running.fakes.fakes[tts_kind].characters
+        for record in running.fakes.fakes[tts_kind].requests:  # never a context it never opened
+            messages = [m for m in record.messages if isinstance(m, dict)]
+            opened = {m.get("context_id") for m in messages if "text" in m}
+            assert {m.get("context_id") for m in messages if m.get("close_context")} <= opened
         return first, second, usages, running.sessions, billed_by_fake
 
 
