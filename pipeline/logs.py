@@ -21,6 +21,7 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)(authorization:\s*(?:token|bearer|basic)\s+)\S+"),
     re.compile(r"(?i)((?:api[_-]?key|auth[_-]?token|xi-api-key|x-api-key|token)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]+"),
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/@\s]+:)[^@\s/]+(?=@)"),  # URL passwords
 ]
 REDACTED = "[redacted]"
 
@@ -83,5 +84,9 @@ def _route_loguru(level: str) -> None:
 
 
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
-    """A logger with context (call_sid, tenant, vertical, …) bound to every line."""
-    return structlog.get_logger("tollbridge").bind(**bound)
+    """A logger with context (call_sid, tenant, vertical, …) bound to every line.
+
+    It binds lazily, at each line, so a module-level logger created at import
+    still follows what `configure` set later: its level and its redaction.
+    """
+    return structlog.get_logger("tollbridge", **bound)

@@ -45,3 +45,16 @@ def test_pipecat_loguru_records_join_the_same_stream(capsys):
     [line] = [entry for entry in lines(capsys) if entry.get("module")]
     assert line["event"].startswith("DeepgramSTTService#0: connected")
     assert "dg-123456789" not in line["event"]
+
+
+def test_a_logger_made_before_configure_follows_it(capsys):
+    """Modules create their loggers at import, before the CLI configures logging."""
+    early = logs.get_logger(component="bookkeeper")
+    logs.configure("WARNING", json=True)
+    early.info("call_priced", total_usd="0.01")
+    early.warning("ledger_unreachable", url="postgresql://app:hunter2@db/ledger", api_key="sk-x")
+    [line] = lines(capsys)
+    assert (line["event"], line["component"], line["api_key"]) == (
+        "ledger_unreachable", "bookkeeper", logs.REDACTED)
+    assert line["url"] == f"postgresql://app:{logs.REDACTED}@db/ledger"
+
