@@ -8,8 +8,8 @@ the same process play those bytes, and the ledger shows the characters as
 avoided. Entries are keyed by stage kind, the stage's full options (voice,
 model, output format, speed, endpoint…) and the exact text, so two voices or
 formats never share audio. Only a phrase spoken on its own (a
-`TTSSpeakFrame`) and played to the end is stored: an interrupted greeting is
-not.
+`TTSSpeakFrame`) and received whole from the provider is stored: a synthesis
+cut short by the caller talking over it is not.
 """
 
 from __future__ import annotations
