@@ -32,11 +32,8 @@ rounded up. Telephony lines still bill whole minutes rounded up, so on short
 calls their $/min is above the list rate.
 
 A call replayed faster than real time (`--speed`, default 2, as the tests
-run them) is measured on a compressed wall clock while STT, the agent's
-playback and the cassette all run on the caller's audio clock. Such a call's
-measured seconds are restated as that audio clock (20 ms per media frame the
-caller sent: how long the call would have lasted on a real line) before it is
-priced either way; the JSON keeps the wall-clock seconds beside them.
+run them) has its seconds restated on the caller's clock by `run_local_call`
+(how long it would have lasted on a real line).
 
 Prints markdown tables and writes results/costs.json (money as strings).
 """
@@ -73,7 +70,6 @@ from tests.examples.test_calls import CALLS, EXAMPLES, TODAY
 PROFILES = EXAMPLES / "profiles"
 RESULTS = Path(__file__).resolve().parent / "results"
 CASSETTE = ".cassette.json"
-FRAME_S = Decimal("0.02")  # one Media Streams frame of caller audio
 
 # What a fixture call needs beyond its audio and cassette, as its test in
 # tests/examples/test_calls.py places it. A call not named here runs plainly.
@@ -182,10 +178,8 @@ def catalog_for(vertical: Vertical | None) -> Catalog:
 @dataclass
 class Replayed:
     usage: CallUsage
-    """Measured seconds restated on the caller's audio clock if replayed faster."""
     catalog: Catalog
     speed: float
-    wall_seconds: Decimal
 
 
 async def replay(call: FixtureCall, speed: float) -> Replayed:
@@ -247,10 +241,8 @@ async def replay_once(call: FixtureCall, speed: float) -> Replayed:
     if price_call(result.usage, catalog).items != stored.items:
         raise RuntimeError(f"fixture call {call.name}: re-pricing its usage does not give "
                            "the ledger's record")
-    usage, speed = gate_silence(result.usage, vertical, result.phone.caller_audio), options["speed"]
-    if speed != 1:
-        usage = replace(usage, measured_seconds=result.phone.frames_sent * FRAME_S)
-    return Replayed(usage, catalog, speed, result.usage.measured_seconds)
+    usage = gate_silence(result.usage, vertical, result.phone.caller_audio)
+    return Replayed(usage, catalog, options["speed"])
 
 
 def per_minute(usd: Decimal, seconds: Decimal) -> Decimal | None:
@@ -369,9 +361,9 @@ async def run_calls(speed: float) -> list[dict[str, Any]]:
     for call in fixture_calls():
         print(f"replaying {call.name} …", file=sys.stderr, flush=True)
         done = await replay(call, speed)
-        basis = "measured" if done.speed == 1 else f"audio clock, {done.speed:g}x replay"
+        basis = "measured" if done.speed == 1 else f"caller's clock, {done.speed:g}x replay"
         row = compare(call.name, "call", done.usage, done.catalog, basis)
-        rows.append({**row, "speed": done.speed, "wall_seconds": done.wall_seconds})
+        rows.append({**row, "speed": done.speed})
     return rows
 
 
@@ -413,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     print("With: as recorded (prompt caching, TTS phrase cache, STT silence gate as they "
           "acted). Without: `without_savings` (cached and cache-written tokens billed as "
           "input, avoided characters and seconds billed). $/min over each call's seconds: "
-          "Twilio's billed seconds when known, else measured; a call replayed faster than "
-          "real time on its caller's audio clock.\n")
+          "Twilio's billed seconds when known, else measured (on the caller's clock for a "
+          "call replayed faster than real time).\n")
     for row in rows:
         print(call_table(row) + "\n")
     print("## Summary\n")

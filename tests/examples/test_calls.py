@@ -62,6 +62,9 @@ async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
     assert result.said("agent")[-1] == "Thanks Jane, see you Friday. Goodbye!"
     assert result.phone.ended_by == "agent_hung_up" and result.cost.ended_by == "agent"
     assert result.phone.clears == 0
+    # replayed at 2x, the call is still priced for its length on a phone line
+    line_seconds = result.phone.frames_sent * 0.02
+    assert abs(float(result.cost.seconds) - line_seconds) < 1.5
     assert {"voice.inbound_local", "media_streams", "number.local", "stt", "llm.input",
             "llm.cached_input", "llm.output", "tts"} <= set(items(result))
     # system prompt + tools form a stable prefix over 1,024 tokens: every turn after
