@@ -8,15 +8,15 @@ the same process play those bytes, and the ledger shows the characters as
 avoided. Entries are keyed by stage kind, the stage's full options (voice,
 model, output format, speed, endpoint…) and the exact text, so two voices or
 formats never share audio. Only a phrase spoken on its own (a
-`TTSSpeakFrame`) and received whole from the provider is stored: a synthesis
-cut short by the caller talking over it is not.
+`TTSSpeakFrame`) and received whole from the provider is stored: not one cut
+short by the caller talking over it, nor one the provider went quiet in.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipecat.frames.frames import (
     Frame,
@@ -75,6 +75,14 @@ PHRASES = PhraseStore()
 """The process-wide store."""
 
 
+@dataclass
+class _Recording:
+    key: PhraseKey
+    chunks: list[bytes] = field(default_factory=list)
+    ended: bool = False
+    """The provider ended the context; a context that only went quiet may be cut short."""
+
+
 class PhraseCaching:
     """Mixin (first among a pipecat TTS service's bases) serving fixed phrases from a store.
 
@@ -97,7 +105,7 @@ class PhraseCaching:
         self._phrases = {text.strip() for text in phrases if text and text.strip()}
         self._on_avoided = on_avoided
         self._speaking_phrase: str | None = None
-        self._recording: dict[str, tuple[PhraseKey, list[bytes]]] = {}
+        self._recording: dict[str, _Recording] = {}
         self._served: set[str] = set()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -119,7 +127,7 @@ class PhraseCaching:
         key = PhraseKey(self._phrase_stage, text.strip())
         chunks = self._phrase_store.get(key)
         if chunks is None:
-            self._recording[context_id] = (key, [])
+            self._recording[context_id] = _Recording(key)
             async for frame in super().run_tts(text, context_id):
                 yield frame
             return
@@ -146,8 +154,11 @@ class PhraseCaching:
         if self._phrase_store is not None and context_id:
             if self.served_from_cache(context_id) and frame is not None:
                 return  # the base's own text and stop for a phrase already played in full
-            if context_id in self._recording and isinstance(frame, TTSAudioRawFrame):
-                self._recording[context_id][1].append(frame.audio)
+            if recording := self._recording.get(context_id):
+                if isinstance(frame, TTSAudioRawFrame):
+                    recording.chunks.append(frame.audio)
+                elif frame is None:
+                    recording.ended = True
         await super().append_to_audio_context(context_id, frame)
 
     async def flush_audio(self, context_id: str | None = None) -> None:
@@ -155,9 +166,9 @@ class PhraseCaching:
             await super().flush_audio(context_id)
 
     async def on_audio_context_completed(self, context_id: str) -> None:
-        if self._phrase_store is not None and context_id in self._recording:
-            key, chunks = self._recording.pop(context_id)
-            self._phrase_store.put(key, tuple(chunks))
+        recording = self._recording.pop(context_id, None) if self._phrase_store is not None else None
+        if recording and recording.ended:
+            self._phrase_store.put(recording.key, tuple(recording.chunks))
         await super().on_audio_context_completed(context_id)
 
     async def on_audio_context_interrupted(self, context_id: str) -> None:
