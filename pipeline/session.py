@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipecat.frames.frames import EndWorkerFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndWorkerFrame, Frame, LLMMessagesAppendFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
 
@@ -26,6 +26,7 @@ from pipeline.builder import BuiltCall, CallContext, build_call
 from pipeline.costs.lineitem import CallCost
 from pipeline.costs.usage import CallUsage
 from pipeline.logs import get_logger
+from pipeline.registry import Role
 
 CANCEL_TIMEOUT_S = 5.0
 
@@ -98,7 +99,7 @@ class CallSession:
         self.log.info("call_started", caller=self.call.caller, callee=self.call.callee)
         try:
             if self.call.vertical.greeting:
-                await self.worker.queue_frame(TTSSpeakFrame(self.call.vertical.greeting))
+                await self.worker.queue_frame(self._greeting(self.call.vertical.greeting))
             done, _ = await asyncio.wait({pipeline, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 self.ended_by = self.ended_by or _result(reader, "transport_error")
@@ -123,6 +124,13 @@ class CallSession:
             CallSession.active -= 1
             await self._finish()
         return self.usage
+
+    def _greeting(self, text: str) -> Frame:
+        """The cascade's TTS says it as written; a speech-to-speech brain is asked to."""
+        if self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is None:
+            return TTSSpeakFrame(text)
+        instruction = f'Open the call by saying exactly this, and nothing else: "{text}"'
+        return LLMMessagesAppendFrame([{"role": "developer", "content": instruction}], run_llm=True)
 
     async def _finish(self) -> None:
         meter = self.built.meter

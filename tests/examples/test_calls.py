@@ -146,6 +146,9 @@ async def test_the_realtime_brain_handles_the_same_call_and_costs_more(replay_ca
     showing = next(t for t in realtime.tools if t.name == "schedule_showing")
     assert showing.result["scheduled"] is True
     assert realtime.phone.ended_by == "agent_hung_up"
+    # the model was asked to greet, and the caller heard it before speaking
+    assert realtime.conversation[0] == ("agent", realtime.vertical.greeting)
+    assert realtime.phone.first_agent_audio_s is not None and realtime.phone.first_agent_audio_s < 1.0
     kinds = set(items(realtime))
     assert {"realtime.audio_in", "realtime.audio_out", "realtime.text_in"} <= kinds
     assert not {"stt", "tts"} & kinds  # one brain: no separate STT or TTS bill
