@@ -19,7 +19,7 @@ from pipecat.services.anthropic.llm import AnthropicLLMService
 from pipecat.services.llm_service import FunctionCallParams
 
 from providers.fakes.anthropic_messages import AnthropicMessagesFake
-from tests.providers.llm_harness import RunningPipeline, run_pipeline
+from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "sk-ant-test-tollbridge"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from providers.fakes.deepgram_listen import FakeDeepgramListen
-from tests.providers.speech_harness import ServicePipeline, run_service
+from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "dg-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}
@@ -38,7 +38,7 @@ def stt_for(
     )
 
 
-async def feed(pipeline: ServicePipeline, seconds: float, encoding: str = "mulaw") -> None:
+async def feed(pipeline: RunningPipeline, seconds: float, encoding: str = "mulaw") -> None:
     """Queue caller audio as 20 ms frames, about four times faster than real time."""
     for _ in range(round(seconds / 0.02)):
         await pipeline.queue(
@@ -58,7 +58,7 @@ async def send_audio(ws: ClientConnection, seconds: float) -> None:
 
 async def test_transcripts_wait_for_their_audio() -> None:
     async with FakeDeepgramListen(KEY, HELLO) as fake:
-        async with run_service(stt_for(fake)) as pipeline:
+        async with run_pipeline([stt_for(fake)]) as pipeline:
             await feed(pipeline, 0.9)
             await pipeline.downstream.wait_for(InterimTranscriptionFrame)
             await asyncio.sleep(0.3)  # ample time for a premature final to show up
@@ -99,7 +99,7 @@ async def test_usage_metrics_against_audio_received(encoding: str, pipecat_share
     billed as Deepgram seconds in that setup.
     """
     async with FakeDeepgramListen(KEY, HELLO) as fake:
-        async with run_service(stt_for(fake, encoding)) as pipeline:
+        async with run_pipeline([stt_for(fake, encoding)]) as pipeline:
             await feed(pipeline, 1.5, encoding)
             await pipeline.downstream.wait_for(TranscriptionFrame)
         record = fake.requests[0]
@@ -122,7 +122,7 @@ async def test_finalize_flushes_speech_already_heard() -> None:
         }
     ]
     async with FakeDeepgramListen(KEY, script) as fake:
-        async with run_service(stt_for(fake)) as pipeline:
+        async with run_pipeline([stt_for(fake)]) as pipeline:
             await feed(pipeline, 0.6)
             await pipeline.queue(VADUserStoppedSpeakingFrame())
             await pipeline.downstream.wait_for(TranscriptionFrame)
@@ -138,7 +138,7 @@ async def test_finalize_flushes_speech_already_heard() -> None:
 
 async def test_wrong_key_is_refused_at_the_handshake() -> None:
     async with FakeDeepgramListen(KEY) as fake:
-        async with run_service(stt_for(fake, key="not-the-key")) as pipeline:
+        async with run_pipeline([stt_for(fake, key="not-the-key")]) as pipeline:
             await pipeline.upstream.wait_for(ErrorFrame)
 
     assert any("401" in error for error in pipeline.errors())

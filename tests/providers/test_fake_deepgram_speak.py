@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from providers.fakes.audio import alaw_encode, ulaw_encode
 from providers.fakes.deepgram_speak import FakeDeepgramSpeak
-from tests.providers.speech_harness import ServicePipeline, run_service
+from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "dg-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}
@@ -33,7 +33,7 @@ def mulaw_bytes(text: str) -> int:
     return round(len(text) * 8000 / 14)
 
 
-def audio_by_context(pipeline: ServicePipeline) -> list[int]:
+def audio_by_context(pipeline: RunningPipeline) -> list[int]:
     """Audio bytes that reached the end of the pipeline, per TTS context, in order."""
     sizes: dict[str | None, int] = {}
     for frame in pipeline.downstream.of_type(TTSAudioRawFrame):
@@ -55,7 +55,7 @@ WS_SENTENCES = ["Hello there, caller.", "See you then."]
 
 async def test_ws_audio_length_follows_the_text() -> None:
     async with FakeDeepgramSpeak(KEY) as fake:
-        async with run_service(ws_tts(fake)) as pipeline:
+        async with run_pipeline([ws_tts(fake)]) as pipeline:
             await pipeline.queue(*(TTSSpeakFrame(text) for text in WS_SENTENCES))
             await pipeline.downstream.wait_for(TTSStoppedFrame, count=2)
 
@@ -74,7 +74,7 @@ async def test_ws_audio_length_follows_the_text() -> None:
 async def test_ws_characters_are_counted_by_the_fake_not_pipecat() -> None:
     """pipecat 1.14's DeepgramTTSService reports no TTS usage; the fake's count is the bill."""
     async with FakeDeepgramSpeak(KEY) as fake:
-        async with run_service(ws_tts(fake)) as pipeline:
+        async with run_pipeline([ws_tts(fake)]) as pipeline:
             await pipeline.queue(*(TTSSpeakFrame(text) for text in WS_SENTENCES))
             await pipeline.downstream.wait_for(TTSStoppedFrame, count=2)
 
@@ -92,7 +92,7 @@ async def test_http_audio_and_usage_match_the_fake() -> None:
             encoding="mulaw",
             sample_rate=8000,
         )
-        async with run_service(tts) as pipeline:
+        async with run_pipeline([tts]) as pipeline:
             await pipeline.queue(*(TTSSpeakFrame(text) for text in sentences))
             await pipeline.downstream.wait_for(TTSStoppedFrame, count=2)
 
@@ -104,7 +104,7 @@ async def test_http_audio_and_usage_match_the_fake() -> None:
 
 async def test_wrong_key_is_refused_with_deepgrams_reason() -> None:
     async with FakeDeepgramSpeak(KEY) as fake:
-        async with run_service(ws_tts(fake, key="not-the-key")) as pipeline:
+        async with run_pipeline([ws_tts(fake, key="not-the-key")]) as pipeline:
             await pipeline.upstream.wait_for(ErrorFrame)
 
     assert "Deepgram refused the connection (HTTP 401): Invalid credentials." in pipeline.errors()

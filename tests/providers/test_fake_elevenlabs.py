@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from providers.fakes.elevenlabs import FakeElevenLabs
-from tests.providers.speech_harness import run_service
+from tests.providers.harness import run_pipeline
 
 KEY = "xi-test-key"
 VOICE = "voice-1"
@@ -51,7 +51,7 @@ def stream(fake: FakeElevenLabs, query: str = ULAW_8K) -> connect:
 
 async def test_audio_alignment_and_usage_through_pipecat() -> None:
     async with FakeElevenLabs(KEY) as fake:
-        async with run_service(tts_for(fake)) as pipeline:
+        async with run_pipeline([tts_for(fake)]) as pipeline:
             await pipeline.queue(
                 TTSSpeakFrame("Hello there, caller."),
                 LLMFullResponseStartFrame(),
@@ -80,7 +80,7 @@ async def test_audio_alignment_and_usage_through_pipecat() -> None:
 
 async def test_wrong_key_is_refused_at_the_handshake() -> None:
     async with FakeElevenLabs(KEY) as fake:
-        async with run_service(tts_for(fake, key="not-the-key")) as pipeline:
+        async with run_pipeline([tts_for(fake, key="not-the-key")]) as pipeline:
             await pipeline.upstream.wait_for(ErrorFrame)
 
     assert any("401" in error for error in pipeline.errors())

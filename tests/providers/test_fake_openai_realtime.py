@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from providers.fakes.openai_realtime import MS_PER_CHARACTER, OpenAIRealtimeFake
-from tests.providers.llm_harness import RunningPipeline, run_pipeline
+from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "sk-test-tollbridge"
 # About 1,500 tokens by the fakes' count: enough for OpenAI to cache.

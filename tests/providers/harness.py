@@ -1,13 +1,14 @@
-"""Run a real pipecat STT or TTS service in a tiny pipeline against a fake, timing every frame."""
+"""Run real pipecat services in a tiny pipeline against a fake, keeping every frame for assertions."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import pytest
 from pipecat.frames.frames import EndFrame, ErrorFrame, Frame, MetricsFrame
-from pipecat.metrics.metrics import MetricsData
+from pipecat.metrics.metrics import LLMTokenUsage, LLMUsageMetricsData, MetricsData
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -38,28 +39,42 @@ class FrameLog(FrameProcessor):
         """Logged frames of one type, in arrival order."""
         return [frame for _, frame in self.frames if isinstance(frame, frame_type)]
 
+    async def wait_until(self, condition: Callable[[], bool], seconds: float) -> None:
+        """Wait until ``condition()`` holds, re-checking as each frame arrives."""
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(condition), seconds)
+
     async def wait_for(self, frame_type: type[Frame], count: int = 1, seconds: float = 3.0) -> None:
         """Wait until `count` frames of `frame_type` have arrived."""
-        async with self._arrived:
-            await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.of_type(frame_type)) >= count), seconds
-            )
+        await self.wait_until(lambda: len(self.of_type(frame_type)) >= count, seconds)
 
 
-class ServicePipeline:
-    """A started ``[upstream log, service, downstream log]`` pipeline."""
+class RunningPipeline:
+    """A started ``[upstream log, *processors, downstream log, *tail]`` pipeline."""
 
     def __init__(self, worker: PipelineWorker, upstream: FrameLog, downstream: FrameLog) -> None:
         self.worker = worker
         self.upstream = upstream
+        """Frames pushed upstream to the start: errors, mostly."""
         self.downstream = downstream
+        """Frames that reached the end of the pipeline (before any tail)."""
 
     async def queue(self, *frames: Frame) -> None:
         """Push frames in at the start of the pipeline."""
         await self.worker.queue_frames(list(frames))
 
+    async def wait_until(self, condition: Callable[[], bool], seconds: float = 4.0) -> None:
+        """Wait until ``condition()`` holds; fail with the frames seen if it doesn't."""
+        try:
+            await self.downstream.wait_until(condition, seconds)
+        except TimeoutError:
+            kinds = [type(frame).__name__ for _, frame in self.downstream.frames]
+            pytest.fail(
+                f"condition not met within {seconds}s; frames: {kinds}; errors: {self.errors()}"
+            )
+
     def metrics(self, data_type: type[M]) -> list[M]:
-        """Every metrics item of one type the service reported, in order."""
+        """Every metrics item of one type the services reported, in order."""
         return [
             item
             for frame in self.downstream.of_type(MetricsFrame)
@@ -67,22 +82,30 @@ class ServicePipeline:
             if isinstance(item, data_type)
         ]
 
+    def usage(self) -> list[LLMTokenUsage]:
+        """LLM token usage reports, in order."""
+        return [data.value for data in self.metrics(LLMUsageMetricsData)]
+
     def errors(self) -> list[str]:
-        """Errors the service pushed upstream."""
+        """Errors the services pushed upstream."""
         return [frame.error for frame in self.upstream.of_type(ErrorFrame)]
 
 
 @asynccontextmanager
-async def run_service(service: FrameProcessor) -> AsyncIterator[ServicePipeline]:
-    """Run `service` at telephony rates (8 kHz in and out) with usage metrics on.
+async def run_pipeline(
+    processors: Sequence[FrameProcessor], tail: Sequence[FrameProcessor] = ()
+) -> AsyncIterator[RunningPipeline]:
+    """Run ``processors`` at telephony rates (8 kHz in and out) with usage metrics on.
 
-    Leaving the block sends an EndFrame and waits for the pipeline to finish, as
-    at hang-up: services close their connections and report trailing usage.
+    ``tail`` goes after the downstream log: the assistant context aggregator
+    belongs there, since it swallows the frames a test wants to see. Leaving the
+    block sends an EndFrame and waits for the pipeline to finish, as at
+    hang-up: services close their connections and report trailing usage.
     """
     upstream = FrameLog(FrameDirection.UPSTREAM)
     downstream = FrameLog(FrameDirection.DOWNSTREAM)
     worker = PipelineWorker(
-        Pipeline([upstream, service, downstream]),
+        Pipeline([upstream, *processors, downstream, *tail]),
         params=PipelineParams(
             audio_in_sample_rate=8000, audio_out_sample_rate=8000, enable_usage_metrics=True
         ),
@@ -101,7 +124,7 @@ async def run_service(service: FrameProcessor) -> AsyncIterator[ServicePipeline]
     try:
         # Frames queued before the StartFrame has gone through are dropped.
         await asyncio.wait_for(started.wait(), 4.0)
-        yield ServicePipeline(worker, upstream, downstream)
+        yield RunningPipeline(worker, upstream, downstream)
         await worker.queue_frame(EndFrame())
         await asyncio.wait_for(asyncio.shield(running), 4.0)
     finally:
