@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pipecat.processors.frame_processor import FrameProcessor
-
-from pipeline.builder import CallContext, build_call
-from pipeline.config import ConfigError, Vertical, find_vertical_files, load_vertical
-from pipeline.registry import Role
-from transports.codec import AudioConverter
-from transports.twilio.transport import MediaStreamConnection
+from tollbridge.builder import CallContext, build_call
+from tollbridge.codec import AudioConverter
+from tollbridge.config import ConfigError, Vertical, find_vertical_files, load_vertical
+from tollbridge.registry import Role
+from tollbridge.transports.twilio.transport import MediaStreamConnection
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FRAMES_PER_MINUTE = 3000

@@ -55,16 +55,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.bookkeeper import Bookkeeper
-from pipeline.config import Vertical, load_vertical
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.estimate import load_profile
-from pipeline.costs.ledger import Ledger
-from pipeline.costs.lineitem import CallCost, round_usd
-from pipeline.costs.pricing import price_call, without_savings
-from pipeline.costs.usage import CallUsage
-from pipeline.registry import Role
-from providers.silence_gate import SilenceGate
+from tollbridge.bookkeeper import Bookkeeper
+from tollbridge.config import Vertical, load_vertical
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.estimate import load_profile
+from tollbridge.costs.ledger import Ledger
+from tollbridge.costs.lineitem import CallCost, round_usd
+from tollbridge.costs.pricing import price_call, without_savings
+from tollbridge.costs.usage import CallUsage
+from tollbridge.providers.silence_gate import SilenceGate
+from tollbridge.registry import Role
+
 from tests.examples.test_calls import CALLS, EXAMPLES, TODAY
 
 PROFILES = EXAMPLES / "profiles"
@@ -214,7 +215,7 @@ def gate_silence(usage: CallUsage, vertical: Vertical, caller_audio: bytes) -> C
 
 async def replay_once(call: FixtureCall, speed: float) -> Replayed:
     """One fixture call through the real bridge, checked against its ledger record."""
-    from pipeline.local_call import run_local_call
+    from tollbridge.local_call import run_local_call
 
     options = dict(call.options)
     strict = options.pop("strict", True)
@@ -389,8 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from loguru import logger
-
-    from pipeline import logs
+    from tollbridge import logs
 
     args = parse_args(argv)
     logger.remove()  # pipecat logs every pipeline it links

@@ -83,8 +83,8 @@ class LoopWatch:
 
 
 def tollbridge_app() -> tuple[FastAPI, Callable[[], int]]:
-    from pipeline.config import load_vertical
-    from transports.twilio.server import Bridge, BridgeSettings, create_app
+    from tollbridge.config import load_vertical
+    from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app
 
     vertical = load_vertical(standins.VERTICAL, registry=standins.registry())
     bridge = Bridge(
@@ -234,7 +234,7 @@ APPS: dict[ServerName, Callable[[], tuple[FastAPI, Callable[[], int]]]] = {
 def _quiet_logs(name: ServerName) -> None:
     """Production log level: tollbridge's default (WARNING), and the same for pipecat."""
     if name == "tollbridge":
-        from pipeline import logs
+        from tollbridge import logs
 
         logs.configure("WARNING", json=True)
     else:
@@ -245,7 +245,7 @@ def _quiet_logs(name: ServerName) -> None:
 
 
 async def _serve(name: ServerName, conn: Connection) -> None:
-    from transports.twilio.server import running
+    from tollbridge.transports.twilio.server import running
 
     _quiet_logs(name)
     app, active_calls = APPS[name]()
@@ -260,7 +260,7 @@ async def _serve(name: ServerName, conn: Connection) -> None:
     watcher = asyncio.create_task(watch.run())
     async with running(app) as url:
         if name == "tollbridge":
-            from pipeline.service import freeze_startup_heap
+            from tollbridge.serve import freeze_startup_heap
 
             freeze_startup_heap()  # as `tollbridge serve` does
         conn.send(int(url.rsplit(":", 1)[1]))

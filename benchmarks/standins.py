@@ -39,15 +39,14 @@ from pipecat.services.settings import LLMSettings, ServiceSettings, STTSettings,
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
-
-from pipeline.registry import MULAW_8K, Registry, Role, StageKind, StageOptions, default_registry
+from tollbridge.registry import MULAW_8K, Registry, Role, StageKind, StageOptions, default_registry
 
 with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 Encoding = Literal["mulaw", "pcm16"]
 

@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 
-from pipeline.config import Vertical
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.lineitem import CallCost
-from pipeline.costs.pricing import price_call
-from pipeline.costs.spool import SpoolingLedger
-from pipeline.costs.usage import CallUsage
-from pipeline.logs import get_logger
+from tollbridge.config import Vertical
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.pricing import price_call
+from tollbridge.costs.spool import SpoolingLedger
+from tollbridge.costs.usage import CallUsage
+from tollbridge.logs import get_logger
 
 log = get_logger(component="bookkeeper")
 

@@ -33,16 +33,15 @@ from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
-
-from pipeline.config import Stage, Vertical
-from pipeline.failover import FailOverOnAnyError
-from pipeline.hangup import HangUpAfterReply
-from pipeline.logs import get_logger
-from pipeline.meter import CostMeter, Service
-from pipeline.registry import MULAW_8K, AudioFormat, Role
-from pipeline.tools import Tool, ToolCall
-from providers.phrase_cache import PHRASES, PhraseCaching
-from transports.codec import codec_between
+from tollbridge.codec import codec_between
+from tollbridge.config import Stage, Vertical
+from tollbridge.failover import FailOverOnAnyError
+from tollbridge.hangup import HangUpAfterReply
+from tollbridge.logs import get_logger
+from tollbridge.meter import CostMeter, Service
+from tollbridge.phrase_cache import PHRASES, PhraseCaching
+from tollbridge.registry import MULAW_8K, AudioFormat, Role
+from tollbridge.tools import Tool, ToolCall
 
 
 @dataclass

@@ -16,9 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from pipeline import logs
-from pipeline.config import ConfigError, Vertical, load_vertical, load_verticals
+from tollbridge import logs
+from tollbridge.config import ConfigError, Vertical, load_vertical, load_verticals
 
 app = typer.Typer(
     name="tollbridge",
@@ -104,7 +103,7 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of a vertical file (every registered kind and option)."""
-    from pipeline.schema import vertical_schema
+    from tollbridge.schema import vertical_schema
 
     typer.echo(json.dumps(vertical_schema(), indent=2))
 
@@ -125,7 +124,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the bridge: the voice webhook, the Media Streams socket and status callbacks."""
-    from pipeline.service import run_service, serve_forever
+    from tollbridge.serve import run_service, serve_forever
 
     def run() -> None:
         loaded = [v for path in verticals for v in load_verticals(path, check_keys=True)]
@@ -164,7 +163,7 @@ def call(
     ] = None,
 ) -> None:
     """Run one complete phone call on this machine and print what it cost."""
-    from pipeline.local_call import print_call, run_local_call
+    from tollbridge.local_call import print_call, run_local_call
 
     def run() -> None:
         presses = [_press(spec) for spec in press or []]
@@ -193,9 +192,9 @@ def dial(
     ],
 ) -> None:
     """Place an outbound call whose audio streams to the bridge at --public-url."""
-    from pipeline.config import e164
-    from transports.twilio.rest import TwilioRest
-    from transports.twilio.server import Bridge, BridgeSettings
+    from tollbridge.config import e164
+    from tollbridge.transports.twilio.rest import TwilioRest
+    from tollbridge.transports.twilio.server import Bridge, BridgeSettings
 
     async def place(loaded: Vertical) -> str:
         dialer = TwilioRest(
@@ -229,7 +228,7 @@ def _press(spec: str) -> tuple[float, str]:
 
 
 def _mount_costs() -> None:
-    from pipeline.costs.cli import costs_app
+    from tollbridge.costs.cli import costs_app
 
     app.add_typer(costs_app, name="costs", help="Price catalog, estimates and cost reports.")
 

@@ -31,8 +31,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
 )
-
-from pipeline.registry import Registry, Role, StageKind, StageOptions, default_registry
+from tollbridge.registry import Registry, Role, StageKind, StageOptions, default_registry
 
 VERTICAL_FILE = "vertical.toml"
 VERTICAL_GLOB = "*vertical.toml"

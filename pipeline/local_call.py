@@ -22,20 +22,24 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-from pipeline.bookkeeper import Bookkeeper
-from pipeline.config import Vertical
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.lineitem import CallCost
-from pipeline.costs.spool import SpoolingLedger
-from pipeline.costs.usage import CallUsage
-from pipeline.session import CallSession
-from pipeline.tools import shutdown as shutdown_tools
-from providers.cassette import Cassette, replay
-from providers.recorder import CassetteRecorder
-from transports.twilio.server import Bridge, BridgeSettings, create_app, running
-from transports.twilio.softphone import CallScript, Softphone, SoftphoneResult, load_caller_audio
-from transports.twilio.transport import ConnectionStats
+from tollbridge.bookkeeper import Bookkeeper
+from tollbridge.config import Vertical
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.spool import SpoolingLedger
+from tollbridge.costs.usage import CallUsage
+from tollbridge.providers.cassette import Cassette, replay
+from tollbridge.providers.recorder import CassetteRecorder
+from tollbridge.session import CallSession
+from tollbridge.tools import shutdown as shutdown_tools
+from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app, running
+from tollbridge.transports.twilio.softphone import (
+    CallScript,
+    Softphone,
+    SoftphoneResult,
+    load_caller_audio,
+)
+from tollbridge.transports.twilio.transport import ConnectionStats
 
 CALLER_NUMBER = "+15550109999"
 
@@ -76,7 +80,7 @@ class LocalCall:
         return [text for who, text in self.conversation if who == speaker]
 
     def write_agent_audio(self, path: str | Path) -> None:
-        from transports.twilio.softphone import write_wav
+        from tollbridge.transports.twilio.softphone import write_wav
 
         write_wav(path, self.phone.agent_audio)
 

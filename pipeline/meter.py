@@ -23,13 +23,12 @@ from pipecat.metrics.metrics import (
     STTUsageMetricsData,
     TTSUsageMetricsData,
 )
-
-from pipeline.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
-from pipeline.registry import Role, StageKind, StageOptions
+from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
+from tollbridge.registry import Role, StageKind, StageOptions
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
-    from providers.silence_gate import SilenceGate
+    from tollbridge.builder import CallContext
+    from tollbridge.providers.silence_gate import SilenceGate
 
 
 class MeterOptions(StageOptions):

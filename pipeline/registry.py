@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 ENTRY_POINT_GROUP = "tollbridge.stages"
 
@@ -102,9 +102,9 @@ class Registry:
 
 
 def _load_builtins(registry: Registry) -> None:
-    from pipeline.meter import KIND as meter
-    from providers import BUILTIN_KINDS as provider_kinds
-    from transports import BUILTIN_KINDS as transport_kinds
+    from tollbridge.meter import KIND as meter
+    from tollbridge.providers import BUILTIN_KINDS as provider_kinds
+    from tollbridge.transports import BUILTIN_KINDS as transport_kinds
 
     for kind in (*transport_kinds, *provider_kinds, meter):
         registry.register(kind)

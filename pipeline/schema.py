@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import VerticalFile
-from pipeline.registry import Registry, default_registry
+from tollbridge.config import VerticalFile
+from tollbridge.registry import Registry, default_registry
 
 SCHEMA_ID = "https://tollbridge.dev/schema/vertical.json"
 

@@ -21,12 +21,11 @@ from typing import Any
 from pipecat.frames.frames import EndWorkerFrame, Frame, LLMMessagesAppendFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
-
-from pipeline.builder import BuiltCall, CallContext, build_call
-from pipeline.costs.lineitem import CallCost
-from pipeline.costs.usage import CallUsage
-from pipeline.logs import get_logger
-from pipeline.registry import Role
+from tollbridge.builder import BuiltCall, CallContext, build_call
+from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.usage import CallUsage
+from tollbridge.logs import get_logger
+from tollbridge.registry import Role
 
 CANCEL_TIMEOUT_S = 5.0
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pipeline.config import Vertical, load_vertical
-from pipeline.local_call import LocalCall, run_local_call
+from tollbridge.config import Vertical, load_vertical
+from tollbridge.local_call import LocalCall, run_local_call
 
 ReplayCall = Callable[..., Awaitable[LocalCall]]
 

@@ -1,6 +1,6 @@
 """Provider stages: one module per provider, each building a pipecat service."""
 
-from providers import anthropic, deepgram, elevenlabs, openai, openai_realtime
+from tollbridge.providers import anthropic, deepgram, elevenlabs, openai, openai_realtime
 
 BUILTIN_KINDS = [
     deepgram.STT,

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Literal
 from anthropic import AsyncAnthropic
 from pipecat.services.anthropic.llm import AnthropicLLMService
 from pydantic import Field, field_validator
-
-from pipeline.registry import Role, StageKind
-from providers.options import LLMOptions, check_llm_model
+from tollbridge.providers.options import LLMOptions, check_llm_model
+from tollbridge.registry import Role, StageKind
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 
 class AnthropicLLMOptions(LLMOptions):

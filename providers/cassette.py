@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Stage, Vertical
+from tollbridge.config import Stage, Vertical
 
 VERSION = 1
 FAKE_KEYS = {
@@ -103,27 +103,27 @@ def _fake_for(kind: str, cassette: Cassette) -> tuple[Any, str, str]:
     """The fake serving `kind`, and the scheme and path its pipecat service expects."""
     speaking_rate = float(cassette.tts.get("chars_per_second", 14.0))
     if kind == "deepgram.stt":
-        from providers.fakes.deepgram_listen import FakeDeepgramListen
+        from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
 
         return FakeDeepgramListen(FAKE_KEYS["DEEPGRAM_API_KEY"], cassette.stt), "ws", ""
     if kind == "deepgram.tts":
-        from providers.fakes.deepgram_speak import FakeDeepgramSpeak
+        from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
 
         return FakeDeepgramSpeak(FAKE_KEYS["DEEPGRAM_API_KEY"], chars_per_second=speaking_rate), "ws", ""
     if kind == "elevenlabs.tts":
-        from providers.fakes.elevenlabs import FakeElevenLabs
+        from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 
         return FakeElevenLabs(FAKE_KEYS["ELEVENLABS_API_KEY"], chars_per_second=speaking_rate), "ws", ""
     if kind == "openai.llm":
-        from providers.fakes.openai_chat import OpenAIChatFake
+        from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
 
         return OpenAIChatFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "http", "/v1"
     if kind == "openai.realtime":
-        from providers.fakes.openai_realtime import OpenAIRealtimeFake
+        from tollbridge.providers.fakes.openai_realtime import OpenAIRealtimeFake
 
         return OpenAIRealtimeFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "ws", "/v1/realtime"
     if kind == "anthropic.llm":
-        from providers.fakes.anthropic_messages import AnthropicMessagesFake
+        from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
 
         return AnthropicMessagesFake(cassette.llm, api_key=FAKE_KEYS["ANTHROPIC_API_KEY"]), "http", ""
     raise CassetteError(f"no local fake can replay stage kind {kind!r}")

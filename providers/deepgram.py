@@ -15,16 +15,15 @@ from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.transcriptions.language import Language
 from pydantic import Field, field_validator
-
-from pipeline.config import did_you_mean
-from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
-from providers.mulaw_tts import MulawAudio
-from providers.options import ProviderOptions
-from providers.phrase_cache import PhraseCaching
-from providers.silence_gate import SilenceGate
+from tollbridge.config import did_you_mean
+from tollbridge.phrase_cache import PhraseCaching
+from tollbridge.providers.mulaw_tts import MulawAudio
+from tollbridge.providers.options import ProviderOptions
+from tollbridge.providers.silence_gate import SilenceGate
+from tollbridge.registry import MULAW_8K, AudioFormat, Role, StageKind
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 STT_MODELS = [
     "nova-3", "nova-3-general", "nova-3-medical", "nova-2", "nova-2-general",

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pydantic import Field
-
-from pipeline.registry import MULAW_8K, AudioFormat, Role, StageKind
-from providers.mulaw_tts import MulawAudio
-from providers.options import ProviderOptions
-from providers.phrase_cache import PhraseCaching
+from tollbridge.phrase_cache import PhraseCaching
+from tollbridge.providers.mulaw_tts import MulawAudio
+from tollbridge.providers.options import ProviderOptions
+from tollbridge.registry import MULAW_8K, AudioFormat, Role, StageKind
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 
 class ElevenLabsTTSOptions(ProviderOptions):

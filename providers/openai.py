@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 
 from pipecat.services.openai.llm import OpenAILLMService
 from pydantic import field_validator
-
-from pipeline.registry import Role, StageKind
-from providers.options import LLMOptions, check_llm_model
+from tollbridge.providers.options import LLMOptions, check_llm_model
+from tollbridge.registry import Role, StageKind
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 
 class OpenAILLMOptions(LLMOptions):

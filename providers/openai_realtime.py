@@ -17,12 +17,11 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pydantic import Field, field_validator
-
-from pipeline.registry import MULAW_8K, Role, StageKind
-from providers.options import LLMOptions, check_llm_model
+from tollbridge.providers.options import LLMOptions, check_llm_model
+from tollbridge.registry import MULAW_8K, Role, StageKind
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 MULAW_RATE = 8000
 

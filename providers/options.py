@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
-
-from pipeline.config import ConfigFile, did_you_mean
-from pipeline.registry import StageOptions
-from pipeline.tools import Tool, load_tools
+from tollbridge.config import ConfigFile, did_you_mean
+from tollbridge.registry import StageOptions
+from tollbridge.tools import Tool, load_tools
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 

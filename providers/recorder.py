@@ -26,8 +26,7 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import STTService
-
-from providers.cassette import Cassette
+from tollbridge.providers.cassette import Cassette
 
 DOWNSTREAM = FrameDirection.DOWNSTREAM  # pipecat announces function calls both ways
 MATCH_CHARS = 60

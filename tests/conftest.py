@@ -10,16 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from pipeline.bookkeeper import Bookkeeper
-from pipeline.config import Vertical, load_vertical
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.usage import CallUsage
-from pipeline.session import CallSession
-from providers.cassette import Cassette, Replay, replay
-from providers.phrase_cache import PHRASES
-from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
-from transports.twilio.softphone import Softphone
+from tollbridge.bookkeeper import Bookkeeper
+from tollbridge.config import Vertical, load_vertical
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.usage import CallUsage
+from tollbridge.phrase_cache import PHRASES
+from tollbridge.providers.cassette import Cassette, Replay, replay
+from tollbridge.session import CallSession
+from tollbridge.transports.twilio.server import (
+    Bridge,
+    BridgeSettings,
+    StatusUpdate,
+    create_app,
+    running,
+)
+from tollbridge.transports.twilio.softphone import Softphone
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"

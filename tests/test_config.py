@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import ConfigError, load_vertical, load_verticals
+from tollbridge.config import ConfigError, load_vertical, load_verticals
 
 GOOD = """
 name = "salon"

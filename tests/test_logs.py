@@ -8,8 +8,7 @@ import sys
 import pytest
 import structlog
 from loguru import logger as loguru_logger
-
-from pipeline import logs
+from tollbridge import logs
 
 
 @pytest.fixture(autouse=True)

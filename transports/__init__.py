@@ -1,5 +1,5 @@
 """Transports: how a call's audio reaches the pipeline (Twilio Media Streams)."""
 
-from transports.twilio.transport import KIND as TWILIO
+from tollbridge.transports.twilio.transport import KIND as TWILIO
 
 BUILTIN_KINDS = [TWILIO]

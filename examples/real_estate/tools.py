@@ -22,9 +22,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pipeline.costs.database import Database, connect
-from pipeline.spoken_time import WEEKDAYS, hhmm, parse_day, parse_time
-from pipeline.tools import Tool, ToolCall
+from tollbridge.costs.database import Database, connect
+from tollbridge.spoken_time import WEEKDAYS, hhmm, parse_day, parse_time
+from tollbridge.tools import Tool, ToolCall
 
 TYPES = ("house", "apartment", "condo", "townhouse")
 SHOWINGS_FROM, SHOWINGS_UNTIL = 10 * 60, 18 * 60

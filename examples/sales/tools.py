@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pipeline.tools import Tool, ToolCall
+from tollbridge.tools import Tool, ToolCall
 
 QUESTIONS = ("budget", "authority", "need", "timeline")
 MAX_SCORE = 3

@@ -2,7 +2,7 @@
 
 A small async layer on SQLite or PostgreSQL, opened from a URL of the ledger's
 form (``sqlite:///glambook.db``, ``postgresql://…``) through the ledger's own
-`pipeline.costs.database`, so one set of SQL runs on both.
+`tollbridge.costs.database`, so one set of SQL runs on both.
 
 Double booking is ruled out by the database, not by Python: each quarter hour an
 appointment occupies is a row of ``appointment_slots`` keyed by (stylist, day,
@@ -29,9 +29,8 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-
-from pipeline.costs.database import Database, Transaction, connect
-from pipeline.spoken_time import WEEKDAYS, hhmm
+from tollbridge.costs.database import Database, Transaction, connect
+from tollbridge.spoken_time import WEEKDAYS, hhmm
 
 SLOT_MINUTES = 15
 OPENS, CLOSES = "09:00", "19:00"

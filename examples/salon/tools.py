@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pipeline.spoken_time import parse_day, parse_time
-from pipeline.tools import Tool, ToolCall, at_shutdown
+from tollbridge.spoken_time import parse_day, parse_time
+from tollbridge.tools import Tool, ToolCall, at_shutdown
 
 from . import booking
 

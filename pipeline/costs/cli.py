@@ -20,12 +20,11 @@ import genai_prices
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.estimate import load_profile
-from pipeline.costs.ledger import Ledger, Report, ReportRow
-from pipeline.costs.lineitem import CallCost
-from pipeline.costs.pricing import price_call
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.estimate import load_profile
+from tollbridge.costs.ledger import Ledger, Report, ReportRow
+from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.pricing import price_call
 
 costs_app = typer.Typer(help="Prices, cost estimates and the cost ledger.", no_args_is_help=True)
 

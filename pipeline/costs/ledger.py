@@ -17,11 +17,10 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-
-from pipeline.costs.database import Database, Transaction, connect
-from pipeline.costs.lineitem import CallCost, LineItem, round_usd
-from pipeline.costs.migrations import BOOTSTRAP, MIGRATIONS
-from pipeline.costs.pricing import rebill, with_twilio_price
+from tollbridge.costs.database import Database, Transaction, connect
+from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
+from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
+from tollbridge.costs.pricing import rebill, with_twilio_price
 
 log = structlog.get_logger(__name__)
 

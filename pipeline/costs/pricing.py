@@ -17,10 +17,9 @@ from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal
 
 import genai_prices
-
-from pipeline.costs.catalog import Catalog, CatalogRow
-from pipeline.costs.lineitem import CallCost, LineItem
-from pipeline.costs.usage import CallUsage
+from tollbridge.costs.catalog import Catalog, CatalogRow
+from tollbridge.costs.lineitem import CallCost, LineItem
+from tollbridge.costs.usage import CallUsage
 
 # Twilio final statuses that carry no minute charges.
 UNBILLED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from pipeline.costs.database import TRANSIENT_ERRORS, safe_url
-from pipeline.costs.ledger import Ledger, Report
-from pipeline.costs.lineitem import CallCost
+from tollbridge.costs.database import TRANSIENT_ERRORS, safe_url
+from tollbridge.costs.ledger import Ledger, Report
+from tollbridge.costs.lineitem import CallCost
 
 log = structlog.get_logger(__name__)
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-
-from providers.fakes.audio import BYTES_PER_SAMPLE, synthesize
-from providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
+from tollbridge.providers.fakes.audio import BYTES_PER_SAMPLE, synthesize
+from tollbridge.providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
 
 #: Sample rates Aura accepts per encoding; the first is its default.
 SAMPLE_RATES = {

@@ -14,9 +14,8 @@ from itertools import pairwise
 from typing import Any
 
 from aiohttp import web
-
-from providers.fakes.audio import synthesize
-from providers.fakes.server import FakeServer, Rejection, RequestRecord
+from tollbridge.providers.fakes.audio import synthesize
+from tollbridge.providers.fakes.server import FakeServer, Rejection, RequestRecord
 
 #: Output formats the fake produces: (encoding, sample rate).
 OUTPUT_FORMATS = {

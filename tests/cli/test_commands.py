@@ -11,12 +11,12 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+from tollbridge.transports.twilio.signature import SignatureChecker
 
 from tests.conftest import FIXTURES
-from transports.twilio.signature import SignatureChecker
 
 ROOT = Path(__file__).resolve().parents[2]
-TOLLBRIDGE = [sys.executable, "-m", "pipeline.cli"]
+TOLLBRIDGE = [sys.executable, "-m", "tollbridge.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

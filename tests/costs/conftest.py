@@ -13,9 +13,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.usage import CallUsage
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.usage import CallUsage
 
 PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PROFILES = Path(__file__).resolve().parents[2] / "examples" / "profiles"

@@ -4,8 +4,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-
-from pipeline.costs.catalog import Catalog, CatalogError, UnknownPriceError
+from tollbridge.costs.catalog import Catalog, CatalogError, UnknownPriceError
 
 GOOD_ROW = """
 [[rows]]

@@ -7,13 +7,12 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.cli import costs_app
+from tollbridge.costs.ledger import Ledger
+from tollbridge.costs.pricing import price_call
+from tollbridge.costs.usage import CallUsage
 from typer.testing import CliRunner
-
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.cli import costs_app
-from pipeline.costs.ledger import Ledger
-from pipeline.costs.pricing import price_call
-from pipeline.costs.usage import CallUsage
 
 from .conftest import PROFILES
 

@@ -8,13 +8,12 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.ledger import Ledger
-from pipeline.costs.lineitem import CallCost, round_usd
-from pipeline.costs.migrations import MIGRATIONS
-from pipeline.costs.pricing import price_call
-from pipeline.costs.usage import CallUsage, LLMRequestUsage, STTUsage, TTSUsage
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.ledger import Ledger
+from tollbridge.costs.lineitem import CallCost, round_usd
+from tollbridge.costs.migrations import MIGRATIONS
+from tollbridge.costs.pricing import price_call
+from tollbridge.costs.usage import CallUsage, LLMRequestUsage, STTUsage, TTSUsage
 
 from .conftest import STARTED
 

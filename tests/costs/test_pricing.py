@@ -5,11 +5,10 @@ from decimal import Decimal
 
 import genai_prices
 import pytest
-
-from pipeline.costs.catalog import Catalog, UnknownPriceError
-from pipeline.costs.lineitem import CallCost, LineItem, round_usd
-from pipeline.costs.pricing import price_call, rebill, with_twilio_price, without_savings
-from pipeline.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
+from tollbridge.costs.catalog import Catalog, UnknownPriceError
+from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
+from tollbridge.costs.pricing import price_call, rebill, with_twilio_price, without_savings
+from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
 
 from .conftest import STARTED
 

@@ -12,11 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.estimate import ProfileError, load_profile
-from pipeline.costs.lineitem import CallCost
-from pipeline.costs.pricing import price_call
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.estimate import ProfileError, load_profile
+from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.pricing import price_call
 
 from .conftest import PROFILES, STARTED
 

@@ -10,12 +10,12 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
-from pipeline.costs.catalog import Catalog
-from pipeline.costs.ledger import Ledger
-from pipeline.costs.lineitem import CallCost
-from pipeline.costs.pricing import price_call
-from pipeline.costs.spool import SpoolingLedger
-from pipeline.costs.usage import CallUsage
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.ledger import Ledger
+from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.pricing import price_call
+from tollbridge.costs.spool import SpoolingLedger
+from tollbridge.costs.usage import CallUsage
 
 from .conftest import PG_URL
 

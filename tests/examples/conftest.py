@@ -13,8 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from pipeline.tools import Tool, ToolCall, load_tools
+from tollbridge.tools import Tool, ToolCall, load_tools
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+from tollbridge.costs.ledger import Ledger
 
-from pipeline.costs.ledger import Ledger
 from tests.conftest import FIXTURES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

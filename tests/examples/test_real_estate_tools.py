@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-
-from pipeline.costs.database import connect
+from tollbridge.costs.database import connect
 
 from .conftest import EXAMPLES, ExampleTools
 

@@ -17,8 +17,8 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.anthropic.llm import AnthropicLLMService
 from pipecat.services.llm_service import FunctionCallParams
+from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
 
-from providers.fakes.anthropic_messages import AnthropicMessagesFake
 from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "sk-ant-test-tollbridge"

@@ -14,10 +14,10 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import STTUsageMetricsData
 from pipecat.services.deepgram.stt import DeepgramSTTService
+from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from providers.fakes.deepgram_listen import FakeDeepgramListen
 from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "dg-test-key"

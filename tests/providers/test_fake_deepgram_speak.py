@@ -9,11 +9,11 @@ import pytest
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
 from pipecat.metrics.metrics import TTSUsageMetricsData
 from pipecat.services.deepgram.tts import DeepgramHttpTTSService, DeepgramTTSService
+from tollbridge.providers.fakes.audio import alaw_encode, ulaw_encode
+from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from providers.fakes.audio import alaw_encode, ulaw_encode
-from providers.fakes.deepgram_speak import FakeDeepgramSpeak
 from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "dg-test-key"

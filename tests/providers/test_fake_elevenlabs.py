@@ -17,10 +17,10 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import TTSUsageMetricsData
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from providers.fakes.elevenlabs import FakeElevenLabs
 from tests.providers.harness import run_pipeline
 
 KEY = "xi-test-key"

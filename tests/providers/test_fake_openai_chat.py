@@ -15,8 +15,8 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.llm import OpenAILLMService
+from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
 
-from providers.fakes.openai_chat import OpenAIChatFake
 from tests.providers.harness import RunningPipeline, run_pipeline
 
 KEY = "sk-test-tollbridge"

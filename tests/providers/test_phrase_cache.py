@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.config import Vertical, load_vertical
-from providers.cassette import Cassette
-from providers.phrase_cache import PhraseKey, PhraseStore
+from tollbridge.config import Vertical, load_vertical
+from tollbridge.phrase_cache import PhraseKey, PhraseStore
+from tollbridge.providers.cassette import Cassette
+
 from tests.conftest import FIXTURES, running_bridge
 from tests.transports.test_bridge_calls import GREETING, assistant_messages, final, script
 

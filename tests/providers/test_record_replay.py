@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from providers.cassette import Cassette
+from tollbridge.providers.cassette import Cassette
+from tollbridge.transports.twilio.softphone import load_caller_audio
+
 from tests.conftest import FIXTURES
-from transports.twilio.softphone import load_caller_audio
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 9]
 

@@ -6,10 +6,11 @@ import random
 from dataclasses import replace
 from decimal import Decimal
 
-from pipeline.config import load_vertical
-from pipeline.registry import Role
-from providers.cassette import Cassette
-from providers.silence_gate import SilenceGate, audioop
+from tollbridge.config import load_vertical
+from tollbridge.providers.cassette import Cassette
+from tollbridge.providers.silence_gate import SilenceGate, audioop
+from tollbridge.registry import Role
+
 from tests.conftest import FIXTURES, running_bridge
 from tests.transports.test_bridge_calls import SPEECH, assistant_messages, final, script
 

@@ -7,11 +7,11 @@ import base64
 import json
 
 import websockets
+from tollbridge.providers.cassette import Cassette
+from tollbridge.transports.twilio.softphone import CallScript, load_caller_audio
+from tollbridge.transports.twilio.transport import MERGE_BYTES
 
-from providers.cassette import Cassette
 from tests.conftest import FIXTURES, running_bridge
-from transports.twilio.softphone import CallScript, load_caller_audio
-from transports.twilio.transport import MERGE_BYTES
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
 CHARS_PER_SECOND = 14.0
@@ -205,8 +205,9 @@ async def test_an_unsigned_media_stream_is_refused(frontdesk):
 
 
 def _signed(running) -> dict[str, str]:
+    from tollbridge.transports.twilio.signature import SignatureChecker
+
     from tests.conftest import AUTH_TOKEN
-    from transports.twilio.signature import SignatureChecker
 
     return {"X-Twilio-Signature": SignatureChecker(AUTH_TOKEN).sign(running.bridge.media_url, {})}
 
@@ -252,8 +253,8 @@ async def test_audio_crosses_the_bridge_bit_exact_with_no_conversion(frontdesk):
     """Twilio's μ-law reaches Deepgram untouched; Aura-2's μ-law reaches Twilio untouched."""
     import hashlib
 
-    from providers.fakes.audio import synthesize
-    from transports.codec import AudioConverter
+    from tollbridge.codec import AudioConverter
+    from tollbridge.providers.fakes.audio import synthesize
 
     reply = "We are open Monday to Friday, eight to six."
     cassette = Cassette(stt=[final(4.0, "what are your opening hours")],

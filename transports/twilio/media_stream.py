@@ -12,13 +12,12 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-
-from pipeline.builder import CallContext
-from pipeline.config import Vertical
-from pipeline.logs import get_logger
-from pipeline.session import CallSession, Pricer, UsageSink
-from transports.twilio import protocol
-from transports.twilio.transport import MediaStreamConnection
+from tollbridge.builder import CallContext
+from tollbridge.config import Vertical
+from tollbridge.logs import get_logger
+from tollbridge.session import CallSession, Pricer, UsageSink
+from tollbridge.transports.twilio import protocol
+from tollbridge.transports.twilio.transport import MediaStreamConnection
 
 START_TIMEOUT_S = 10.0
 MAX_BAD_MESSAGES = 50

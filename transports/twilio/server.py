@@ -27,16 +27,15 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from tollbridge.builder import CallContext
+from tollbridge.config import Vertical, e164
+from tollbridge.logs import get_logger
+from tollbridge.session import CallSession, Pricer
+from tollbridge.transports.twilio import protocol
+from tollbridge.transports.twilio.media_stream import serve_media_stream
+from tollbridge.transports.twilio.signature import SignatureChecker, public_url
+from tollbridge.transports.twilio.transport import MediaStreamConnection
 from twilio.twiml.voice_response import Connect, VoiceResponse
-
-from pipeline.builder import CallContext
-from pipeline.config import Vertical, e164
-from pipeline.logs import get_logger
-from pipeline.session import CallSession, Pricer
-from transports.twilio import protocol
-from transports.twilio.media_stream import serve_media_stream
-from transports.twilio.signature import SignatureChecker, public_url
-from transports.twilio.transport import MediaStreamConnection
 
 log = get_logger(component="bridge")
 

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import websockets
-
-from transports.codec import mulaw_to_pcm16, pcm16_to_mulaw
-from transports.twilio.signature import SignatureChecker
+from tollbridge.codec import mulaw_to_pcm16, pcm16_to_mulaw
+from tollbridge.transports.twilio.signature import SignatureChecker
 
 FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
 FRAME_S = 0.02

@@ -46,12 +46,11 @@ from pipecat.frames.frames import (
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-
-from pipeline.registry import MULAW_8K, Role, StageKind, StageOptions
-from transports.twilio import protocol
+from tollbridge.registry import MULAW_8K, Role, StageKind, StageOptions
+from tollbridge.transports.twilio import protocol
 
 if TYPE_CHECKING:
-    from pipeline.builder import CallContext
+    from tollbridge.builder import CallContext
 
 MARK_GRACE_S = 2.0
 """How long past its expected play-out time a mark may be late before we stop waiting."""

@@ -14,11 +14,17 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pipeline.bookkeeper import Bookkeeper
-from pipeline.config import Vertical
-from pipeline.tools import shutdown as shutdown_tools
-from transports.twilio.rest import TwilioRest
-from transports.twilio.server import Bridge, BridgeSettings, StatusUpdate, create_app, running
+from tollbridge.bookkeeper import Bookkeeper
+from tollbridge.config import Vertical
+from tollbridge.tools import shutdown as shutdown_tools
+from tollbridge.transports.twilio.rest import TwilioRest
+from tollbridge.transports.twilio.server import (
+    Bridge,
+    BridgeSettings,
+    StatusUpdate,
+    create_app,
+    running,
+)
 
 SPOOL_FILE = "tollbridge-ledger.spool"
 

@@ -19,8 +19,7 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-
-from pipeline.registry import AudioFormat
+from tollbridge.registry import AudioFormat
 
 with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
     warnings.simplefilter("ignore", DeprecationWarning)

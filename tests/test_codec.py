@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pipeline.config import load_vertical
-from pipeline.registry import MULAW_8K, AudioFormat
-from transports.codec import AudioConverter, codec_between, mulaw_to_pcm16, pcm16_to_mulaw
+from tollbridge.codec import AudioConverter, codec_between, mulaw_to_pcm16, pcm16_to_mulaw
+from tollbridge.config import load_vertical
+from tollbridge.registry import MULAW_8K, AudioFormat
 
 
 def g711_decode(code: int) -> int:
@@ -71,8 +70,8 @@ def test_resampling_keeps_duration_and_state_across_chunks():
 def test_the_builder_inserts_a_converter_only_where_formats_differ(
     tmp_path, stt_options, tts_options, converters
 ):
-    from pipeline.builder import CallContext, build_call
-    from transports.twilio.transport import MediaStreamConnection
+    from tollbridge.builder import CallContext, build_call
+    from tollbridge.transports.twilio.transport import MediaStreamConnection
 
     (tmp_path / "vertical.toml").write_text(
         f'name = "v"\ntenant = "t"\n[[chain]]\nuse = "twilio"\n'
