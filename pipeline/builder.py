@@ -41,7 +41,7 @@ from tollbridge.logs import get_logger
 from tollbridge.meter import CostMeter, Service
 from tollbridge.phrase_cache import PHRASES, PhraseCaching
 from tollbridge.registry import MULAW_8K, AudioFormat, Role
-from tollbridge.tools import Tool, ToolCall
+from tollbridge.tools import Tool, ToolContext
 
 
 @dataclass
@@ -74,7 +74,7 @@ class BuiltCall:
     processors: list[FrameProcessor]
     context: LLMContext
     meter: CostMeter | None
-    tool_call: ToolCall
+    tool_context: ToolContext
     transport: Any
 
 
@@ -95,12 +95,12 @@ def _tool_schemas(tools: list[Tool]) -> ToolsSchema:
     )
 
 
-def _register_tools(llm: LLMService, tools: list[Tool], tool_call: ToolCall, log: Any) -> None:
+def _register_tools(llm: LLMService, tools: list[Tool], tool_context: ToolContext, log: Any) -> None:
     for tool in tools:
 
         async def handler(params: FunctionCallParams, tool: Tool = tool) -> None:
             try:
-                result = await tool.handler(dict(params.arguments or {}), tool_call)
+                result = await tool.handler(dict(params.arguments or {}), tool_context)
             except Exception as error:  # a broken tool is the model's problem, not the call's
                 log.warning("tool_failed", tool=tool.name, error=repr(error))
                 result = {"error": f"{tool.name} failed: {error}"}
@@ -189,7 +189,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         """Hang up once the agent's reply to this turn has been spoken."""
         hangup.arm()
 
-    tool_call = ToolCall(
+    tool_context = ToolContext(
         call_sid=call.call_sid,
         tenant=vertical.tenant,
         vertical=vertical.name,
@@ -203,7 +203,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
     assert brain is not None
     llm: LLMService = service(brain)
     tools = brain.options.load_tools(vertical.folder)
-    _register_tools(llm, tools, tool_call, log)
+    _register_tools(llm, tools, tool_context, log)
     context = LLMContext(tools=_tool_schemas(tools) if tools else ToolsSchema(standard_tools=[]))
     aggregators = LLMContextAggregatorPair(context, user_params=_telephony_turns(call))
     user_turns.append(aggregators.user())
@@ -249,6 +249,6 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         processors=processors,
         context=context,
         meter=meter,
-        tool_call=tool_call,
+        tool_context=tool_context,
         transport=transport,
     )

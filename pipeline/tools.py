@@ -2,7 +2,7 @@
 
 A vertical's config names them as ``tools = "tools:TOOLS"``: the module file
 ``tools.py`` beside the config, attribute ``TOOLS``, a list of `Tool`. A
-handler gets the model's arguments and the `ToolCall` (who is calling, and a
+handler gets the model's arguments and the `ToolContext` (who is calling, and a
 way to end the call) and returns anything JSON-serializable; an exception is
 reported to the model as an error result, so a broken tool never ends a call.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 
 @dataclass
-class ToolCall:
+class ToolContext:
     """What a tool handler knows about the call it serves."""
 
     call_sid: str
@@ -41,7 +41,7 @@ class Tool:
 
     name: str
     description: str
-    handler: Callable[[dict[str, Any], ToolCall], Awaitable[Any]]
+    handler: Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
     properties: dict[str, Any] = field(default_factory=dict)
     required: list[str] = field(default_factory=list)
 

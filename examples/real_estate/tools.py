@@ -24,7 +24,7 @@ from typing import Any
 
 from tollbridge.costs.database import Database, connect
 from tollbridge.spoken_time import WEEKDAYS, hhmm, parse_day, parse_time
-from tollbridge.tools import Tool, ToolCall
+from tollbridge.tools import Tool, ToolContext
 
 TYPES = ("house", "apartment", "condo", "townhouse")
 SHOWINGS_FROM, SHOWINGS_UNTIL = 10 * 60, 18 * 60
@@ -80,7 +80,7 @@ def load_listings(path: Path) -> tuple[Listing, ...]:
     return tuple(Listing(**{**row, "price": Decimal(str(row["price"]))}) for row in rows)
 
 
-def _listings(call: ToolCall) -> tuple[Listing, ...]:
+def _listings(call: ToolContext) -> tuple[Listing, ...]:
     return load_listings(call.folder / "listings.json")
 
 
@@ -128,7 +128,7 @@ def _find(listings: tuple[Listing, ...], text: str) -> list[Listing]:
     ]
 
 
-def _one(call: ToolCall, text: str) -> Listing:
+def _one(call: ToolContext, text: str) -> Listing:
     found = _find(_listings(call), text)
     if not found:
         raise LookupError(f'no listing matches "{text}"; search_listings shows what we have')
@@ -156,7 +156,7 @@ def _earliest(day: dt.date) -> int:
     return clock.hour * 60 + clock.minute + 1
 
 
-async def search_listings(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def search_listings(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     max_price = _number(args.get("max_price"), "max_price")
     min_bedrooms = _number(args.get("min_bedrooms"), "min_bedrooms") or 0
     kind = str(args.get("type") or "").strip().lower().removesuffix("s")
@@ -185,12 +185,12 @@ async def search_listings(args: dict[str, Any], call: ToolCall) -> dict[str, Any
     return result
 
 
-async def listing_details(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def listing_details(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     item = _one(call, str(args.get("listing") or ""))
     return item.summary() | {"sqft": item.sqft, "description": item.description}
 
 
-async def schedule_showing(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def schedule_showing(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     item = _one(call, str(args.get("listing_id") or ""))
     if item.status != "active":
         raise ValueError(f"{item.address} is {item.status}; showings are only for active listings")
@@ -268,7 +268,7 @@ async def _free_near(
     return found
 
 
-async def end_call(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def end_call(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     """Hang up once the goodbye the model is about to say has been heard."""
     if call.end_call:
         await call.end_call()

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from tollbridge.tools import Tool, ToolCall
+from tollbridge.tools import Tool, ToolContext
 
 QUESTIONS = ("budget", "authority", "need", "timeline")
 MAX_SCORE = 3
@@ -34,7 +34,7 @@ def _append(path: Path, line: str) -> None:
         file.write(line)
 
 
-async def _record_outcome(call: ToolCall, outcome: str, **fields: Any) -> dict[str, Any]:
+async def _record_outcome(call: ToolContext, outcome: str, **fields: Any) -> dict[str, Any]:
     """Write the call's one result line; a later outcome of the same call is only noted."""
     if "outcome" in call.state:
         return {"note": f"this call was already recorded as {call.state['outcome']}"}
@@ -64,12 +64,12 @@ def _score(value: Any) -> int:
     return int(points)
 
 
-async def _hang_up(call: ToolCall) -> None:
+async def _hang_up(call: ToolContext) -> None:
     if call.end_call:
         await call.end_call()
 
 
-async def record_answer(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def record_answer(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     question = str(args.get("question", "")).strip().lower()
     if question not in QUESTIONS:
         raise ValueError(f"question must be one of {', '.join(QUESTIONS)}")
@@ -81,7 +81,7 @@ async def record_answer(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
     return {"recorded": question, "still_to_ask": [q for q in QUESTIONS if q not in answers]}
 
 
-async def finish_qualification(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def finish_qualification(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     answers = call.state.get("answers", {})
     missing = [q for q in QUESTIONS if q not in answers]
     if missing:
@@ -95,7 +95,7 @@ async def finish_qualification(args: dict[str, Any], call: ToolCall) -> dict[str
     return scored | {"verdict": verdict} | await _record_outcome(call, verdict, **scored)
 
 
-async def mark_not_interested(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def mark_not_interested(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     """Record the refusal and hang up after the apology the model says next."""
     reason = str(args.get("reason", "")).strip() or "not given"
     note = await _record_outcome(call, "not_interested", reason=reason)
@@ -103,14 +103,14 @@ async def mark_not_interested(args: dict[str, Any], call: ToolCall) -> dict[str,
     return {"recorded": "not_interested", "call_ends_after_your_reply": True} | note
 
 
-async def voicemail_detected(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def voicemail_detected(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     """Record the voicemail and hang up after the short message the prompt allows."""
     note = await _record_outcome(call, "voicemail")
     await _hang_up(call)
     return {"recorded": "voicemail", "call_ends_after_your_reply": True} | note
 
 
-async def end_call(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def end_call(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     """Hang up once the goodbye the model is about to say has been heard."""
     await _hang_up(call)
     return {"ending_call": True}

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from tollbridge.spoken_time import parse_day, parse_time
-from tollbridge.tools import Tool, ToolCall, at_shutdown
+from tollbridge.tools import Tool, ToolContext, at_shutdown
 
 from . import booking
 
@@ -47,7 +47,7 @@ def _text(args: dict[str, Any], name: str) -> str:
     return str(value).strip()
 
 
-async def services_and_prices(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def services_and_prices(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     book = await salon()
     return {
         "services": [
@@ -58,18 +58,18 @@ async def services_and_prices(args: dict[str, Any], call: ToolCall) -> dict[str,
     }
 
 
-async def opening_hours(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def opening_hours(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     book = await salon()
     return {"today": booking.today().isoformat(), "days": await book.week()}
 
 
-async def find_slots(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def find_slots(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     book = await salon()
     day = parse_day(_text(args, "day"), booking.today())
     return await book.free_times(_text(args, "service"), day, args.get("stylist"))
 
 
-async def book_appointment(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def book_appointment(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     book = await salon()
     return await book.book(
         _text(args, "service"),
@@ -82,7 +82,7 @@ async def book_appointment(args: dict[str, Any], call: ToolCall) -> dict[str, An
     )
 
 
-async def reschedule(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def reschedule(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     book = await salon()
     return await book.reschedule(
         _text(args, "reference"),
@@ -91,12 +91,12 @@ async def reschedule(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
     )
 
 
-async def cancel(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def cancel(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     book = await salon()
     return await book.cancel(_text(args, "reference"))
 
 
-async def end_call(args: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+async def end_call(args: dict[str, Any], call: ToolContext) -> dict[str, Any]:
     """Hang up once the goodbye the model is about to say has been heard."""
     if call.end_call:
         await call.end_call()

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from tollbridge.tools import Tool, ToolCall, load_tools
+from tollbridge.tools import Tool, ToolContext, load_tools
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -31,13 +31,13 @@ class ExampleTools:
         self.hung_up: list[str] = []
         """call_sids whose tools asked to end the call."""
 
-    def call(self, **fields: Any) -> ToolCall:
+    def call(self, **fields: Any) -> ToolContext:
         sid = fields.pop("call_sid", f"CA{uuid.uuid4().hex}")
 
         async def end_call() -> None:
             self.hung_up.append(sid)
 
-        return ToolCall(
+        return ToolContext(
             **{
                 "call_sid": sid,
                 "tenant": self.tenant,
@@ -49,7 +49,7 @@ class ExampleTools:
             }
         )
 
-    async def run(self, tool: str, call: ToolCall | None = None, **args: Any) -> Any:
+    async def run(self, tool: str, call: ToolContext | None = None, **args: Any) -> Any:
         return await self.tools[tool].handler(args, call or self.call())
 
 
