@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pipecat.processors.frame_processor import FrameProcessor
+
 from tollbridge.builder import CallContext, build_call
 from tollbridge.codec import AudioConverter
 from tollbridge.config import ConfigError, Vertical, find_vertical_files, load_vertical
-from tollbridge.registry import Role
+from tollbridge.stage import Role
 from tollbridge.transports.twilio.transport import MediaStreamConnection
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -55,6 +55,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tests.examples.test_calls import CALLS, EXAMPLES, TODAY
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
@@ -64,9 +65,7 @@ from tollbridge.costs.lineitem import CallCost, round_usd
 from tollbridge.costs.pricing import price_call, without_savings
 from tollbridge.costs.usage import CallUsage
 from tollbridge.providers.silence_gate import SilenceGate
-from tollbridge.registry import Role
-
-from tests.examples.test_calls import CALLS, EXAMPLES, TODAY
+from tollbridge.stage import Role
 
 PROFILES = EXAMPLES / "profiles"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -390,6 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from loguru import logger
+
     from tollbridge import logs
 
     args = parse_args(argv)

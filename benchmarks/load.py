@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 
 import websockets
-from tollbridge.codec import pcm16_to_mulaw
 from websockets.asyncio.client import ClientConnection, connect
 
 from benchmarks import standins
+from tollbridge.codec import pcm16_to_mulaw
 
 FRAME_S = 0.02
 FRAME_BYTES = 160

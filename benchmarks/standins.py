@@ -22,7 +22,7 @@ import math
 import warnings
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pipecat.frames.frames import (
     Frame,
@@ -39,14 +39,22 @@ from pipecat.services.settings import LLMSettings, ServiceSettings, STTSettings,
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
-from tollbridge.registry import MULAW_8K, Registry, Role, StageKind, StageOptions, default_registry
+
+from tollbridge.registry import Registry, default_registry
+from tollbridge.stage import (
+    MULAW_8K,
+    AudioFormat,
+    Billing,
+    BrainOptions,
+    CallContext,
+    Role,
+    StageKind,
+    StageOptions,
+)
 
 with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
-
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
 
 Encoding = Literal["mulaw", "pcm16"]
 
@@ -205,55 +213,56 @@ class StandInOptions(StageOptions):
     """The stand-ins take no options: their delays are this module's constants."""
 
 
-class StandInLLMOptions(StandInOptions):
-    def load_tools(self, _folder: Path) -> list:
-        """The builder asks the brain for its tools; a stand-in has none."""
-        return []
+class StandInLLMOptions(StandInOptions, BrainOptions):
+    """A brain's options (the builder reads its prompt and tools; a stand-in has none)."""
 
 
-def _build_stt(_options: StandInOptions, _call: CallContext) -> StandInSTT:
-    # As tollbridge's provider STT stages do: caller audio ends at the STT.
-    return StandInSTT(encoding="mulaw", audio_passthrough=False)
+class _StandIn(StageKind):
+    options = StandInOptions
+
+    def billing(self, options: StandInOptions) -> Billing:
+        """Metered like a provider, so the meter's work per call is the real one."""
+        return Billing("bench", "stand-in")
 
 
-def _build_llm(_options: StandInOptions, _call: CallContext) -> StandInLLM:
-    return StandInLLM()
+class StandInSTTKind(_StandIn):
+    name = "bench.stt"
+    role = Role.STT
+    description = "Benchmark stand-in STT (energy endpointing, μ-law 8 kHz in)"
+
+    def build(self, options: StandInOptions, call: CallContext) -> StandInSTT:
+        # As tollbridge's provider STT stages do: caller audio ends at the STT.
+        return StandInSTT(encoding="mulaw", audio_passthrough=False)
+
+    def audio_in(self, options: StandInOptions) -> AudioFormat:
+        return MULAW_8K
 
 
-def _build_tts(_options: StandInOptions, _call: CallContext) -> StandInTTS:
-    return StandInTTS(encoding="mulaw")
+class StandInLLMKind(_StandIn):
+    name = "bench.llm"
+    role = Role.LLM
+    options = StandInLLMOptions
+    description = "Benchmark stand-in LLM (fixed reply after a fixed delay)"
+
+    def build(self, options: StandInOptions, call: CallContext) -> StandInLLM:
+        return StandInLLM()
 
 
-KINDS = [
-    StageKind(
-        name="bench.stt",
-        role=Role.STT,
-        options=StandInOptions,
-        build=_build_stt,
-        description="Benchmark stand-in STT (energy endpointing, μ-law 8 kHz in)",
-        audio_in=lambda _options: MULAW_8K,
-    ),
-    StageKind(
-        name="bench.llm",
-        role=Role.LLM,
-        options=StandInLLMOptions,
-        build=_build_llm,
-        description="Benchmark stand-in LLM (fixed reply after a fixed delay)",
-    ),
-    StageKind(
-        name="bench.tts",
-        role=Role.TTS,
-        options=StandInOptions,
-        build=_build_tts,
-        description="Benchmark stand-in TTS (fixed μ-law audio after a fixed delay)",
-        audio_out=lambda _options: MULAW_8K,
-    ),
-]
+class StandInTTSKind(_StandIn):
+    name = "bench.tts"
+    role = Role.TTS
+    description = "Benchmark stand-in TTS (fixed μ-law audio after a fixed delay)"
+
+    def build(self, options: StandInOptions, call: CallContext) -> StandInTTS:
+        return StandInTTS(encoding="mulaw")
+
+    def audio_out(self, options: StandInOptions) -> AudioFormat:
+        return MULAW_8K
 
 
 def registry() -> Registry:
-    """The built-in kinds plus the stand-ins, for the benchmark process only."""
+    """The installed kinds plus the stand-ins, for the benchmark process only."""
     kinds = Registry()
-    for kind in (*default_registry().kinds(), *KINDS):
+    for kind in (*default_registry().kinds(), StandInSTTKind, StandInLLMKind, StandInTTSKind):
         kinds.register(kind)
     return kinds

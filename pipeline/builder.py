@@ -1,18 +1,17 @@
 """Builder: a validated vertical + one call → a runnable pipecat pipeline.
 
-The config says what the agent is (transport, STT, LLM, TTS, meter); the
+The chain runs in the file's order. The config says what the agent is; the
 builder adds what pipecat needs around it so the file stays about intent:
 the LLM context and its user/assistant aggregators, telephony turn-taking,
-the tools, and a codec stage only where two neighbours disagree on audio
-format (none on a μ-law chain such as Deepgram + Aura-2).
+the tools, keypad presses, fallbacks, the meter's billing identities, the
+phrase cache, and a codec only where two neighbours disagree on audio format
+(none on a μ-law chain such as Deepgram + Aura-2).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
@@ -30,40 +29,22 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams, LLMService
+from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
 from tollbridge.codec import codec_between
 from tollbridge.config import Stage, Vertical
 from tollbridge.failover import FailOverOnAnyError
 from tollbridge.hangup import HangUpAfterReply
 from tollbridge.logs import get_logger
-from tollbridge.meter import CostMeter, Service
+from tollbridge.meter import CostMeter
 from tollbridge.phrase_cache import PHRASES, PhraseCaching
-from tollbridge.registry import MULAW_8K, AudioFormat, Role
+from tollbridge.stage import BRAIN_ROLES, MULAW_8K, BrainOptions, CallContext, Role
 from tollbridge.tools import Tool, ToolContext
 
-
-@dataclass
-class CallContext:
-    """Everything a stage may need to build itself for one call."""
-
-    vertical: Vertical
-    call_sid: str
-    stream_sid: str = ""
-    caller: str = ""
-    callee: str = ""
-    connection: Any = None
-    """The transport's live connection for this call (e.g. the Media Streams socket)."""
-    base_urls: Mapping[str, str] = field(default_factory=dict)
-    """Stage kind → base URL, overriding the config (offline demo, tests)."""
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    """Where API keys are read from (the process environment unless replaying)."""
-    user_speech_timeout: float = 0.6
-    """Seconds of caller silence after a final transcript that end the caller's turn."""
-
-    def base_url(self, kind: str, configured: str | None) -> str | None:
-        return self.base_urls.get(kind) or configured
+__all__ = ["BuiltCall", "CallContext", "build_call"]
 
 
 @dataclass
@@ -75,13 +56,11 @@ class BuiltCall:
     context: LLMContext
     meter: CostMeter | None
     tool_context: ToolContext
-    transport: Any
+    transport: BaseTransport
 
 
-def _audio_of(stage: Stage | None, side: str) -> AudioFormat | None:
-    if stage is None:
-        return None
-    return getattr(stage.kind, side)(stage.options)
+class StageBuildError(RuntimeError):
+    """A stage kind built something the chain cannot use; the message names the stage."""
 
 
 def _tool_schemas(tools: list[Tool]) -> ToolsSchema:
@@ -95,7 +74,7 @@ def _tool_schemas(tools: list[Tool]) -> ToolsSchema:
     )
 
 
-def _register_tools(llm: LLMService, tools: list[Tool], tool_context: ToolContext, log: Any) -> None:
+def _register_tools(llm: LLMService | LLMSwitcher, tools: list[Tool], tool_context: ToolContext, log: Any) -> None:
     for tool in tools:
 
         async def handler(params: FunctionCallParams, tool: Tool = tool) -> None:
@@ -107,11 +86,6 @@ def _register_tools(llm: LLMService, tools: list[Tool], tool_context: ToolContex
             await params.result_callback(result)
 
         llm.register_function(tool.name, handler)
-
-
-def _count_avoided(meter: CostMeter | None, billed: Service, characters: int) -> None:
-    if meter:
-        meter.avoided_tts(billed.provider, billed.model, characters)
 
 
 def _telephony_turns(call: CallContext) -> LLMUserAggregatorParams:
@@ -129,67 +103,113 @@ def _telephony_turns(call: CallContext) -> LLMUserAggregatorParams:
     )
 
 
+class _StageBuilder:
+    """Builds one stage (and its fallback) for a call: billing, phrase cache, failover."""
+
+    def __init__(self, call: CallContext, meter: CostMeter | None, log: Any):
+        self.call = call
+        self.meter = meter
+        self.log = log
+        self.on_llm_fallback: Callable[[], Awaitable[None]] | None = None
+        """Run when an LLM stage fails over (to answer the turn that failed)."""
+
+    def build(self, stage: Stage) -> list[FrameProcessor]:
+        primary = self._one(stage)
+        if stage.fallback is None:
+            return primary
+        [first], [backup] = primary, self._one(stage.fallback)
+        switcher_type = LLMSwitcher if isinstance(first, LLMService) else ServiceSwitcher
+        switcher = switcher_type([first, backup], strategy_type=FailOverOnAnyError)
+
+        @switcher.strategy.event_handler("on_service_switched")
+        async def switched(_strategy: Any, active: FrameProcessor) -> None:
+            self.log.warning("provider_fallback", stage=stage.name, now=active.name)
+            if isinstance(active, LLMService) and self.on_llm_fallback:
+                await self.on_llm_fallback()
+
+        return [switcher]
+
+    def _one(self, stage: Stage) -> list[FrameProcessor]:
+        built = stage.kind.build(stage.options, self.call)
+        processors = list(built) if isinstance(built, list | tuple) else [built]
+        if not processors or not all(isinstance(p, FrameProcessor) for p in processors):
+            raise StageBuildError(f"stage kind {stage.name!r} built {built!r}, not a FrameProcessor")
+        if stage.fallback is not None and len(processors) != 1:
+            raise StageBuildError(f"stage kind {stage.name!r} has a fallback: it builds one processor")
+        billing = stage.kind.billing(stage.options)
+        vertical = self.call.vertical
+        for processor in processors:
+            if self.meter and billing:
+                self.meter.attach(processor, billing, stage.kind.role)
+            if isinstance(processor, PhraseCaching) and vertical.phrase_cache:
+                processor.use_phrase_cache(
+                    PHRASES,
+                    stage=f"{stage.name} {stage.options.model_dump_json()}",
+                    phrases=vertical.fixed_phrases,
+                )
+        return processors
+
+
+def _brain(built: list[FrameProcessor], stage: Stage) -> LLMService | LLMSwitcher:
+    """The brain's processor: where its tools are registered (a switcher forwards them)."""
+    if len(built) != 1 or not isinstance(built[0], LLMService | LLMSwitcher):
+        raise StageBuildError(f"{stage.kind.role} stage {stage.name!r} must build one LLMService")
+    return built[0]
+
+
 def build_call(call: CallContext, *, observers: list[Any] | None = None) -> BuiltCall:
     """Build (not start) the pipeline for one call of `call.vertical`."""
     vertical = call.vertical
     log = get_logger(call_sid=call.call_sid, tenant=vertical.tenant, vertical=vertical.name)
-    stages = {role: vertical.stage(role) for role in Role}
-    transport_stage = stages[Role.TRANSPORT]
-    assert transport_stage is not None, "validated chains always have a transport"
+    meter_stage = vertical.stage(Role.METER)
+    meter = meter_stage.kind.build(meter_stage.options, call) if meter_stage else None
+    transport_stage = _required(vertical, Role.TRANSPORT)
     transport = transport_stage.kind.build(transport_stage.options, call)
-
-    meter_stage = stages[Role.METER]
-    meter: CostMeter | None = None
-    if meter_stage:
-        meter = meter_stage.kind.build(meter_stage.options, call)
-
-    user_turns: list[FrameProcessor] = []  # the user aggregator, once built
-
-    def service(stage: Stage) -> FrameProcessor:
-        """Build a provider stage (with its fallback, if any) and tell the meter who bills."""
-        primary = one_service(stage)
-        if stage.fallback is None:
-            return primary
-        backup = one_service(stage.fallback)
-        switcher_type = LLMSwitcher if isinstance(primary, LLMService) else ServiceSwitcher
-        switcher = switcher_type([primary, backup], strategy_type=FailOverOnAnyError)
-
-        @switcher.strategy.event_handler("on_service_switched")
-        async def switched(_strategy, active) -> None:
-            log.warning("provider_fallback", stage=stage.name, now=active.name)
-            if isinstance(active, LLMService) and user_turns:
-                await user_turns[0].queue_frame(LLMRunFrame())  # answer the turn that failed
-
-        return switcher
-
-    def one_service(stage: Stage) -> FrameProcessor:
-        processor = stage.kind.build(stage.options, call)
-        options = stage.options
-        billed = Service(
-            provider=stage.kind.name.split(".")[0],
-            model=getattr(options, "model", None) or getattr(options, "voice", ""),
-            cache_ttl=getattr(options, "cache_ttl", "5m"),
-        )
-        if meter:
-            meter.attach(processor.name, billed, realtime=stage.kind.role is Role.SPEECH_TO_SPEECH)
-            if gate := getattr(processor, "silence_gate", None):
-                meter.gated_stt(billed.provider, billed.model, gate)
-        if isinstance(processor, PhraseCaching) and vertical.phrase_cache:
-            processor.use_phrase_cache(
-                PHRASES,
-                stage=f"{stage.kind.name} {options.model_dump_json()}",
-                phrases=vertical.fixed_phrases,
-                on_avoided=partial(_count_avoided, meter, billed),
-            )
-        return processor
-
+    if not isinstance(transport, BaseTransport):
+        raise StageBuildError(f"transport {transport_stage.name!r} must build a pipecat BaseTransport")
     hangup = HangUpAfterReply()
+    tool_context = _tool_context(call, hangup)
+    stages = _StageBuilder(call, meter, log)
 
+    brain_stage = vertical.stage(Role.SPEECH_TO_SPEECH) or _required(vertical, Role.LLM)
+    brain = stages.build(brain_stage)
+    llm = _brain(brain, brain_stage)
+    assert isinstance(brain_stage.options, BrainOptions), "validated: brains take BrainOptions"
+    tools = brain_stage.options.load_tools(vertical.folder)
+    _register_tools(llm, tools, tool_context, log)
+    context = LLMContext(tools=_tool_schemas(tools) if tools else ToolsSchema(standard_tools=[]))
+    aggregators = LLMContextAggregatorPair(context, user_params=_telephony_turns(call))
+
+    async def answer_again() -> None:
+        await aggregators.user().queue_frame(LLMRunFrame())
+
+    stages.on_llm_fallback = answer_again
+    processors = [transport.input()]
+    processors += _chain(vertical, transport_stage, stages, call, [aggregators.user(), *brain, hangup])
+    processors += [transport.output(), aggregators.assistant()]
+    return BuiltCall(
+        worker=_worker(processors, call, observers, meter),
+        processors=processors,
+        context=context,
+        meter=meter,
+        tool_context=tool_context,
+        transport=transport,
+    )
+
+
+def _required(vertical: Vertical, role: Role) -> Stage:
+    stage = vertical.stage(role)
+    assert stage is not None, f"validated chains always have a {role} stage"
+    return stage
+
+
+def _tool_context(call: CallContext, hangup: HangUpAfterReply) -> ToolContext:
     async def end_call() -> None:
         """Hang up once the agent's reply to this turn has been spoken."""
         hangup.arm()
 
-    tool_context = ToolContext(
+    vertical = call.vertical
+    return ToolContext(
         call_sid=call.call_sid,
         tenant=vertical.tenant,
         vertical=vertical.name,
@@ -199,28 +219,47 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         end_call=end_call,
     )
 
-    brain = stages[Role.SPEECH_TO_SPEECH] or stages[Role.LLM]
-    assert brain is not None
-    llm: LLMService = service(brain)
-    tools = brain.options.load_tools(vertical.folder)
-    _register_tools(llm, tools, tool_context, log)
-    context = LLMContext(tools=_tool_schemas(tools) if tools else ToolsSchema(standard_tools=[]))
-    aggregators = LLMContextAggregatorPair(context, user_params=_telephony_turns(call))
-    user_turns.append(aggregators.user())
 
-    wire = transport_stage.kind.audio_out(transport_stage.options) or MULAW_8K
-    listener = stages[Role.STT] or brain
-    speaker = stages[Role.TTS] or brain
-    processors: list[FrameProcessor] = [transport.input()]
-    processors += codec_between(wire, _audio_of(listener, "audio_in"), inbound=True)
-    if stages[Role.STT]:
-        processors += [service(stages[Role.STT]), DTMFAggregator(prefix="[keypad] ")]
-    processors += [aggregators.user(), llm, hangup]
-    if stages[Role.TTS]:
-        processors.append(service(stages[Role.TTS]))
-    processors += codec_between(_audio_of(speaker, "audio_out"), wire, inbound=False)
-    processors += [transport.output(), aggregators.assistant()]
+def _chain(
+    vertical: Vertical,
+    transport: Stage,
+    stages: _StageBuilder,
+    call: CallContext,
+    brain: list[FrameProcessor],
+) -> list[FrameProcessor]:
+    """The processors between the transport's input and output, in the file's order.
 
+    The caller's audio is converted (if at all) right before the stage that
+    listens, the agent's right after the stage that speaks; a processor stage
+    before the listener sees the audio as the transport delivers it.
+    """
+    wire = transport.kind.audio_out(transport.options) or MULAW_8K
+    listener = vertical.stage(Role.STT) or vertical.stage(Role.SPEECH_TO_SPEECH)
+    speaker = vertical.stage(Role.TTS) or vertical.stage(Role.SPEECH_TO_SPEECH)
+    processors: list[FrameProcessor] = []
+    for stage in vertical.chain:
+        role = stage.kind.role
+        if role in (Role.TRANSPORT, Role.METER):
+            continue
+        if stage is listener:
+            processors += codec_between(wire, stage.kind.audio_in(stage.options), inbound=True)
+        if role in BRAIN_ROLES:
+            processors += brain
+        elif role is Role.STT:
+            processors += [*stages.build(stage), DTMFAggregator(prefix="[keypad] ")]
+        else:
+            processors += stages.build(stage)
+        if stage is speaker:
+            processors += codec_between(stage.kind.audio_out(stage.options), wire, inbound=False)
+    return processors
+
+
+def _worker(
+    processors: list[FrameProcessor],
+    call: CallContext,
+    observers: list[Any] | None,
+    meter: CostMeter | None,
+) -> PipelineWorker:
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -240,15 +279,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         worker.add_reached_downstream_filter((MetricsFrame,))
 
         @worker.event_handler("on_frame_reached_downstream")
-        async def metered(_worker, frame) -> None:
-            if isinstance(frame, MetricsFrame):
-                await meter.on_metrics(frame)
+        async def metered(_worker: PipelineWorker, frame: MetricsFrame) -> None:
+            await meter.on_metrics(frame)
 
-    return BuiltCall(
-        worker=worker,
-        processors=processors,
-        context=context,
-        meter=meter,
-        tool_context=tool_context,
-        transport=transport,
-    )
+    return worker

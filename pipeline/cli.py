@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from tollbridge import logs
 from tollbridge.config import ConfigError, Vertical, load_vertical, load_verticals
 

@@ -19,7 +19,8 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from tollbridge.registry import AudioFormat
+
+from tollbridge.stage import AudioFormat
 
 with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -12,7 +12,6 @@ only where a call would need it (`serve`, `validate --keys`).
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import itertools
 import os
 import re
@@ -23,15 +22,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from tollbridge.plain_processor import is_processor_reference, processor_kind
+from tollbridge.registry import Registry, default_registry
+from tollbridge.stage import (
+    BRAIN_ROLES,
+    PROVIDER_ROLES,
+    BrainOptions,
+    Role,
+    StageKind,
+    StageOptions,
+    did_you_mean,
 )
-from tollbridge.registry import Registry, Role, StageKind, StageOptions, default_registry
 
 VERTICAL_FILE = "vertical.toml"
 VERTICAL_GLOB = "*vertical.toml"
@@ -51,11 +54,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
-def did_you_mean(value: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-    return f'; did you mean "{close[0]}"?' if close else ""
-
-
 def e164(number: str) -> str:
     if not E164.match(number):
         raise ValueError(f'"{number}" is not an E.164 phone number (like +15550100200)')
@@ -63,18 +61,6 @@ def e164(number: str) -> str:
 
 
 PhoneNumber = Annotated[str, AfterValidator(e164)]
-
-
-def _resolve_file(value: str, info: ValidationInfo) -> str:
-    base = Path((info.context or {}).get("base_dir", "."))
-    path = (base / value).resolve()
-    if not path.is_file():
-        raise ValueError(f'file "{value}" not found (looked for {_display(path)})')
-    return str(path)
-
-
-ConfigFile = Annotated[str, AfterValidator(_resolve_file)]
-"""An option naming a file: resolved against the config file's folder, must exist."""
 
 
 class Telephony(BaseModel):
@@ -191,14 +177,21 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _messages(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+def _messages(
+    error: ValidationError, model: type[BaseModel] | None = None
+) -> list[tuple[str, str]]:
     """(key path, message) pairs from a pydantic error, in the file's terms."""
     found = []
     for item in error.errors(include_url=False):
-        loc = prefix + tuple(item["loc"])
+        loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown option"
+            if model is not None and len(loc) == 1:
+                known = list(model.model_fields)
+                message += did_you_mean(str(loc[0]), known) or (
+                    f" (options: {', '.join(known)})" if known else " (it takes no options)"
+                )
         elif item["type"] == "missing":
             message = "required key is missing"
         elif item["type"].endswith("_type") or item["type"].endswith("_parsing"):
@@ -229,15 +222,19 @@ def _substitute_env(
 
 
 def check_chain(stages: list[Stage]) -> list[tuple[str, str]]:
-    """Reject chains that cannot work, before anything starts."""
+    """Reject chains that cannot work, before anything starts.
+
+    The rules are about roles: one transport, first; one brain (stt → llm →
+    tts in that order, or a speech-to-speech stage alone); at most one meter.
+    Processor stages may stand anywhere after the transport.
+    """
     problems: list[tuple[str, str]] = []
-    roles = [s.kind.role for s in stages]
     transports = [s for s in stages if s.kind.role is Role.TRANSPORT]
     if not transports:
         problems.append(("chain", "no transport stage; the first stage must be one (e.g. \"twilio\")"))
     elif len(transports) > 1:
         problems.append((f"chain[{transports[1].index}].use", "a chain has exactly one transport"))
-    elif roles[0] is not Role.TRANSPORT:
+    elif stages[0].kind.role is not Role.TRANSPORT:
         problems.append((f"chain[{transports[0].index}].use", "the transport must be the first stage"))
 
     def one(role: Role) -> Stage | None:
@@ -275,6 +272,20 @@ def check_chain(stages: list[Stage]) -> list[tuple[str, str]]:
     return problems
 
 
+def _kind(use: str, registry: Registry, base_dir: Path) -> StageKind:
+    """The registered kind `use` names, or the kind made for a ``module:Class`` processor."""
+    if is_processor_reference(use):
+        return processor_kind(use, base_dir)
+    kind = registry.get(use)
+    if kind is None:
+        names = registry.names()
+        raise ValueError(
+            f'unknown stage kind "{use}"{did_you_mean(use, names)} (registered kinds: '
+            f'{", ".join(names)}; or name a pipecat processor as "package.module:ClassName")'
+        )
+    return kind
+
+
 def _build_stage(
     index: int, raw: dict[str, Any], registry: Registry, base_dir: Path, where: str = ""
 ) -> tuple[Stage | None, list[tuple[str, str]]]:
@@ -284,16 +295,10 @@ def _build_stage(
     use = raw.get("use")
     if not isinstance(use, str):
         return None, [(f"{where}.use", "required: the registered kind of this stage")]
-    kind = registry.get(use)
-    if kind is None:
-        names = registry.names()
-        return None, [
-            (
-                f"{where}.use",
-                f'unknown stage kind "{use}"{did_you_mean(use, names)} '
-                f"(registered kinds: {', '.join(names)})",
-            )
-        ]
+    try:
+        kind = _kind(use, registry, base_dir)
+    except ValueError as error:
+        return None, [(f"{where}.use", str(error))]
     options = {k: v for k, v in raw.items() if k not in ("use", "fallback")}
     secrets = [
         (f"{where}.{key}", "secrets are never written in the file; set api_key_env to the "
@@ -306,30 +311,29 @@ def _build_stage(
     try:
         parsed = kind.options.model_validate(options, context={"base_dir": base_dir, "kind": use})
     except ValidationError as error:
-        return None, [(f"{where}.{key}", message) for key, message in _messages(error)]
-    fallback = None
-    if "fallback" in raw:
-        fallback, problems = _build_stage(
-            index, raw["fallback"], registry, base_dir, f"{where}.fallback"
-        )
-        if problems:
-            return None, problems
-        assert fallback is not None
-        if kind.role in (Role.LLM, Role.SPEECH_TO_SPEECH):  # same agent, other provider
-            inherited = {k: getattr(parsed, k) for k in ("prompt", "tools")
-                         if getattr(fallback.options, k, None) is None}
-            fallback = Stage(index, fallback.kind, fallback.options.model_copy(update=inherited))
-        if fallback.kind.role is not kind.role or kind.role in (Role.TRANSPORT, Role.METER):
-            return None, [(f"{where}.fallback.use", f"a {kind.role} stage's fallback must be "
-                           f"another {kind.role} stage, not {fallback.name}")]
-        if "retries" in type(parsed).model_fields and parsed.retries is None:
-            parsed = parsed.model_copy(update={"retries": 0})  # fail over, don't back off
-        for side in ("audio_in", "audio_out"):
-            mine, theirs = getattr(kind, side)(parsed), getattr(fallback.kind, side)(fallback.options)
-            if mine != theirs:
-                return None, [(f"{where}.fallback", f"{side.replace('_', ' ')} is {theirs}, "
-                               f"but {use} has {mine}; a fallback must use the same audio format")]
-    return Stage(index=index, kind=kind, options=parsed, fallback=fallback), []
+        return None, [(f"{where}.{key}", message) for key, message in _messages(error, kind.options)]
+    if "fallback" not in raw:
+        return Stage(index=index, kind=kind, options=parsed), []
+    if kind.role not in PROVIDER_ROLES:
+        return None, [(f"{where}.fallback", f"only provider stages have fallbacks, not a {kind.role}")]
+    fallback, problems = _build_stage(index, raw["fallback"], registry, base_dir, f"{where}.fallback")
+    if fallback is None:
+        return None, problems
+    if fallback.kind.role is not kind.role:
+        return None, [(f"{where}.fallback.use", f"a {kind.role} stage's fallback must be "
+                       f"another {kind.role} stage, not {fallback.name}")]
+    if kind.role in BRAIN_ROLES:  # the same agent on another provider
+        assert isinstance(parsed, BrainOptions) and isinstance(fallback.options, BrainOptions)
+        inherited = {k: getattr(parsed, k) for k in ("prompt", "tools")
+                     if getattr(fallback.options, k) is None}
+        fallback = Stage(index, fallback.kind, fallback.options.model_copy(update=inherited))
+    for side in ("audio_in", "audio_out"):
+        mine = getattr(kind, side)(parsed)
+        theirs = getattr(fallback.kind, side)(fallback.options)
+        if mine != theirs:
+            return None, [(f"{where}.fallback", f"{side.replace('_', ' ')} is {theirs}, "
+                           f"but {use} has {mine}; a fallback must use the same audio format")]
+    return Stage(index, kind, kind.with_fallback(parsed), fallback), []
 
 
 def load_vertical(

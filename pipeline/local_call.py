@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
 from tollbridge.costs.catalog import Catalog

@@ -12,53 +12,38 @@ The call's record is produced by `usage()` when the call ends, however it ends.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pipecat.frames.frames import MetricsFrame
 from pipecat.metrics.metrics import (
+    LLMTokenUsage,
     LLMUsageMetricsData,
     STTUsageMetricsData,
     TTSUsageMetricsData,
 )
-from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
-from tollbridge.registry import Role, StageKind, StageOptions
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
-    from tollbridge.providers.silence_gate import SilenceGate
+from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
+from tollbridge.logs import get_logger
+from tollbridge.stage import AvoidedUsage, Billing, CallContext, Role, StageKind, StageOptions
 
 
 class MeterOptions(StageOptions):
     """The meter's settings live on the vertical (budget, price overrides)."""
 
 
-@dataclass(frozen=True)
-class Service:
-    """Who bills for a processor's usage."""
-
-    provider: str
-    model: str
-    cache_ttl: str = "5m"
-
-
-def _net_tokens(service: Service, usage) -> LLMRequestUsage:
-    """Split one LLM request's tokens into net buckets.
-
-    OpenAI's `prompt_tokens` is gross (cache reads and writes included);
-    Anthropic's is net. Read the cache fields rather than guessing.
-    """
+def _net_tokens(billing: Billing, usage: LLMTokenUsage) -> LLMRequestUsage:
+    """Split one LLM request's tokens into net buckets, as the service counted them."""
     cached = usage.cache_read_input_tokens or 0
     written = usage.cache_creation_input_tokens or 0
     uncached = usage.prompt_tokens
-    if service.provider != "anthropic":
+    if billing.prompt_tokens_include_cached:
         uncached = max(0, uncached - cached - written)
-    one_hour = service.cache_ttl == "1h"
+    one_hour = billing.cache_ttl == "1h"
     return LLMRequestUsage(
-        provider=service.provider,
-        model=service.model,
+        provider=billing.provider,
+        model=billing.model,
         input_tokens=uncached,
         cached_input_tokens=cached,
         cache_write_5m_tokens=0 if one_hour else written,
@@ -67,14 +52,14 @@ def _net_tokens(service: Service, usage) -> LLMRequestUsage:
     )
 
 
-def _realtime_tokens(service: Service, usage) -> RealtimeUsage:
+def _realtime_tokens(billing: Billing, usage: LLMTokenUsage) -> RealtimeUsage:
     audio_in = usage.input_audio_tokens or 0
     audio_cached = usage.cache_read_input_audio_tokens or 0
     cached = usage.cache_read_input_tokens or 0
     audio_out = usage.output_audio_tokens or 0
     return RealtimeUsage(
-        provider=service.provider,
-        model=service.model,
+        provider=billing.provider,
+        model=billing.model,
         text_in=max(0, usage.prompt_tokens - audio_in - (cached - audio_cached)),
         text_cached_in=max(0, cached - audio_cached),
         audio_in=max(0, audio_in - audio_cached),
@@ -85,81 +70,85 @@ def _realtime_tokens(service: Service, usage) -> RealtimeUsage:
 
 
 class CostMeter:
-    """Accumulates one call's billable usage from pipecat's usage metrics."""
+    """Accumulates one call's billable usage from pipecat's usage metrics.
+
+    The builder `attach`es each processor that reports usage with the stage's
+    billing identity and role; usage from a processor nobody attached is
+    logged and left out, never priced as somebody else's.
+    """
 
     def __init__(self, call: CallContext):
         self.call = call
         self.started_at = datetime.now(UTC)
-        self.services: dict[str, Service] = {}
-        self.realtime_processors: set[str] = set()
+        self.billed: dict[str, tuple[Billing, Role, Any]] = {}
+        """Processor name → (who bills, the stage's role, the processor)."""
         self.stt: dict[tuple[str, str], Decimal] = {}
         self.llm: list[LLMRequestUsage] = []
         self.realtime: list[RealtimeUsage] = []
         self.tts: dict[tuple[str, str], int] = {}
-        self.tts_avoided: dict[tuple[str, str], int] = {}
-        self.stt_gates: dict[tuple[str, str], list[SilenceGate]] = {}
+        self._unbilled: set[str] = set()
         self.on_usage: Callable[[], Awaitable[None]] | None = None
         """Called after each usage report (the session checks the budget here)."""
 
-    def attach(self, processor_name: str, service: Service, *, realtime: bool = False) -> None:
-        self.services[processor_name] = service
-        if realtime:
-            self.realtime_processors.add(processor_name)
-
-    def _service(self, processor: str, role: Role) -> Service:
-        if processor in self.services:
-            return self.services[processor]
-        stage = self.call.vertical.stage(role)
-        model = getattr(stage.options, "model", None) or getattr(stage.options, "voice", "")
-        return Service(provider=stage.kind.name.split(".")[0], model=model)
+    def attach(self, processor: Any, billing: Billing, role: Role) -> None:
+        self.billed[processor.name] = (billing, role, processor)
 
     async def on_metrics(self, frame: MetricsFrame) -> None:
         counted = False
         for item in frame.data:
+            if not isinstance(item, STTUsageMetricsData | LLMUsageMetricsData | TTSUsageMetricsData):
+                continue
+            if item.processor not in self.billed:
+                if item.processor not in self._unbilled:
+                    self._unbilled.add(item.processor)
+                    get_logger(call_sid=self.call.call_sid).warning(
+                        "usage_not_billed", processor=item.processor,
+                        reason="no stage of the chain declares who bills for it",
+                    )
+                continue
+            billing, role, _ = self.billed[item.processor]
+            key = (billing.provider, billing.model)
             if isinstance(item, STTUsageMetricsData):
-                service = self._service(item.processor, Role.STT)
-                key = (service.provider, service.model)
                 seconds = Decimal(str(round(item.value.audio_seconds, 6)))
                 self.stt[key] = self.stt.get(key, Decimal(0)) + seconds
             elif isinstance(item, LLMUsageMetricsData):
-                if item.processor in self.realtime_processors:
-                    service = self.services[item.processor]
-                    self.realtime.append(_realtime_tokens(service, item.value))
+                if role is Role.SPEECH_TO_SPEECH:
+                    self.realtime.append(_realtime_tokens(billing, item.value))
                 else:
-                    service = self._service(item.processor, Role.LLM)
-                    self.llm.append(_net_tokens(service, item.value))
-            elif isinstance(item, TTSUsageMetricsData):
-                service = self._service(item.processor, Role.TTS)
-                key = (service.provider, service.model)
-                self.tts[key] = self.tts.get(key, 0) + int(item.value)
+                    self.llm.append(_net_tokens(billing, item.value))
             else:
-                continue
+                self.tts[key] = self.tts.get(key, 0) + int(item.value)
             counted = True
         if counted and self.on_usage:
             await self.on_usage()
 
-    def avoided_tts(self, provider: str, model: str, characters: int) -> None:
-        """Characters a phrase cache served instead of the TTS provider."""
-        key = (provider, model)
-        self.tts_avoided[key] = self.tts_avoided.get(key, 0) + characters
-
-    def gated_stt(self, provider: str, model: str, gate: SilenceGate) -> None:
-        """An STT whose silence gate holds audio back: its withheld seconds are avoided cost."""
-        self.stt_gates.setdefault((provider, model), []).append(gate)
+    def _avoided(self, role: Role) -> dict[tuple[str, str], float]:
+        """What the processors of `role` saved (silence not streamed, phrases not sent)."""
+        avoided: dict[tuple[str, str], float] = {}
+        for billing, stage_role, processor in self.billed.values():
+            if stage_role is role and isinstance(processor, AvoidedUsage):
+                key = (billing.provider, billing.model)
+                avoided[key] = avoided.get(key, 0) + processor.avoided_usage()
+        return avoided
 
     def _stt_usage(self) -> list[STTUsage]:
-        usage = []
-        for key in sorted(set(self.stt) | set(self.stt_gates)):
-            withheld = sum(gate.withheld_seconds for gate in self.stt_gates.get(key, []))
-            usage.append(STTUsage(*key, self.stt.get(key, Decimal(0)),
-                                  Decimal(str(round(withheld, 6)))))
-        return usage
+        avoided = self._avoided(Role.STT)
+        return [
+            STTUsage(*key, self.stt.get(key, Decimal(0)), Decimal(str(round(avoided.get(key, 0), 6))))
+            for key in sorted(set(self.stt) | {k for k, v in avoided.items() if v})
+        ]
+
+    def _tts_usage(self) -> list[TTSUsage]:
+        avoided = self._avoided(Role.TTS)
+        return [
+            TTSUsage(*key, self.tts.get(key, 0), int(avoided.get(key, 0)))
+            for key in sorted(set(self.tts) | {k for k, v in avoided.items() if v})
+        ]
 
     def usage(self, *, ended_at: datetime | None = None, ended_by: str = "") -> CallUsage:
         """The call's usage so far (final when `ended_at` is given)."""
         vertical = self.call.vertical
         now = ended_at or datetime.now(UTC)
-        tts_keys = sorted(set(self.tts) | set(self.tts_avoided))
         return CallUsage(
             call_sid=self.call.call_sid,
             tenant=vertical.tenant,
@@ -176,23 +165,17 @@ class CostMeter:
             monthly_minutes_per_number=vertical.telephony.monthly_minutes_per_number,
             stt=self._stt_usage(),
             llm=list(self.llm),
-            tts=[
-                TTSUsage(p, m, self.tts.get((p, m), 0), self.tts_avoided.get((p, m), 0))
-                for p, m in tts_keys
-            ],
+            tts=self._tts_usage(),
             realtime=list(self.realtime),
             ended_by=ended_by,
         )
 
 
-def build(options: MeterOptions, call: CallContext) -> CostMeter:
-    return CostMeter(call)
+class CostMeterKind(StageKind):
+    name = "cost.meter"
+    role = Role.METER
+    options = MeterOptions
+    description = "Prices the call from its usage metrics; writes the ledger record"
 
-
-KIND = StageKind(
-    name="cost.meter",
-    role=Role.METER,
-    options=MeterOptions,
-    build=build,
-    description="Prices the call from its usage metrics; writes the ledger record",
-)
+    def build(self, options: MeterOptions, call: CallContext) -> CostMeter:
+        return CostMeter(call)

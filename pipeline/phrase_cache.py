@@ -15,7 +15,7 @@ short by the caller talking over it, nor one the provider went quiet in.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 
 from pipecat.frames.frames import (
@@ -97,13 +97,12 @@ class PhraseCaching:
         *,
         stage: str,
         phrases: Iterable[str],
-        on_avoided: Callable[[int], None],
     ) -> None:
-        """Serve `phrases` from `store`; `on_avoided(characters)` is told what each hit saved."""
+        """Serve `phrases` from `store`."""
         self._phrase_store = store
         self._phrase_stage = stage
         self._phrases = {text.strip() for text in phrases if text and text.strip()}
-        self._on_avoided = on_avoided
+        self._avoided_characters = 0
         self._speaking_phrase: str | None = None
         self._recording: dict[str, _Recording] = {}
         self._served: set[str] = set()
@@ -131,7 +130,7 @@ class PhraseCaching:
             async for frame in super().run_tts(text, context_id):
                 yield frame
             return
-        self._on_avoided(len(text))
+        self._avoided_characters += len(text)
         if not self.audio_context_available(context_id):  # a service that opens its own
             await self.create_audio_context(context_id)
             yield TTSStartedFrame(context_id=context_id)
@@ -145,6 +144,10 @@ class PhraseCaching:
             yield spoken
         yield TTSStoppedFrame(context_id=context_id)
         self._served.add(context_id)
+
+    def avoided_usage(self) -> float:
+        """Characters served from the store instead of the provider (see `AvoidedUsage`)."""
+        return self._avoided_characters if self._phrase_store is not None else 0
 
     def served_from_cache(self, context_id: str | None) -> bool:
         """True for a context the provider never heard of: its phrase came from the store."""

@@ -21,11 +21,12 @@ from typing import Any
 from pipecat.frames.frames import EndWorkerFrame, Frame, LLMMessagesAppendFrame, TTSSpeakFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
-from tollbridge.builder import BuiltCall, CallContext, build_call
+
+from tollbridge.builder import BuiltCall, build_call
 from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.usage import CallUsage
 from tollbridge.logs import get_logger
-from tollbridge.registry import Role
+from tollbridge.stage import CallContext, Role
 
 CANCEL_TIMEOUT_S = 5.0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.local_call import LocalCall, run_local_call
 

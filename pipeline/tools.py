@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -65,26 +66,33 @@ async def shutdown() -> None:
 
 
 def load_tools(spec: str, folder: Path) -> list[Tool]:
-    """Import ``module:ATTR`` from `folder` and check it is a list of Tool.
-
-    The folder is imported as a package of its own, so a vertical's modules
-    can import each other relatively (``from . import booking``).
-    """
+    """Import ``module:ATTR`` from `folder` and check it is a list of Tool."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f'"{spec}" is not of the form "module:ATTRIBUTE" (e.g. "tools:TOOLS")')
-    path = folder / (module_name.replace(".", "/") + ".py")
-    if not path.is_file():
-        raise ValueError(f'module "{module_name}" not found (looked for {path.name} in {folder.name}/)')
-    package = _vertical_package(folder)
-    try:
-        module = importlib.import_module(f"{package}.{module_name}")
-    except Exception as error:
-        raise ValueError(f"importing {path.name} failed: {error!r}") from error
+    module = import_beside(folder, module_name)
+    if module is None:
+        path = module_name.replace(".", "/") + ".py"
+        raise ValueError(f'module "{module_name}" not found (looked for {path} in {folder.name}/)')
     tools = getattr(module, attr, None)
     if not isinstance(tools, list | tuple) or not all(isinstance(t, Tool) for t in tools):
         raise ValueError(f"{module_name}.{attr} must be a list of tollbridge Tool objects")
     return list(tools)
+
+
+def import_beside(folder: Path, module_name: str) -> ModuleType | None:
+    """Import `module_name` from the vertical's `folder` (None if no such file there).
+
+    The folder is imported as a package of its own, so a vertical's modules
+    can import each other relatively (``from . import booking``).
+    """
+    path = folder / (module_name.replace(".", "/") + ".py")
+    if not path.is_file():
+        return None
+    try:
+        return importlib.import_module(f"{_vertical_package(folder)}.{module_name}")
+    except Exception as error:
+        raise ValueError(f"importing {path.name} failed: {error!r}") from error
 
 
 def _vertical_package(folder: Path) -> str:

@@ -6,16 +6,16 @@ prefix order, so one breakpoint caches tools and system prompt together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from anthropic import AsyncAnthropic
 from pipecat.services.anthropic.llm import AnthropicLLMService
 from pydantic import Field, field_validator
-from tollbridge.providers.options import LLMOptions, check_llm_model
-from tollbridge.registry import Role, StageKind
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
+from tollbridge.providers.options import LLMOptions, check_llm_model
+from tollbridge.stage import Billing, CallContext, ReplayServer, Role, StageKind
+
+REPLAY_KEY = "sk-ant-replay-key"
 
 
 class AnthropicLLMOptions(LLMOptions):
@@ -50,10 +50,26 @@ def build_llm(options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMSe
     return AnthropicLLMService(api_key=options.api_key(call.env), client=client, settings=settings)
 
 
-LLM = StageKind(
-    name="anthropic.llm",
-    role=Role.LLM,
-    options=AnthropicLLMOptions,
-    build=build_llm,
-    description="Anthropic Messages, streaming, tools, cache_control on system prompt",
-)
+class AnthropicLLM(StageKind):
+    name = "anthropic.llm"
+    role = Role.LLM
+    options = AnthropicLLMOptions
+    description = "Anthropic Messages, streaming, tools, cache_control on system prompt"
+
+    def build(self, options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMService:
+        return build_llm(options, call)
+
+    def billing(self, options: AnthropicLLMOptions) -> Billing:
+        # pipecat reports Anthropic's input_tokens, which leave cache reads and writes out
+        return Billing("anthropic", options.model, options.cache_ttl,
+                       prompt_tokens_include_cached=False)
+
+    def with_fallback(self, options: AnthropicLLMOptions) -> AnthropicLLMOptions:
+        if options.retries is None:  # fail over at once rather than back off and retry
+            return options.model_copy(update={"retries": 0})
+        return options
+
+    def replay_fake(self, options: AnthropicLLMOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
+
+        return AnthropicMessagesFake(script or [], api_key=REPLAY_KEY)

@@ -17,8 +17,9 @@ tool message must contain, so a prompt or tool change that alters the
 conversation fails loudly at the request that went wrong. TTS audio is
 synthesized deterministically from the text, so it needs no storage.
 
-`replay(cassette, vertical)` starts the fakes a vertical's chain needs and
-returns the base URLs to point the real clients at.
+`replay(cassette, vertical)` starts the fake each provider stage's kind
+supplies (`StageKind.replay_fake`) and returns the URLs to point the real
+clients at, so a plugin's kind replays like a built-in one.
 """
 
 from __future__ import annotations
@@ -31,15 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from tollbridge.config import Stage, Vertical
+from tollbridge.stage import PROVIDER_ROLES, ReplayServer, Role
 
 VERSION = 1
-FAKE_KEYS = {
-    "DEEPGRAM_API_KEY": "dg-replay-key",
-    "OPENAI_API_KEY": "sk-replay-key",
-    "ANTHROPIC_API_KEY": "sk-ant-replay-key",
-    "ELEVENLABS_API_KEY": "xi-replay-key",
-}
-"""Keys the fakes accept: replay needs no account."""
 
 
 class CassetteError(ValueError):
@@ -75,6 +70,14 @@ class Cassette:
             description=str(data.get("description", "")),
         )
 
+    def script(self, role: Role) -> Any:
+        """What the providers of `role` answered: a replay fake's script."""
+        if role is Role.STT:
+            return self.stt
+        if role is Role.TTS:
+            return self.tts
+        return self.llm  # the brain: an LLM or a speech-to-speech service
+
     def save(self, path: str | Path) -> None:
         body = {"version": VERSION, "description": self.description, "stt": self.stt,
                 "llm": self.llm, "tts": self.tts}
@@ -86,7 +89,7 @@ class Replay:
     """The running fakes of one replayed call."""
 
     base_urls: dict[str, str]
-    fakes: dict[str, Any]
+    fakes: dict[str, ReplayServer]
     env: dict[str, str]
     """API key variables → the keys the fakes accept."""
 
@@ -95,46 +98,16 @@ class Replay:
         """Requests the fakes refused or did not expect (empty for a faithful replay)."""
         found: list[str] = []
         for kind, fake in self.fakes.items():
-            found += [f"{kind}: {failure}" for failure in getattr(fake, "failures", [])]
+            found += [f"{kind}: {failure}" for failure in fake.failures]
         return found
-
-
-def _fake_for(kind: str, cassette: Cassette) -> tuple[Any, str, str]:
-    """The fake serving `kind`, and the scheme and path its pipecat service expects."""
-    speaking_rate = float(cassette.tts.get("chars_per_second", 14.0))
-    if kind == "deepgram.stt":
-        from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
-
-        return FakeDeepgramListen(FAKE_KEYS["DEEPGRAM_API_KEY"], cassette.stt), "ws", ""
-    if kind == "deepgram.tts":
-        from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
-
-        return FakeDeepgramSpeak(FAKE_KEYS["DEEPGRAM_API_KEY"], chars_per_second=speaking_rate), "ws", ""
-    if kind == "elevenlabs.tts":
-        from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
-
-        return FakeElevenLabs(FAKE_KEYS["ELEVENLABS_API_KEY"], chars_per_second=speaking_rate), "ws", ""
-    if kind == "openai.llm":
-        from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
-
-        return OpenAIChatFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "http", "/v1"
-    if kind == "openai.realtime":
-        from tollbridge.providers.fakes.openai_realtime import OpenAIRealtimeFake
-
-        return OpenAIRealtimeFake(cassette.llm, api_key=FAKE_KEYS["OPENAI_API_KEY"]), "ws", "/v1/realtime"
-    if kind == "anthropic.llm":
-        from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
-
-        return AnthropicMessagesFake(cassette.llm, api_key=FAKE_KEYS["ANTHROPIC_API_KEY"]), "http", ""
-    raise CassetteError(f"no local fake can replay stage kind {kind!r}")
 
 
 def _provider_stages(vertical: Vertical) -> list[Stage]:
     """Every stage that talks to a provider, fallbacks included."""
     found = []
     for stage in vertical.chain:
-        current = stage
-        while current is not None and current.kind.role.value not in ("transport", "meter"):
+        current: Stage | None = stage
+        while current is not None and current.kind.role in PROVIDER_ROLES:
             found.append(current)
             current = current.fallback
     return found
@@ -142,17 +115,20 @@ def _provider_stages(vertical: Vertical) -> list[Stage]:
 
 @contextlib.asynccontextmanager
 async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay]:
-    """Start a fake for each provider stage of `vertical`, serving `cassette`."""
-    fakes: dict[str, Any] = {}
+    """Start each provider stage's own replay fake, serving its role's part of `cassette`."""
+    fakes: dict[str, ReplayServer] = {}
     urls: dict[str, str] = {}
     env: dict[str, str] = {}
     async with contextlib.AsyncExitStack() as stack:
         for stage in _provider_stages(vertical):
             if stage.name in fakes:
                 continue
-            fake, scheme, path = _fake_for(stage.name, cassette)
+            fake = stage.kind.replay_fake(stage.options, cassette.script(stage.kind.role))
+            if fake is None:
+                raise CassetteError(f"stage kind {stage.name!r} has no replay fake (StageKind.replay_fake)")
             await stack.enter_async_context(fake)
             fakes[stage.name] = fake
-            env[stage.options.api_key_env] = fake.api_key
-            urls[stage.name] = f"{scheme}://127.0.0.1:{fake.port}{path}"
+            if name := stage.kind.api_key_env(stage.options):
+                env[name] = fake.api_key
+            urls[stage.name] = fake.client_url
         yield Replay(base_urls=urls, fakes=fakes, env=env)

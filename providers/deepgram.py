@@ -8,22 +8,31 @@ runs on this chain at all.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pipecat.frames.frames import Frame
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.transcriptions.language import Language
 from pydantic import Field, field_validator
-from tollbridge.config import did_you_mean
+
 from tollbridge.phrase_cache import PhraseCaching
 from tollbridge.providers.mulaw_tts import MulawAudio
-from tollbridge.providers.options import ProviderOptions
 from tollbridge.providers.silence_gate import SilenceGate
-from tollbridge.registry import MULAW_8K, AudioFormat, Role, StageKind
+from tollbridge.stage import (
+    MULAW_8K,
+    AudioFormat,
+    Billing,
+    CallContext,
+    ProviderOptions,
+    ReplayServer,
+    Role,
+    StageKind,
+    did_you_mean,
+)
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
+REPLAY_KEY = "dg-replay-key"
+
 
 STT_MODELS = [
     "nova-3", "nova-3-general", "nova-3-medical", "nova-2", "nova-2-general",
@@ -84,6 +93,10 @@ class MulawAwareDeepgramSTT(DeepgramSTTService):
             self._stt_usage_pending_seconds += len(audio) / (
                 self.sample_rate * self._bytes_per_sample
             )
+
+    def avoided_usage(self) -> float:
+        """Seconds of silence the gate held back (see `tollbridge.stage.AvoidedUsage`)."""
+        return self.silence_gate.withheld_seconds if self.silence_gate else 0.0
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         if self.silence_gate is not None:
@@ -189,19 +202,44 @@ def build_tts(options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSServ
     )
 
 
-STT = StageKind(
-    name="deepgram.stt",
-    role=Role.STT,
-    options=DeepgramSTTOptions,
-    build=build_stt,
-    description="Deepgram Nova streaming speech-to-text (μ-law 8 kHz taken as is)",
-    audio_in=stt_audio_in,
-)
-TTS = StageKind(
-    name="deepgram.tts",
-    role=Role.TTS,
-    options=DeepgramTTSOptions,
-    build=build_tts,
-    description="Deepgram Aura-2 text-to-speech (μ-law 8 kHz out, nothing transcoded)",
-    audio_out=tts_audio_out,
-)
+class DeepgramSTT(StageKind):
+    name = "deepgram.stt"
+    role = Role.STT
+    options = DeepgramSTTOptions
+    description = "Deepgram Nova streaming speech-to-text (μ-law 8 kHz taken as is)"
+
+    def build(self, options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTService:
+        return build_stt(options, call)
+
+    def billing(self, options: DeepgramSTTOptions) -> Billing:
+        return Billing("deepgram", options.model)
+
+    def audio_in(self, options: DeepgramSTTOptions) -> AudioFormat:
+        return stt_audio_in(options)
+
+    def replay_fake(self, options: DeepgramSTTOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
+
+        return FakeDeepgramListen(REPLAY_KEY, script or [])
+
+
+class DeepgramTTS(StageKind):
+    name = "deepgram.tts"
+    role = Role.TTS
+    options = DeepgramTTSOptions
+    description = "Deepgram Aura-2 text-to-speech (μ-law 8 kHz out, nothing transcoded)"
+
+    def build(self, options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
+        return build_tts(options, call)
+
+    def billing(self, options: DeepgramTTSOptions) -> Billing:
+        return Billing("deepgram", options.voice)
+
+    def audio_out(self, options: DeepgramTTSOptions) -> AudioFormat:
+        return tts_audio_out(options)
+
+    def replay_fake(self, options: DeepgramTTSOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
+
+        rate = float((script or {}).get("chars_per_second", 14.0))
+        return FakeDeepgramSpeak(REPLAY_KEY, chars_per_second=rate)

@@ -6,17 +6,25 @@ serializer; we ask for `ulaw_8000`, which Twilio plays as is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pydantic import Field
+
 from tollbridge.phrase_cache import PhraseCaching
 from tollbridge.providers.mulaw_tts import MulawAudio
-from tollbridge.providers.options import ProviderOptions
-from tollbridge.registry import MULAW_8K, AudioFormat, Role, StageKind
+from tollbridge.stage import (
+    MULAW_8K,
+    AudioFormat,
+    Billing,
+    CallContext,
+    ProviderOptions,
+    ReplayServer,
+    Role,
+    StageKind,
+)
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
+REPLAY_KEY = "xi-replay-key"
 
 
 class ElevenLabsTTSOptions(ProviderOptions):
@@ -81,11 +89,23 @@ def build_tts(options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTS
     )
 
 
-TTS = StageKind(
-    name="elevenlabs.tts",
-    role=Role.TTS,
-    options=ElevenLabsTTSOptions,
-    build=build_tts,
-    description="ElevenLabs streaming TTS (ulaw_8000 out, nothing transcoded)",
-    audio_out=audio_out,
-)
+class ElevenLabsTTS(StageKind):
+    name = "elevenlabs.tts"
+    role = Role.TTS
+    options = ElevenLabsTTSOptions
+    description = "ElevenLabs streaming TTS (ulaw_8000 out, nothing transcoded)"
+
+    def build(self, options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTSService:
+        return build_tts(options, call)
+
+    def billing(self, options: ElevenLabsTTSOptions) -> Billing:
+        return Billing("elevenlabs", options.model)
+
+    def audio_out(self, options: ElevenLabsTTSOptions) -> AudioFormat:
+        return audio_out(options)
+
+    def replay_fake(self, options: ElevenLabsTTSOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
+
+        rate = float((script or {}).get("chars_per_second", 14.0))
+        return FakeElevenLabs(REPLAY_KEY, chars_per_second=rate)

@@ -7,15 +7,15 @@ vertical so calls of the same agent land on the same cache.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pipecat.services.openai.llm import OpenAILLMService
 from pydantic import field_validator
-from tollbridge.providers.options import LLMOptions, check_llm_model
-from tollbridge.registry import Role, StageKind
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
+from tollbridge.providers.options import LLMOptions, check_llm_model
+from tollbridge.stage import Billing, CallContext, ReplayServer, Role, StageKind
+
+REPLAY_KEY = "sk-replay-key"
 
 
 class OpenAILLMOptions(LLMOptions):
@@ -44,10 +44,19 @@ def build_llm(options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
     )
 
 
-LLM = StageKind(
-    name="openai.llm",
-    role=Role.LLM,
-    options=OpenAILLMOptions,
-    build=build_llm,
-    description="OpenAI Chat Completions, streaming, tools, automatic prompt caching",
-)
+class OpenAILLM(StageKind):
+    name = "openai.llm"
+    role = Role.LLM
+    options = OpenAILLMOptions
+    description = "OpenAI Chat Completions, streaming, tools, automatic prompt caching"
+
+    def build(self, options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
+        return build_llm(options, call)
+
+    def billing(self, options: OpenAILLMOptions) -> Billing:
+        return Billing("openai", options.model)
+
+    def replay_fake(self, options: OpenAILLMOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
+
+        return OpenAIChatFake(script or [], api_key=REPLAY_KEY)

@@ -10,19 +10,26 @@ labels replies as μ-law 8 kHz and measures truncation in μ-law bytes.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, TTSAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pydantic import Field, field_validator
+
 from tollbridge.providers.options import LLMOptions, check_llm_model
-from tollbridge.registry import MULAW_8K, Role, StageKind
+from tollbridge.stage import (
+    MULAW_8K,
+    AudioFormat,
+    Billing,
+    CallContext,
+    ReplayServer,
+    Role,
+    StageKind,
+)
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
-
+REPLAY_KEY = "sk-replay-key"
 MULAW_RATE = 8000
 
 
@@ -84,12 +91,25 @@ def build(options: OpenAIRealtimeOptions, call: CallContext) -> OpenAIRealtimeLL
     )
 
 
-KIND = StageKind(
-    name="openai.realtime",
-    role=Role.SPEECH_TO_SPEECH,
-    options=OpenAIRealtimeOptions,
-    build=build,
-    description="OpenAI Realtime speech-to-speech, μ-law 8 kHz both ways",
-    audio_in=lambda _options: MULAW_8K,
-    audio_out=lambda _options: MULAW_8K,
-)
+class OpenAIRealtime(StageKind):
+    name = "openai.realtime"
+    role = Role.SPEECH_TO_SPEECH
+    options = OpenAIRealtimeOptions
+    description = "OpenAI Realtime speech-to-speech, μ-law 8 kHz both ways"
+
+    def build(self, options: OpenAIRealtimeOptions, call: CallContext) -> OpenAIRealtimeLLMService:
+        return build(options, call)
+
+    def billing(self, options: OpenAIRealtimeOptions) -> Billing:
+        return Billing("openai", options.model)
+
+    def audio_in(self, options: OpenAIRealtimeOptions) -> AudioFormat:
+        return MULAW_8K
+
+    def audio_out(self, options: OpenAIRealtimeOptions) -> AudioFormat:
+        return MULAW_8K
+
+    def replay_fake(self, options: OpenAIRealtimeOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.openai_realtime import OpenAIRealtimeFake
+
+        return OpenAIRealtimeFake(script or [], api_key=REPLAY_KEY)

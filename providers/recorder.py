@@ -26,6 +26,7 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import STTService
+
 from tollbridge.providers.cassette import Cassette
 
 DOWNSTREAM = FrameDirection.DOWNSTREAM  # pipecat announces function calls both ways

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog

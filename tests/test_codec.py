@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tollbridge.codec import AudioConverter, codec_between, mulaw_to_pcm16, pcm16_to_mulaw
 from tollbridge.config import load_vertical
-from tollbridge.registry import MULAW_8K, AudioFormat
+from tollbridge.stage import MULAW_8K, AudioFormat
 
 
 def g711_decode(code: int) -> int:

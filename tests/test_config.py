@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tollbridge.config import ConfigError, load_vertical, load_verticals
 
 GOOD = """
@@ -72,7 +73,14 @@ def test_unknown_kind_lists_the_registered_kinds(tmp_path):
 
 def test_unknown_option_is_named(tmp_path):
     path = write(tmp_path, GOOD.replace('use = "deepgram.tts"', 'use = "deepgram.tts"\nvoise = "x"'))
-    assert problems(path) == [f"{path}: chain[3].voise: unknown option"]
+    assert problems(path) == [f'{path}: chain[3].voise: unknown option; did you mean "voice"?']
+
+
+def test_unknown_option_lists_the_options_when_none_is_close(tmp_path):
+    path = write(tmp_path, GOOD.replace('use = "deepgram.tts"', 'use = "deepgram.tts"\nzzz = 1'))
+    [message] = problems(path)
+    assert message.startswith(f"{path}: chain[3].zzz: unknown option (options: api_key_env, ")
+    assert "voice" in message
 
 
 def test_wrong_type_says_what_was_expected_and_what_came(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import pytest
 import structlog
 from loguru import logger as loguru_logger
+
 from tollbridge import logs
 
 

@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+
 from tollbridge.costs.database import Database, Transaction, connect
 from tollbridge.spoken_time import WEEKDAYS, hhmm
 

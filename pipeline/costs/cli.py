@@ -20,6 +20,7 @@ import genai_prices
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.estimate import load_profile
 from tollbridge.costs.ledger import Ledger, Report, ReportRow

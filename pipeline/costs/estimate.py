@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
 
 _Request = TypeVar("_Request", LLMRequestUsage, RealtimeUsage)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+
 from tollbridge.costs.database import Database, Transaction, connect
 from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS

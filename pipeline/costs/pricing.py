@@ -17,6 +17,7 @@ from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal
 
 import genai_prices
+
 from tollbridge.costs.catalog import Catalog, CatalogRow
 from tollbridge.costs.lineitem import CallCost, LineItem
 from tollbridge.costs.usage import CallUsage

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from tollbridge.costs.database import TRANSIENT_ERRORS, safe_url
 from tollbridge.costs.ledger import Ledger, Report
 from tollbridge.costs.lineitem import CallCost

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
 from tollbridge.providers.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
 from tollbridge.providers.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
 from tollbridge.providers.fakes.tokens import Segment, count_tokens, prefix_hashes, text_segment

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
 from tollbridge.providers.fakes.audio import BYTES_PER_SAMPLE
 from tollbridge.providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
 

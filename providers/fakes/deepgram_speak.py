@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
 from tollbridge.providers.fakes.audio import BYTES_PER_SAMPLE, synthesize
 from tollbridge.providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
 

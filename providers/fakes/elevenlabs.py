@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from aiohttp import web
+
 from tollbridge.providers.fakes.audio import synthesize
 from tollbridge.providers.fakes.server import FakeServer, Rejection, RequestRecord
 

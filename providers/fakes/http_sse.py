@@ -99,6 +99,11 @@ class FakeHTTPServer:
         """Root URL, e.g. ``http://127.0.0.1:50123``."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def client_url(self) -> str:
+        """Where the provider's real client connects (see `tollbridge.stage.ReplayServer`)."""
+        return self.base_url
+
     def record(self, request: web.Request, body: Any) -> RecordedRequest:
         """Log a request, secrets replaced by ``<redacted>``."""
         headers = {

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+
 from tollbridge.providers.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
 from tollbridge.providers.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
 from tollbridge.providers.fakes.tokens import (
@@ -193,6 +194,10 @@ class OpenAIChatFake(FakeHTTPServer):
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/chat/completions", self._handle)]
+
+    @property
+    def client_url(self) -> str:
+        return self.base_url + "/v1"
 
     def _reject(self, response: web.Response, reason: str) -> web.Response:
         self.failures.append(f"{response.status}: {reason}")

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
+
 from tollbridge.providers.fakes.http_sse import FakeHTTPServer
 from tollbridge.providers.fakes.openai_chat import masked_key, openai_error
 from tollbridge.providers.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
@@ -917,6 +918,10 @@ class OpenAIRealtimeFake(FakeHTTPServer):
     def ws_url(self) -> str:
         """``ws://127.0.0.1:PORT/v1/realtime``; clients append ``?model=…``."""
         return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    @property
+    def client_url(self) -> str:
+        return self.ws_url
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{hashlib.sha1(str(next(self._ids)).encode()).hexdigest()[:20]}"

@@ -89,6 +89,7 @@ class FakeServer(Generic[R]):
         self.fail_connect = fail_connect
         self.fail_after_messages = fail_after_messages
         self.requests: list[R] = []
+        self.failures: list[str] = []
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._sockets: set[web.WebSocketResponse] = set()
@@ -143,6 +144,11 @@ class FakeServer(Generic[R]):
     def base_url(self) -> str:
         """WebSocket base URL, e.g. ``ws://127.0.0.1:PORT``, to hand to the client."""
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def client_url(self) -> str:
+        """Where the provider's real client connects (see `tollbridge.stage.ReplayServer`)."""
+        return self.base_url
 
     @property
     def http_url(self) -> str:

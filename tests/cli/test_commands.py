@@ -11,9 +11,9 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
-from tollbridge.transports.twilio.signature import SignatureChecker
 
 from tests.conftest import FIXTURES
+from tollbridge.transports.twilio.signature import SignatureChecker
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLLBRIDGE = [sys.executable, "-m", "tollbridge.cli"]

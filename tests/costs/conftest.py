@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.usage import CallUsage
 

@@ -7,6 +7,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import AUTH_TOKEN, FIXTURES, running_bridge
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.ledger import Ledger
@@ -15,8 +17,6 @@ from tollbridge.local_call import run_local_call
 from tollbridge.providers.cassette import Cassette
 from tollbridge.transports.twilio.signature import SignatureChecker
 from tollbridge.transports.twilio.softphone import CallScript, load_caller_audio
-
-from tests.conftest import AUTH_TOKEN, FIXTURES, running_bridge
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 6]
 CASSETTE = Cassette(
@@ -149,6 +149,7 @@ async def test_twilio_price_is_fetched_after_the_call_and_drift_stored(frontdesk
                                                                        tmp_path, make_usage):
     """Twilio fills in a call's price a while after it ends; we read it and keep both figures."""
     from aiohttp import web
+
     from tollbridge.costs.pricing import price_call
     from tollbridge.transports.twilio.rest import TwilioRest
 

@@ -4,6 +4,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+
 from tollbridge.costs.catalog import Catalog, CatalogError, UnknownPriceError
 
 GOOD_ROW = """

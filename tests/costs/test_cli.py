@@ -7,12 +7,13 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.cli import costs_app
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.pricing import price_call
 from tollbridge.costs.usage import CallUsage
-from typer.testing import CliRunner
 
 from .conftest import PROFILES
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
+
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.lineitem import CallCost, round_usd

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import genai_prices
 import pytest
+
 from tollbridge.costs.catalog import Catalog, UnknownPriceError
 from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
 from tollbridge.costs.pricing import price_call, rebill, with_twilio_price, without_savings

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.estimate import ProfileError, load_profile
 from tollbridge.costs.lineitem import CallCost

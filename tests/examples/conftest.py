@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from tollbridge.tools import Tool, ToolContext, load_tools
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

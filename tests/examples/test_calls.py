@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from tollbridge.costs.ledger import Ledger
 
 from tests.conftest import FIXTURES
+from tollbridge.costs.ledger import Ledger
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CALLS = FIXTURES / "calls"

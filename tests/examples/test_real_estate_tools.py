@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+
 from tollbridge.costs.database import connect
 
 from .conftest import EXAMPLES, ExampleTools

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from tollbridge.spoken_time import parse_day, parse_time
 
 from .conftest import ExampleTools

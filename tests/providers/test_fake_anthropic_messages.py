@@ -17,9 +17,9 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.anthropic.llm import AnthropicLLMService
 from pipecat.services.llm_service import FunctionCallParams
-from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
 
 from tests.providers.harness import RunningPipeline, run_pipeline
+from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
 
 KEY = "sk-ant-test-tollbridge"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}

@@ -14,11 +14,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import STTUsageMetricsData
 from pipecat.services.deepgram.stt import DeepgramSTTService
-from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import RunningPipeline, run_pipeline
+from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
 
 KEY = "dg-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}

@@ -9,12 +9,12 @@ import pytest
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
 from pipecat.metrics.metrics import TTSUsageMetricsData
 from pipecat.services.deepgram.tts import DeepgramHttpTTSService, DeepgramTTSService
-from tollbridge.providers.fakes.audio import alaw_encode, ulaw_encode
-from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.providers.harness import RunningPipeline, run_pipeline
+from tollbridge.providers.fakes.audio import alaw_encode, ulaw_encode
+from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
 
 KEY = "dg-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}

@@ -17,11 +17,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import TTSUsageMetricsData
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
-from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import run_pipeline
+from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "xi-test-key"
 VOICE = "voice-1"

@@ -15,9 +15,9 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.llm import OpenAILLMService
-from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
 
 from tests.providers.harness import RunningPipeline, run_pipeline
+from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
 
 KEY = "sk-test-tollbridge"
 # About 1,500 tokens by the fakes' count: enough for OpenAI to cache.

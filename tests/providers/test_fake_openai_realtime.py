@@ -22,11 +22,11 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
-from tollbridge.providers.fakes.openai_realtime import MS_PER_CHARACTER, OpenAIRealtimeFake
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import RunningPipeline, run_pipeline
+from tollbridge.providers.fakes.openai_realtime import MS_PER_CHARACTER, OpenAIRealtimeFake
 
 KEY = "sk-test-tollbridge"
 # About 1,500 tokens by the fakes' count: enough for OpenAI to cache.

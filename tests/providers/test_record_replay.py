@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from tests.conftest import FIXTURES
 from tollbridge.providers.cassette import Cassette
 from tollbridge.transports.twilio.softphone import load_caller_audio
-
-from tests.conftest import FIXTURES
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 9]
 

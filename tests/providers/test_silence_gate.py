@@ -6,13 +6,12 @@ import random
 from dataclasses import replace
 from decimal import Decimal
 
+from tests.conftest import FIXTURES, running_bridge
+from tests.transports.test_bridge_calls import SPEECH, assistant_messages, final, script
 from tollbridge.config import load_vertical
 from tollbridge.providers.cassette import Cassette
 from tollbridge.providers.silence_gate import SilenceGate, audioop
-from tollbridge.registry import Role
-
-from tests.conftest import FIXTURES, running_bridge
-from tests.transports.test_bridge_calls import SPEECH, assistant_messages, final, script
+from tollbridge.stage import Role
 
 FRAME = 160  # 20 ms of μ-law
 THRESHOLD = 32768 * 10 ** (-45 / 20)

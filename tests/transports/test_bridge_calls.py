@@ -7,11 +7,11 @@ import base64
 import json
 
 import websockets
+
+from tests.conftest import FIXTURES, running_bridge
 from tollbridge.providers.cassette import Cassette
 from tollbridge.transports.twilio.softphone import CallScript, load_caller_audio
 from tollbridge.transports.twilio.transport import MERGE_BYTES
-
-from tests.conftest import FIXTURES, running_bridge
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
 CHARS_PER_SECOND = 14.0
@@ -205,9 +205,8 @@ async def test_an_unsigned_media_stream_is_refused(frontdesk):
 
 
 def _signed(running) -> dict[str, str]:
-    from tollbridge.transports.twilio.signature import SignatureChecker
-
     from tests.conftest import AUTH_TOKEN
+    from tollbridge.transports.twilio.signature import SignatureChecker
 
     return {"X-Twilio-Signature": SignatureChecker(AUTH_TOKEN).sign(running.bridge.media_url, {})}
 

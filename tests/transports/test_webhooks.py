@@ -8,11 +8,11 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 from aiohttp import web
+
+from tests.conftest import AUTH_TOKEN, running_bridge
 from tollbridge.providers.cassette import Cassette
 from tollbridge.transports.twilio.rest import TwilioRest
 from tollbridge.transports.twilio.signature import SignatureChecker
-
-from tests.conftest import AUTH_TOKEN, running_bridge
 
 SIGNER = SignatureChecker(AUTH_TOKEN)
 INBOUND = {

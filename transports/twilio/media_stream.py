@@ -12,10 +12,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from tollbridge.builder import CallContext
+
 from tollbridge.config import Vertical
 from tollbridge.logs import get_logger
 from tollbridge.session import CallSession, Pricer, UsageSink
+from tollbridge.stage import CallContext
 from tollbridge.transports.twilio import protocol
 from tollbridge.transports.twilio.transport import MediaStreamConnection
 

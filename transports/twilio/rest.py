@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
 from tollbridge.config import Vertical, e164
 from tollbridge.logs import get_logger
 from tollbridge.transports.twilio.server import STATUS_PATH
 from tollbridge.transports.twilio.signature import public_url
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 MAX_INLINE_TWIML = 4000

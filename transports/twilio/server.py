@@ -27,15 +27,16 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from tollbridge.builder import CallContext
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
 from tollbridge.config import Vertical, e164
 from tollbridge.logs import get_logger
 from tollbridge.session import CallSession, Pricer
+from tollbridge.stage import CallContext
 from tollbridge.transports.twilio import protocol
 from tollbridge.transports.twilio.media_stream import serve_media_stream
 from tollbridge.transports.twilio.signature import SignatureChecker, public_url
 from tollbridge.transports.twilio.transport import MediaStreamConnection
-from twilio.twiml.voice_response import Connect, VoiceResponse
 
 log = get_logger(component="bridge")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import websockets
+
 from tollbridge.codec import mulaw_to_pcm16, pcm16_to_mulaw
 from tollbridge.transports.twilio.signature import SignatureChecker
 

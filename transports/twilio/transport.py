@@ -27,7 +27,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
@@ -46,11 +45,10 @@ from pipecat.frames.frames import (
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from tollbridge.registry import MULAW_8K, Role, StageKind, StageOptions
-from tollbridge.transports.twilio import protocol
+from pipecat.transports.base_transport import BaseTransport
 
-if TYPE_CHECKING:
-    from tollbridge.builder import CallContext
+from tollbridge.stage import MULAW_8K, AudioFormat, CallContext, Role, StageKind, StageOptions
+from tollbridge.transports.twilio import protocol
 
 MARK_GRACE_S = 2.0
 """How long past its expected play-out time a mark may be late before we stop waiting."""
@@ -332,10 +330,17 @@ class TwilioOutput(FrameProcessor):
         await super().cleanup()
 
 
-class TwilioTransport:
-    """The input/output pair for one call, as the builder expects from a transport."""
+class TwilioTransport(BaseTransport):
+    """The input/output pair for one call: a pipecat transport.
+
+    Its two halves are plain processors rather than pipecat's
+    BaseInputTransport / BaseOutputTransport: those run an audio task and queue
+    per direction and pace output with a sleep per chunk, costs paid on every
+    20 ms frame of every call, while Twilio already queues and paces playback.
+    """
 
     def __init__(self, connection: MediaStreamConnection):
+        super().__init__(name="twilio")
         self.connection = connection
         self._input = TwilioInput(connection)
         self._output = TwilioOutput(connection)
@@ -347,18 +352,19 @@ class TwilioTransport:
         return self._output
 
 
-def build(options: TwilioOptions, call: CallContext) -> Any:
-    if not isinstance(call.connection, MediaStreamConnection):
-        raise RuntimeError("the twilio stage runs behind the bridge's Media Streams socket")
-    return TwilioTransport(call.connection)
+class TwilioKind(StageKind):
+    name = "twilio"
+    role = Role.TRANSPORT
+    options = TwilioOptions
+    description = "Twilio Media Streams (bidirectional), μ-law 8 kHz, marks and clear"
 
+    def build(self, options: TwilioOptions, call: CallContext) -> TwilioTransport:
+        if not isinstance(call.connection, MediaStreamConnection):
+            raise RuntimeError("the twilio stage runs behind the bridge's Media Streams socket")
+        return TwilioTransport(call.connection)
 
-KIND = StageKind(
-    name="twilio",
-    role=Role.TRANSPORT,
-    options=TwilioOptions,
-    build=build,
-    description="Twilio Media Streams (bidirectional), μ-law 8 kHz, marks and clear",
-    audio_in=lambda _options: MULAW_8K,
-    audio_out=lambda _options: MULAW_8K,
-)
+    def audio_in(self, options: TwilioOptions) -> AudioFormat:
+        return MULAW_8K
+
+    def audio_out(self, options: TwilioOptions) -> AudioFormat:
+        return MULAW_8K
