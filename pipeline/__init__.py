@@ -1,0 +1,96 @@
+"""tollbridge: AI phone agents on Twilio and pipecat that know what every call costs.
+
+The public API. Load a vertical, build or run one call, write a stage kind:
+
+    from tollbridge import load_vertical, run_local_call
+    vertical = load_vertical("examples/salon")
+    call = await run_local_call(vertical, audio="caller.wav", cassette="caller.cassette.json")
+    print(call.cost.total_usd, call.cost.usd_per_minute)
+
+Names are imported on first use, so ``import tollbridge`` stays cheap
+(pipecat and the provider SDKs load only when a call needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tollbridge.builder import BuiltCall, build_call
+    from tollbridge.config import ConfigError, Stage, Vertical, load_vertical, load_verticals
+    from tollbridge.costs.lineitem import CallCost, LineItem
+    from tollbridge.costs.usage import CallUsage
+    from tollbridge.local_call import LocalCall, run_local_call
+    from tollbridge.meter import CostMeter
+    from tollbridge.registry import Registry, default_registry
+    from tollbridge.session import CallSession
+    from tollbridge.stage import (
+        MULAW_8K,
+        AudioFormat,
+        AvoidedUsage,
+        Billing,
+        BrainOptions,
+        CallContext,
+        ConfigFile,
+        ProviderOptions,
+        ReplayServer,
+        Role,
+        StageKind,
+        StageOptions,
+    )
+    from tollbridge.tools import Tool, ToolContext, at_shutdown
+
+_WHERE = {
+    # a vertical and its chain
+    "ConfigError": "config",
+    "Stage": "config",
+    "Vertical": "config",
+    "load_vertical": "config",
+    "load_verticals": "config",
+    # one call
+    "BuiltCall": "builder",
+    "CallContext": "stage",
+    "CallSession": "session",
+    "LocalCall": "local_call",
+    "build_call": "builder",
+    "run_local_call": "local_call",
+    # tools
+    "Tool": "tools",
+    "ToolContext": "tools",
+    "at_shutdown": "tools",
+    # the stage contract
+    "MULAW_8K": "stage",
+    "AudioFormat": "stage",
+    "AvoidedUsage": "stage",
+    "Billing": "stage",
+    "BrainOptions": "stage",
+    "ConfigFile": "stage",
+    "ProviderOptions": "stage",
+    "Registry": "registry",
+    "ReplayServer": "stage",
+    "Role": "stage",
+    "StageKind": "stage",
+    "StageOptions": "stage",
+    "default_registry": "registry",
+    # money
+    "CallCost": "costs.lineitem",
+    "CallUsage": "costs.usage",
+    "CostMeter": "meter",
+    "LineItem": "costs.lineitem",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tollbridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tollbridge.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
