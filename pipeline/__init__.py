@@ -80,7 +80,42 @@ _WHERE = {
     "LineItem": "costs.lineitem",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "AudioFormat",
+    "AvoidedUsage",
+    "Billing",
+    "BrainOptions",
+    "BuiltCall",
+    "CallContext",
+    "CallCost",
+    "CallSession",
+    "CallUsage",
+    "ConfigError",
+    "ConfigFile",
+    "CostMeter",
+    "LineItem",
+    "LocalCall",
+    "MULAW_8K",
+    "ProviderOptions",
+    "Registry",
+    "ReplayServer",
+    "Role",
+    "Stage",
+    "StageKind",
+    "StageOptions",
+    "Tool",
+    "ToolContext",
+    "Vertical",
+    "at_shutdown",
+    "build_call",
+    "default_registry",
+    "load_vertical",
+    "load_verticals",
+    "run_local_call",
+]
+
+
+assert set(__all__) == set(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
