@@ -81,6 +81,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "MULAW_8K",
     "AudioFormat",
     "AvoidedUsage",
     "Billing",
@@ -95,7 +96,6 @@ __all__ = [
     "CostMeter",
     "LineItem",
     "LocalCall",
-    "MULAW_8K",
     "ProviderOptions",
     "Registry",
     "ReplayServer",
