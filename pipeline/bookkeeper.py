@@ -42,7 +42,7 @@ class Bookkeeper:
         self.twilio_price = twilio_price
         """Where credentials allow: what Twilio charged for a call, read after it ended."""
         self._catalogs = {
-            v.name: catalog.with_overrides(p.model_dump() for p in v.prices) for v in verticals
+            v.name: catalog.with_overrides(p.model_dump(exclude_none=True) for p in v.prices) for v in verticals
         }
         self._default = catalog
         self._writes: set[asyncio.Task] = set()

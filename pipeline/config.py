@@ -83,6 +83,9 @@ class PriceOverride(BaseModel):
     item: str
     model: str = ""
     usd: Decimal = Field(ge=0)
+    unit: str | None = None
+    """Needed only for a row the catalog lacks (a plugin's provider); else inherited."""
+    granularity: str | None = None
     source: str = "negotiated rate"
     date: dt.date = Field(default_factory=dt.date.today)
 

@@ -32,7 +32,7 @@ class AnthropicLLMOptions(LLMOptions):
         return check_llm_model("anthropic", "anthropic.llm", value)
 
 
-def build_llm(options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMService:
+def build_llm(options: AnthropicLLMOptions, call: CallContext, kind: str) -> AnthropicLLMService:
     settings = AnthropicLLMService.Settings(
         model=options.model,
         system_instruction=options.system_prompt(),
@@ -44,7 +44,7 @@ def build_llm(options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMSe
         settings.temperature = options.temperature
     client = AsyncAnthropic(
         api_key=options.api_key(call.env),
-        base_url=call.base_url("anthropic.llm", options.base_url),
+        base_url=call.base_url(kind, options.base_url),
         max_retries=2 if options.retries is None else options.retries,
     )
     return AnthropicLLMService(api_key=options.api_key(call.env), client=client, settings=settings)
@@ -57,7 +57,7 @@ class AnthropicLLM(StageKind):
     description = "Anthropic Messages, streaming, tools, cache_control on system prompt"
 
     def build(self, options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMService:
-        return build_llm(options, call)
+        return build_llm(options, call, self.name)
 
     def billing(self, options: AnthropicLLMOptions) -> Billing:
         # pipecat reports Anthropic's input_tokens, which leave cache reads and writes out

@@ -115,7 +115,7 @@ def stt_audio_in(options: DeepgramSTTOptions) -> AudioFormat:
     return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
 
 
-def build_stt(options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTService:
+def build_stt(options: DeepgramSTTOptions, call: CallContext, kind: str) -> DeepgramSTTService:
     settings = DeepgramSTTService.Settings(
         model=options.model,
         language=Language(options.language),
@@ -129,7 +129,7 @@ def build_stt(options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTServ
         settings.keyterm = options.keyterms
     return MulawAwareDeepgramSTT(
         api_key=options.api_key(call.env),
-        base_url=call.base_url("deepgram.stt", options.base_url) or "",
+        base_url=call.base_url(kind, options.base_url) or "",
         encoding=options.encoding,
         sample_rate=options.sample_rate,
         bytes_per_sample=1 if options.encoding == "mulaw" else 2,
@@ -191,11 +191,11 @@ class MulawDeepgramTTS(MulawAudio, CachedDeepgramTTS):
     """Aura-2 with μ-law output passed through byte for byte."""
 
 
-def build_tts(options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
+def build_tts(options: DeepgramTTSOptions, call: CallContext, kind: str) -> DeepgramTTSService:
     service = MulawDeepgramTTS if options.encoding == "mulaw" else CachedDeepgramTTS
     return service(
         api_key=options.api_key(call.env),
-        base_url=call.base_url("deepgram.tts", options.base_url) or "wss://api.deepgram.com",
+        base_url=call.base_url(kind, options.base_url) or "wss://api.deepgram.com",
         encoding=options.encoding,
         sample_rate=options.sample_rate,
         settings=DeepgramTTSService.Settings(voice=options.voice, speed=options.speed),
@@ -209,7 +209,7 @@ class DeepgramSTT(StageKind):
     description = "Deepgram Nova streaming speech-to-text (μ-law 8 kHz taken as is)"
 
     def build(self, options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTService:
-        return build_stt(options, call)
+        return build_stt(options, call, self.name)
 
     def billing(self, options: DeepgramSTTOptions) -> Billing:
         return Billing("deepgram", options.model)
@@ -230,7 +230,7 @@ class DeepgramTTS(StageKind):
     description = "Deepgram Aura-2 text-to-speech (μ-law 8 kHz out, nothing transcoded)"
 
     def build(self, options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
-        return build_tts(options, call)
+        return build_tts(options, call, self.name)
 
     def billing(self, options: DeepgramTTSOptions) -> Billing:
         return Billing("deepgram", options.voice)

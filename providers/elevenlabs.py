@@ -70,7 +70,7 @@ def audio_out(options: ElevenLabsTTSOptions) -> AudioFormat:
     return AudioFormat("pcm16", int(options.output.split("_")[1]))
 
 
-def build_tts(options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTSService:
+def build_tts(options: ElevenLabsTTSOptions, call: CallContext, kind: str) -> ElevenLabsTTSService:
     rate = audio_out(options).sample_rate
     settings = ElevenLabsTTSService.Settings(
         voice=options.voice,
@@ -82,7 +82,7 @@ def build_tts(options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTS
     service = MulawBytesElevenLabsTTS if options.output == "ulaw_8000" else MulawElevenLabsTTS
     return service(
         api_key=options.api_key(call.env),
-        url=call.base_url("elevenlabs.tts", options.base_url) or "wss://api.elevenlabs.io",
+        url=call.base_url(kind, options.base_url) or "wss://api.elevenlabs.io",
         sample_rate=rate,
         output_format=options.output,
         settings=settings,
@@ -96,7 +96,7 @@ class ElevenLabsTTS(StageKind):
     description = "ElevenLabs streaming TTS (ulaw_8000 out, nothing transcoded)"
 
     def build(self, options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTSService:
-        return build_tts(options, call)
+        return build_tts(options, call, self.name)
 
     def billing(self, options: ElevenLabsTTSOptions) -> Billing:
         return Billing("elevenlabs", options.model)

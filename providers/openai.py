@@ -28,7 +28,7 @@ class OpenAILLMOptions(LLMOptions):
         return check_llm_model("openai", "openai.llm", value)
 
 
-def build_llm(options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
+def build_llm(options: OpenAILLMOptions, call: CallContext, kind: str) -> OpenAILLMService:
     settings = OpenAILLMService.Settings(
         model=options.model,
         system_instruction=options.system_prompt(),
@@ -39,7 +39,7 @@ def build_llm(options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
         settings.temperature = options.temperature
     return OpenAILLMService(
         api_key=options.api_key(call.env),
-        base_url=call.base_url("openai.llm", options.base_url),
+        base_url=call.base_url(kind, options.base_url),
         settings=settings,
     )
 
@@ -51,7 +51,7 @@ class OpenAILLM(StageKind):
     description = "OpenAI Chat Completions, streaming, tools, automatic prompt caching"
 
     def build(self, options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
-        return build_llm(options, call)
+        return build_llm(options, call, self.name)
 
     def billing(self, options: OpenAILLMOptions) -> Billing:
         return Billing("openai", options.model)

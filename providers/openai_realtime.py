@@ -67,7 +67,7 @@ class MulawRealtime(OpenAIRealtimeLLMService):
         return int(total_bytes * 1000 / MULAW_RATE)
 
 
-def build(options: OpenAIRealtimeOptions, call: CallContext) -> OpenAIRealtimeLLMService:
+def build(options: OpenAIRealtimeOptions, call: CallContext, kind: str) -> OpenAIRealtimeLLMService:
     if options.turn_detection == "server_vad":
         turns = events.TurnDetection(silence_duration_ms=options.silence_ms)
     else:
@@ -82,7 +82,7 @@ def build(options: OpenAIRealtimeOptions, call: CallContext) -> OpenAIRealtimeLL
     )
     return MulawRealtime(
         api_key=options.api_key(call.env),
-        base_url=call.base_url("openai.realtime", options.base_url)
+        base_url=call.base_url(kind, options.base_url)
         or "wss://api.openai.com/v1/realtime",
         settings=OpenAIRealtimeLLMService.Settings(
             model=options.model, system_instruction=options.system_prompt(),
@@ -98,7 +98,7 @@ class OpenAIRealtime(StageKind):
     description = "OpenAI Realtime speech-to-speech, μ-law 8 kHz both ways"
 
     def build(self, options: OpenAIRealtimeOptions, call: CallContext) -> OpenAIRealtimeLLMService:
-        return build(options, call)
+        return build(options, call, self.name)
 
     def billing(self, options: OpenAIRealtimeOptions) -> Billing:
         return Billing("openai", options.model)
