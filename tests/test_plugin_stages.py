@@ -97,7 +97,7 @@ def test_a_replayed_call_runs_through_the_plugin_and_bills_its_provider(plugin_s
     spoken = " ".join(result.stdout.split())
     assert "agent Yes, one seven Oak Avenue" in spoken  # the digit reader ran before the TTS
     [row] = [line for line in result.stdout.splitlines() if "tts:aura-2-andromeda-en" in line]
-    item, provider, quantity, unit, unit_price, usd = (c.strip() for c in row.strip("│ ").split("│"))
+    _item, provider, quantity, unit, unit_price, usd = (c.strip() for c in row.strip("│ ").split("│"))
     assert (provider, unit, Decimal(unit_price)) == ("acme", "char", Decimal("0.00002"))
     assert Decimal(usd) == Decimal(quantity) * Decimal("0.00002")
     assert (tmp_path / "agent.wav").stat().st_size > 44
