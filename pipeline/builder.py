@@ -118,8 +118,11 @@ class _StageBuilder:
         if stage.fallback is None:
             return primary
         [first], [backup] = primary, self._one(stage.fallback)
-        switcher_type = LLMSwitcher if isinstance(first, LLMService) else ServiceSwitcher
-        switcher = switcher_type([first, backup], strategy_type=FailOverOnAnyError)
+        switcher: ServiceSwitcher[Any]
+        if isinstance(first, LLMService) and isinstance(backup, LLMService):
+            switcher = LLMSwitcher([first, backup], strategy_type=FailOverOnAnyError)
+        else:
+            switcher = ServiceSwitcher([first, backup], strategy_type=FailOverOnAnyError)
 
         @switcher.strategy.event_handler("on_service_switched")
         async def switched(_strategy: Any, active: FrameProcessor) -> None:

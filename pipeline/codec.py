@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Any
 
 from pipecat.frames.frames import (
     Frame,
@@ -46,7 +47,7 @@ class _Resampler:
 
     def __init__(self, from_rate: int, to_rate: int):
         self.from_rate, self.to_rate = from_rate, to_rate
-        self._state = None
+        self._state: Any = None  # audioop.ratecv's opaque filter state
 
     def __call__(self, pcm: bytes) -> bytes:
         if self.from_rate == self.to_rate:

@@ -116,7 +116,7 @@ class VerticalFile(BaseModel):
     budget_farewell: str = DEFAULT_BUDGET_FAREWELL
     phrase_cache: bool = True
     """Synthesize the greeting and farewell once per process and replay them."""
-    telephony: Telephony = Field(default_factory=Telephony)
+    telephony: Telephony = Field(default_factory=lambda: Telephony())
     prices: list[PriceOverride] = Field(default_factory=list)
     chain: list[dict[str, Any]] = Field(min_length=1)
 
@@ -154,7 +154,8 @@ class Vertical:
         """Environment variable → the stage needing it (for key checks)."""
         needed: dict[str, str] = {}
         for stage in self.chain:
-            where, current = f"chain[{stage.index}]", stage
+            where = f"chain[{stage.index}]"
+            current: Stage | None = stage
             while current is not None:
                 name = current.kind.api_key_env(current.options)
                 if name:

@@ -40,7 +40,7 @@ from tollbridge.transports.twilio.softphone import (
     SoftphoneResult,
     load_caller_audio,
 )
-from tollbridge.transports.twilio.transport import ConnectionStats
+from tollbridge.transports.twilio.transport import ConnectionStats, TwilioTransport
 
 CALLER_NUMBER = "+15550109999"
 
@@ -94,7 +94,7 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _conversation(messages: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[ToolUse]]:
+def _conversation(messages: Sequence[Any]) -> tuple[list[tuple[str, str]], list[ToolUse]]:
     lines: list[tuple[str, str]] = []
     tools: dict[str, ToolUse] = {}
     order: list[ToolUse] = []
@@ -115,14 +115,14 @@ def _conversation(messages: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, s
                 tools[call.get("id", "")] = use
                 order.append(use)
         elif role == "tool":
-            use = tools.get(message.get("tool_call_id", ""))
+            answered = tools.get(message.get("tool_call_id", ""))
             content = _text(message.get("content"))
             try:
                 result = json.loads(content)
             except (json.JSONDecodeError, TypeError):
                 result = content
-            if use:
-                use.result = result
+            if answered:
+                answered.result = result
                 lines.append(("tool", f"{use.name}({json.dumps(use.arguments)}) → {content}"))
     return lines, order
 
@@ -167,7 +167,7 @@ async def run_local_call(
     async def keep(session: CallSession) -> None:
         sessions.append(session)
         if record_to:
-            stats = session.built.transport.connection.stats
+            stats = _stats(session)
             recorder = CassetteRecorder(lambda: stats.audio_bytes_in / 8000)
             session.worker.add_observer(recorder)
             recorders.append(recorder)
@@ -226,20 +226,28 @@ async def run_local_call(
     if not sessions or sessions[0].usage is None:
         raise RuntimeError(f"the call never started (softphone ended with {phone.ended_by!r})")
     session = sessions[0]
+    usage = session.usage
+    assert usage is not None
     if record_to and recorders:
         recorders[0].cassette(f"{vertical.name} call {session.call.call_sid}").save(record_to)
     conversation, tools = _conversation(session.built.context.get_messages())
     return LocalCall(
         vertical=vertical,
         phone=phone,
-        usage=session.usage,
+        usage=usage,
         cost=bookkeeper.costs[session.call.call_sid],
-        stats=session.built.transport.connection.stats,
+        stats=_stats(session),
         conversation=conversation,
         tools=tools,
         replay_failures=failures,
         provider_fakes=fakes,
     )
+
+
+def _stats(session: CallSession) -> ConnectionStats:
+    transport = session.built.transport
+    assert isinstance(transport, TwilioTransport), "local calls run behind the Media Streams socket"
+    return transport.connection.stats
 
 
 def print_call(call: LocalCall, console: Console) -> None:

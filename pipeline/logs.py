@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -33,7 +34,7 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secret-named keys and secret-shaped text."""
     for key, value in event.items():
         if _SECRET_KEYS.search(key) and value not in (None, ""):

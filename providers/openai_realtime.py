@@ -68,6 +68,7 @@ class MulawRealtime(OpenAIRealtimeLLMService):
 
 
 def build(options: OpenAIRealtimeOptions, call: CallContext, kind: str) -> OpenAIRealtimeLLMService:
+    turns: events.TurnDetection | events.SemanticTurnDetection
     if options.turn_detection == "server_vad":
         turns = events.TurnDetection(silence_duration_ms=options.silence_ms)
     else:

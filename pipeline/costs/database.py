@@ -83,7 +83,8 @@ class _SQLite:
     """One aiosqlite connection; a lock keeps each transaction to itself."""
 
     types: Mapping[str, str] = {"money": "TEXT", "timestamp": "TEXT"}
-    migration_lock = call_lock = None  # BEGIN IMMEDIATE already serialises all writers
+    migration_lock: str | None = None  # BEGIN IMMEDIATE already serialises all writers
+    call_lock: str | None = None
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
@@ -153,8 +154,8 @@ class _Postgres:
     types: Mapping[str, str] = {"money": "NUMERIC", "timestamp": "TIMESTAMPTZ"}
     # Two processes opening the same database must not both run a migration, and a
     # call's record and its status callback must not interleave (each would miss the other).
-    migration_lock = "SELECT pg_advisory_xact_lock(7242, 0)"
-    call_lock = "SELECT pg_advisory_xact_lock(7243, hashtext(?))"
+    migration_lock: str | None = "SELECT pg_advisory_xact_lock(7242, 0)"
+    call_lock: str | None = "SELECT pg_advisory_xact_lock(7243, hashtext(?))"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

@@ -92,17 +92,16 @@ class _Profile(_Strict):
 
 def _split(kind: type[_Request], totals: _LLM | _Realtime) -> list[_Request]:
     """Spread a profile's call totals over its requests, as tiered prices are per request."""
-    fields = totals.model_dump(exclude={"requests"})
+    fields: dict[str, Any] = totals.model_dump(exclude={"requests"})
     n = totals.requests
-    return [
-        kind(
-            **{
-                key: value if isinstance(value, str) else value // n + (i < value % n)
-                for key, value in fields.items()
-            }
-        )
+    shares: list[dict[str, Any]] = [
+        {
+            key: value if isinstance(value, str) else value // n + (i < value % n)
+            for key, value in fields.items()
+        }
         for i in range(n)
     ]
+    return [kind(**share) for share in shares]
 
 
 def load_profile(path: Path | str) -> CallUsage:

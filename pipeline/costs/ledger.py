@@ -264,7 +264,8 @@ class Ledger:
 
         Sums are done here in Decimal, not in SQL, because SQLite would sum TEXT as floats.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         for column, value in (("tenant", tenant), ("vertical", vertical)):
             if value is not None:
                 where.append(f"c.{column} = ?")

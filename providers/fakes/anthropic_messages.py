@@ -302,8 +302,8 @@ class AnthropicMessagesFake(FakeHTTPServer):
             return self._reject(400, "invalid_request_error", str(e), request_id)
 
         if self.fail_status is not None:
-            type_, message = _FAILURES.get(self.fail_status, _FAILURES[500])
-            return anthropic_error(self.fail_status, type_, message, request_id)
+            type_, text = _FAILURES.get(self.fail_status, _FAILURES[500])
+            return anthropic_error(self.fail_status, type_, text, request_id)
 
         try:
             turn = self.script.check(last_user_text(body["messages"]))
@@ -311,7 +311,7 @@ class AnthropicMessagesFake(FakeHTTPServer):
             return self._reject(400, "invalid_request_error", str(e), request_id)
 
         usage = self._usage(body["model"], blocks, turn)
-        content = [{"type": "text", "text": turn["text"]}] if turn.get("text") else []
+        content: list[dict[str, Any]] = [{"type": "text", "text": turn["text"]}] if turn.get("text") else []
         content += [
             {
                 "type": "tool_use",
@@ -321,7 +321,7 @@ class AnthropicMessagesFake(FakeHTTPServer):
             }
             for c in turn.get("tool_calls", [])
         ]
-        message = {
+        message: dict[str, Any] = {
             "id": self._next_id("msg_"),
             "type": "message",
             "role": "assistant",

@@ -422,7 +422,7 @@ class RealtimeSession:
         heard = upcoming.get("heard", upcoming.get("match", ""))
         transcribing = bool(self.config["audio"]["input"].get("transcription"))
         previous = self._last_item_id()
-        item = {
+        item: dict[str, Any] = {
             "id": item_id,
             "object": "realtime.item",
             "type": "message",
@@ -745,7 +745,7 @@ class RealtimeSession:
     async def _say(self, response: _Response, text: str) -> bool:
         """Stream a spoken (or text) reply; False if the fake failed on purpose midway."""
         audio = response.modality == "audio"
-        item = {
+        item: dict[str, Any] = {
             "id": self.fake.next_id("item_"),
             "object": "realtime.item",
             "type": "message",
@@ -774,7 +774,7 @@ class RealtimeSession:
             format_type = self.config["audio"]["output"]["format"]["type"]
             sound = speech(text, format_type)
             step = DELTA_MS * bytes_per_ms(format_type)
-            chunks = [sound[i : i + step] for i in range(0, len(sound), step)]
+            chunks: list[Any] = [sound[i : i + step] for i in range(0, len(sound), step)]
         else:
             chunks = pieces
         sent_words = 0

@@ -18,7 +18,7 @@ from tollbridge.logs import get_logger
 from tollbridge.session import CallSession, Pricer, UsageSink
 from tollbridge.stage import CallContext
 from tollbridge.transports.twilio import protocol
-from tollbridge.transports.twilio.transport import MediaStreamConnection
+from tollbridge.transports.twilio.transport import MediaStreamConnection, TwilioTransport
 
 START_TIMEOUT_S = 10.0
 MAX_BAD_MESSAGES = 50
@@ -113,6 +113,7 @@ async def _wait_for_start(reader: _Reader) -> protocol.Start | None:
 async def _pump(reader: _Reader, session: CallSession, connection: MediaStreamConnection) -> str:
     """Feed the call's events into its pipeline; return why the caller side ended."""
     transport = session.built.transport
+    assert isinstance(transport, TwilioTransport), "a Media Stream feeds the twilio stage"
     try:
         while (event := await reader.next()) is not None:
             if isinstance(event, protocol.Media):
