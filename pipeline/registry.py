@@ -17,7 +17,7 @@ from tollbridge.stage import StageKind
 ENTRY_POINT_GROUP = "tollbridge.stages"
 
 
-class RegistryError(Exception):
+class RegistryError(RuntimeError):
     """A plugin entry point that cannot be loaded; the message names it and its package."""
 
 

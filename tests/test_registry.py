@@ -1,0 +1,46 @@
+"""Stage kinds come from the tollbridge.stages entry points, tollbridge's own included."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, distribution
+
+import pytest
+
+from tollbridge.registry import ENTRY_POINT_GROUP, Registry, RegistryError, _load, default_registry
+from tollbridge.stage import Role, StageKind
+
+
+def test_every_built_in_kind_is_registered_through_an_entry_point():
+    ours = {ep.name for ep in distribution("tollbridge").entry_points if ep.group == ENTRY_POINT_GROUP}
+    assert ours == {"twilio", "deepgram.stt", "deepgram.tts", "openai.llm", "openai.realtime",
+                    "anthropic.llm", "elevenlabs.tts", "cost.meter"}
+    assert ours <= set(default_registry().names())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("tollbridge_no_such_module:Kind", "failed to load: ModuleNotFoundError"),
+        ("tollbridge.stage:Role", "must name a StageKind subclass"),
+        ("tollbridge.providers.deepgram:DeepgramTTS", "names kind 'deepgram.tts'"),
+    ],
+)
+def test_a_broken_entry_point_is_named_in_the_error(value, message):
+    with pytest.raises(RegistryError) as raised:
+        _load(EntryPoint("acme.stt", value, ENTRY_POINT_GROUP))
+    assert f"entry point 'acme.stt' = '{value}'" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_two_kinds_may_not_share_a_name():
+    class Impostor(StageKind):
+        name = "deepgram.stt"
+        role = Role.STT
+
+        def build(self, options, call):
+            raise NotImplementedError
+
+    registry = Registry()
+    registry.register(type(default_registry().get("deepgram.stt")))
+    with pytest.raises(RegistryError, match="registered twice"):
+        registry.register(Impostor)
