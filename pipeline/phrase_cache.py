@@ -27,6 +27,7 @@ from pipecat.frames.frames import (
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
+from tollbridge import pipecat_internals
 
 MAX_CACHE_BYTES = 8 * 1024 * 1024
 """About 17 minutes of μ-law: far more fixed phrases than a process serves."""
@@ -137,11 +138,10 @@ class PhraseCaching:
             yield TTSStartedFrame(context_id=context_id)
         for chunk in chunks:
             yield TTSAudioRawFrame(chunk, self.sample_rate, 1, context_id=context_id)
-        if self._push_text_frames:  # else the base sends the untimed words at the stop frame
+        if pipecat_internals.pushes_text_frames(self):  # if not, the base sends them untimed
             spoken = TTSTextFrame(text.strip(), text_type="sentence")
             spoken.context_id = context_id
-            context = self._tts_contexts.get(context_id)
-            spoken.append_to_context = context.append_to_context if context else True
+            spoken.append_to_context = pipecat_internals.appends_to_context(self, context_id)
             yield spoken
         yield TTSStoppedFrame(context_id=context_id)
         self._served.add(context_id)
