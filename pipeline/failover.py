@@ -6,6 +6,8 @@ from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.service_switcher import ServiceSwitcherStrategyFailover
 from pipecat.processors.frame_processor import FrameProcessor
 
+from tollbridge import pipecat_internals
+
 
 class FailOverOnAnyError(ServiceSwitcherStrategyFailover):
     """Move to the fallback on any error from the active provider.
@@ -25,5 +27,5 @@ class FailOverOnAnyError(ServiceSwitcherStrategyFailover):
         for step in range(1, len(self.services)):
             candidate = self.services[(here + step) % len(self.services)]
             if candidate.is_usable:
-                return await self._set_active_if_available(candidate)
+                return await pipecat_internals.activate(self, candidate)
         return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipecat.frames.frames import (
     Frame,
@@ -27,6 +28,15 @@ from pipecat.frames.frames import (
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
+
+from tollbridge import pipecat_internals
+
+if TYPE_CHECKING:
+    from pipecat.services.tts_service import TTSService
+
+    _TTSMixin = TTSService
+else:
+    _TTSMixin = object  # a mixin: the TTS service is a later base
 
 MAX_CACHE_BYTES = 8 * 1024 * 1024
 """About 17 minutes of μ-law: far more fixed phrases than a process serves."""
@@ -83,7 +93,7 @@ class _Recording:
     """The provider ended the context; a context that only went quiet may be cut short."""
 
 
-class PhraseCaching:
+class PhraseCaching(_TTSMixin):
     """Mixin (first among a pipecat TTS service's bases) serving fixed phrases from a store.
 
     Until `use_phrase_cache` is called the service behaves exactly as its base.
@@ -136,11 +146,10 @@ class PhraseCaching:
             yield TTSStartedFrame(context_id=context_id)
         for chunk in chunks:
             yield TTSAudioRawFrame(chunk, self.sample_rate, 1, context_id=context_id)
-        if self._push_text_frames:  # else the base sends the untimed words at the stop frame
+        if pipecat_internals.pushes_text_frames(self):  # if not, the base sends them untimed
             spoken = TTSTextFrame(text.strip(), text_type="sentence")
             spoken.context_id = context_id
-            context = self._tts_contexts.get(context_id)
-            spoken.append_to_context = context.append_to_context if context else True
+            spoken.append_to_context = pipecat_internals.appends_to_context(self, context_id)
             yield spoken
         yield TTSStoppedFrame(context_id=context_id)
         self._served.add(context_id)
@@ -170,7 +179,7 @@ class PhraseCaching:
 
     async def on_audio_context_completed(self, context_id: str) -> None:
         recording = self._recording.pop(context_id, None) if self._phrase_store is not None else None
-        if recording and recording.ended:
+        if recording and recording.ended and self._phrase_store is not None:
             self._phrase_store.put(recording.key, tuple(recording.chunks))
         await super().on_audio_context_completed(context_id)
 

@@ -16,6 +16,7 @@ from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.transcriptions.language import Language
 from pydantic import Field, field_validator
 
+from tollbridge import pipecat_internals
 from tollbridge.phrase_cache import PhraseCaching
 from tollbridge.providers.mulaw_tts import MulawAudio
 from tollbridge.providers.silence_gate import SilenceGate
@@ -84,15 +85,15 @@ class MulawAwareDeepgramSTT(DeepgramSTTService):
         self._bytes_per_sample = bytes_per_sample
         self.silence_gate = silence_gate
 
+    # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     def _record_stt_audio_usage(self, audio: bytes | bytearray) -> None:
         if self.silence_gate is None:
             self._count_sent(audio)
 
     def _count_sent(self, audio: bytes | bytearray) -> None:
         if self.sample_rate > 0:
-            self._stt_usage_pending_seconds += len(audio) / (
-                self.sample_rate * self._bytes_per_sample
-            )
+            seconds = len(audio) / (self.sample_rate * self._bytes_per_sample)
+            pipecat_internals.add_stt_seconds(self, seconds)
 
     def avoided_usage(self) -> float:
         """Seconds of silence the gate held back (see `tollbridge.stage.AvoidedUsage`)."""

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pydantic import Field
 
+from tollbridge import pipecat_internals
 from tollbridge.phrase_cache import PhraseCaching
 from tollbridge.providers.mulaw_tts import MulawAudio
 from tollbridge.stage import (
@@ -47,14 +48,12 @@ class MulawElevenLabsTTS(PhraseCaching, ElevenLabsTTSService):
         super().__init__(**kwargs)
         self._fixed_output_format = output_format
 
-    async def setup(self, setup):
-        self._output_format = self._fixed_output_format
-        await super().setup(setup)
-
+    # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     async def _connect_websocket(self):
-        self._output_format = self._fixed_output_format
+        pipecat_internals.set_elevenlabs_output_format(self, self._fixed_output_format)
         await super()._connect_websocket()
 
+    # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     async def _close_context(self, context_id: str):
         if not self.served_from_cache(context_id):  # ElevenLabs never opened that one
             await super()._close_context(context_id)

@@ -9,12 +9,7 @@ the provider sent it.
 
 from __future__ import annotations
 
-from pipecat.frames.frames import TTSAudioRawFrame
-
-
-def _whole_mulaw_samples(_context_id: str, frame: TTSAudioRawFrame) -> bool:
-    frame.num_frames = len(frame.audio)
-    return bool(frame.audio)
+from tollbridge import pipecat_internals
 
 
 class MulawAudio:
@@ -22,4 +17,4 @@ class MulawAudio:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._audio_context_manager._align_audio_frame = _whole_mulaw_samples
+        pipecat_internals.install_mulaw_alignment(self)

@@ -50,6 +50,7 @@ class OpenAIRealtimeOptions(LLMOptions):
 class MulawRealtime(OpenAIRealtimeLLMService):
     """pipecat's Realtime service with the session's μ-law format honoured both ways."""
 
+    # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     async def _send_user_audio(self, frame: InputAudioRawFrame) -> None:
         if frame.audio:
             payload = base64.b64encode(frame.audio).decode("ascii")
@@ -61,6 +62,7 @@ class MulawRealtime(OpenAIRealtimeLLMService):
             frame.num_frames = len(frame.audio)
         await super().push_frame(frame, direction)
 
+    # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     def _calculate_audio_duration_ms(
         self, total_bytes: int, sample_rate: int = MULAW_RATE, bytes_per_sample: int = 1
     ) -> int:

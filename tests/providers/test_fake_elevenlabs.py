@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import run_pipeline
+from tollbridge.providers.elevenlabs import MulawBytesElevenLabsTTS, MulawElevenLabsTTS
 from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "xi-test-key"
@@ -76,6 +77,29 @@ async def test_audio_alignment_and_usage_through_pipecat() -> None:
     assert record.query["output_format"] == "pcm_8000"
     assert "xi-api-key" not in {name.lower() for name in record.headers}
     assert record.messages[-1] == {"close_socket": True}
+
+
+@pytest.mark.parametrize(
+    ("service", "output", "rate", "width"),
+    [(MulawBytesElevenLabsTTS, "ulaw_8000", 8000, 1), (MulawElevenLabsTTS, "pcm_16000", 16000, 2)],
+)
+async def test_our_service_asks_for_its_output_format(
+    service: type[MulawElevenLabsTTS], output: str, rate: int, width: int
+) -> None:
+    """Not pcm_<rate> as pipecat would; μ-law's odd byte count passes as sent, unpadded."""
+    text = "Hello there, caller."  # 11429 samples at 8 kHz: an odd number of μ-law bytes
+    async with FakeElevenLabs(KEY) as fake:
+        tts = service(
+            api_key=KEY, url=fake.base_url, sample_rate=rate, output_format=output,
+            settings=ElevenLabsTTSService.Settings(voice=VOICE),
+        )
+        async with run_pipeline([tts]) as pipeline:
+            await pipeline.queue(TTSSpeakFrame(text))
+            await pipeline.downstream.wait_for(TTSStoppedFrame)
+
+    assert [record.query["output_format"] for record in fake.requests] == [output]
+    audio = sum(len(frame.audio) for frame in pipeline.downstream.of_type(TTSAudioRawFrame))
+    assert audio == round(len(text) * rate / 14) * width
 
 
 async def test_wrong_key_is_refused_at_the_handshake() -> None:
