@@ -5,7 +5,7 @@ tollbridge: the entry's other keys are its constructor's keyword arguments,
 validated against its signature before a call starts (an unknown key or a
 wrong type is an error naming the key), and one instance is built per call.
 The module is looked up beside the vertical file first (like its tools),
-then on the import path. Such a stage bills nothing and needs no replay
+then in the current directory and on the import path. Such a stage bills nothing and needs no replay
 fake: it changes frames, not providers.
 """
 
@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import typing
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pipecat.processors.frame_processor import FrameProcessor
@@ -52,17 +55,26 @@ def processor_kind(use: str, folder: Path) -> PlainProcessorKind:
     module_name, _, attr = use.partition(":")
     if not module_name or not attr.isidentifier():
         raise ValueError(f'"{use}" is not of the form "package.module:ClassName"')
-    try:
-        module = import_beside(folder, module_name) or importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f'cannot import "{module_name}" ({error}); it is looked for beside the vertical '
-            "file, then on the Python path"
-        ) from None
+    module = import_beside(folder, module_name) or _import(module_name)
     processor = getattr(module, attr, None)
     if not (isinstance(processor, type) and issubclass(processor, FrameProcessor)):
         raise ValueError(f'"{use}" must name a pipecat FrameProcessor subclass, not {processor!r}')
     return PlainProcessorKind(use, processor)
+
+
+def _import(module_name: str) -> ModuleType:
+    """Import from the current directory or the Python path (as uvicorn finds `app:app`)."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f'cannot import "{module_name}" ({error}); it is looked for beside the vertical '
+            "file, in the current directory, then on the Python path"
+        ) from None
+    except Exception as error:
+        raise ValueError(f'importing "{module_name}" failed: {error!r}') from error
 
 
 def _options_model(processor: type[FrameProcessor]) -> type[StageOptions]:

@@ -9,6 +9,7 @@ still serves the greeting on the next call, and the cassette still replays.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,14 @@ def test_a_processor_may_not_come_before_the_transport(tmp_path):
     path.write_text(text.replace('[[chain]]\nuse = "twilio"', '[[chain]]\nuse = "shout:Shout"\n\n[[chain]]\nuse = "twilio"'))
     with pytest.raises(ConfigError, match=r"chain\[1\]\.use: the transport must be the first stage"):
         load_vertical(path)
+
+
+def test_a_processor_module_in_the_current_directory_is_found(tmp_path, monkeypatch):
+    path = with_processor(tmp_path, '[[chain]]\nuse = "shout_in_cwd:Shout"\nending = "!"')
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "shout_in_cwd.py").write_text(SHOUT)
+    monkeypatch.chdir(here)
+    monkeypatch.setattr("sys.path", list(sys.path))
+    stage = load_vertical(path).chain[3]
+    assert stage.name == "shout_in_cwd:Shout" and stage.options.model_dump(exclude_unset=True) == {"ending": "!"}
