@@ -14,7 +14,7 @@ import json
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import genai_prices
 import typer
@@ -29,8 +29,20 @@ from tollbridge.costs.pricing import price_call
 
 costs_app = typer.Typer(help="Prices, cost estimates and the cost ledger.", no_args_is_help=True)
 
-_console = Console()
-_warn = Console(stderr=True, style="yellow")
+
+class _PrintTimeConsole:
+    """A rich console made afresh for each print, so its width is the terminal's (or
+    COLUMNS') when the command prints, not whatever it was when this module was imported."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        Console(**self._options).print(*objects, **kwargs)
+
+
+_console = _PrintTimeConsole()
+_warn = _PrintTimeConsole(stderr=True, style="yellow")
 
 CatalogOption = Annotated[
     Path | None,
