@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tollbridge import logs
-from tollbridge.config import ConfigError, Vertical, load_vertical, load_verticals
+from tollbridge.config import ConfigError, Stage, Vertical, load_vertical, load_verticals
 
 app = typer.Typer(
     name="tollbridge",
@@ -68,7 +68,8 @@ def _chain_table(vertical: Vertical) -> Table:
     for column in ("#", "kind", "role", "audio in", "audio out", "options"):
         table.add_column(column)
     for stage in vertical.chain:
-        index, current = str(stage.index), stage
+        index = str(stage.index)
+        current: Stage | None = stage
         while current is not None:
             options = current.options.model_dump(exclude_defaults=True, exclude_none=True)
             if "prompt" in options:

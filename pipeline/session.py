@@ -30,7 +30,7 @@ from tollbridge.stage import CallContext, Role
 
 CANCEL_TIMEOUT_S = 5.0
 
-UsageSink = Callable[[CallUsage], Awaitable[None]]
+UsageSink = Callable[[CallUsage], Awaitable[object]]
 Pricer = Callable[[CallUsage], CallCost]
 
 

@@ -8,7 +8,10 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from tollbridge.bookkeeper import Bookkeeper
@@ -29,6 +32,42 @@ from tollbridge.transports.twilio.softphone import Softphone
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+
+PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL server the ledger and example tests use, each in a schema of its own."""
+REQUIRE_POSTGRES = os.environ.get("TOLLBRIDGE_REQUIRE_POSTGRES", "") not in ("", "0")
+"""Set (CI does): an unreachable server fails those tests instead of skipping them."""
+_pg_unreachable: list[str] = []
+"""Why the server could not be reached, once per process: later tests skip at once."""
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _no_postgres(reason: str) -> NoReturn:
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{reason} (TOLLBRIDGE_REQUIRE_POSTGRES is set, so this fails)", pytrace=False)
+    pytest.skip(reason)
+
+
+async def connect_postgres() -> asyncpg.Connection:
+    """A connection to the test server; the test skips (or, with TOLLBRIDGE_REQUIRE_POSTGRES,
+    fails) when nothing answers there. A server that answers but refuses us is an error."""
+    if not _pg_unreachable:
+        try:
+            return await asyncpg.connect(PG_URL, timeout=10)
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            _pg_unreachable.append(
+                f"PostgreSQL not reachable at {_without_password(PG_URL)}"
+                f" ({exc or type(exc).__name__}):"
+                " start one there or set TOLLBRIDGE_TEST_PG_URL to one"
+            )
+    _no_postgres(_pg_unreachable[0])
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,13 +10,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
+from tests.conftest import PG_URL, connect_postgres
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.usage import CallUsage
 
-PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PROFILES = Path(__file__).resolve().parents[2] / "examples" / "profiles"
 STARTED = dt.datetime(2026, 11, 20, 15, 30, tzinfo=dt.UTC)
 
@@ -62,7 +60,7 @@ async def pg_schema() -> AsyncIterator[str]:
     """The real PostgreSQL server, in a schema of our own that is dropped afterwards,
     so parallel runs never see each other's tables."""
     schema = f"tb_costs_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_URL)
+    conn = await connect_postgres()
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield with_query(PG_URL, search_path=schema)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -11,13 +10,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import asyncpg
 import pytest
 
+from tests.conftest import PG_URL, connect_postgres
 from tollbridge.tools import Tool, ToolContext, load_tools
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-PG_URL = os.environ.get("TOLLBRIDGE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CALLER = "+15550100999"
 
 
@@ -58,7 +56,7 @@ class ExampleTools:
 async def pg_schema() -> AsyncIterator[str]:
     """The real PostgreSQL server, in a schema of our own that is dropped afterwards."""
     schema = f"tb_examples_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_URL)
+    conn = await connect_postgres()
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={schema}"

@@ -80,7 +80,7 @@ class Bridge:
         verticals: list[Vertical],
         settings: BridgeSettings,
         *,
-        on_finished: Callable[[Any], Awaitable[None]] | None = None,
+        on_finished: Callable[[Any], Awaitable[object]] | None = None,
         on_status: Callable[[StatusUpdate], Awaitable[None]] | None = None,
         on_session: Callable[[CallSession], Awaitable[None]] | None = None,
         pricer: Pricer | None = None,

@@ -121,11 +121,12 @@ class _PlaybackBuffer:
 
     def play(self, nbytes: int) -> list[str]:
         """Play up to `nbytes`; return the marks reached."""
-        reached = []
+        reached: list[str] = []
         while self.queue:
             head = self.queue[0]
             if isinstance(head, str):
-                reached.append(self.queue.popleft())
+                reached.append(head)
+                self.queue.popleft()
                 continue
             if nbytes <= 0:
                 break
