@@ -59,10 +59,10 @@ class StatusUpdate:
 class BridgeSettings:
     public_url: str = "http://127.0.0.1:8084"
     """Base URL Twilio uses to reach the bridge (signatures are computed on it)."""
-    auth_token: str = ""
+    auth_token: str = field(default="", repr=False)
     validate_signatures: bool = True
     """Only for local development: false accepts unsigned requests."""
-    api_token: str = ""
+    api_token: str = field(default="", repr=False)
     """Bearer token for POST /calls; empty disables the endpoint."""
     base_urls: Mapping[str, str] = field(default_factory=dict)
     """Stage kind → base URL overriding the configs (offline calls, tests)."""
