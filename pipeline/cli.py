@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from tollbridge import logs
 from tollbridge.config import ConfigError, Stage, Vertical, load_vertical, load_verticals
+from tollbridge.settings import Settings, load_settings
 
 app = typer.Typer(
     name="tollbridge",
@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
-state = {"debug": False}
+state: dict[str, Any] = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -45,7 +45,13 @@ def main(
     ] = False,
 ) -> None:
     state["debug"] = debug
-    logs.configure("DEBUG" if debug else os.environ.get("TOLLBRIDGE_LOG_LEVEL", "WARNING"))
+    state["settings"] = guarded(load_settings)
+    logs.configure("DEBUG" if debug else _settings().tollbridge_log_level)
+
+
+def _settings() -> Settings:
+    """The settings read from the environment when the command started."""
+    return state["settings"]
 
 
 def fail(message: str) -> typer.Exit:
@@ -136,6 +142,7 @@ def serve(
                 host=host,
                 port=port,
                 public_url=public_url or f"http://{host}:{port}",
+                settings=_settings(),
                 ledger_url=ledger,
                 validate_signatures=not insecure_no_signature_check,
                 announce=console.print,
@@ -199,11 +206,7 @@ def dial(
     from tollbridge.transports.twilio.server import Bridge, BridgeSettings
 
     async def place(loaded: Vertical) -> str:
-        dialer = TwilioRest(
-            os.environ.get("TWILIO_ACCOUNT_SID", ""),
-            os.environ.get("TWILIO_AUTH_TOKEN", ""),
-            api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None,
-        )
+        dialer = TwilioRest.from_settings(_settings())
         bridge = Bridge([loaded], BridgeSettings(public_url=public_url, validate_signatures=False))
         try:
             return await dialer.dial(bridge, loaded, to)

@@ -24,7 +24,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from tollbridge.plain_processor import is_processor_reference, processor_kind
 from tollbridge.registry import Registry, default_registry
 from tollbridge.stage import (
     BRAIN_ROLES,
@@ -278,7 +277,9 @@ def check_chain(stages: list[Stage]) -> list[tuple[str, str]]:
 
 def _kind(use: str, registry: Registry, base_dir: Path) -> StageKind:
     """The registered kind `use` names, or the kind made for a ``module:Class`` processor."""
-    if is_processor_reference(use):
+    if ":" in use:  # package.module:ClassName
+        from tollbridge.plain_processor import processor_kind  # pipecat loads only when needed
+
         return processor_kind(use, base_dir)
     kind = registry.get(use)
     if kind is None:

@@ -46,10 +46,6 @@ class PlainProcessorKind(StageKind):
         return self.processor(**options.model_dump(exclude_unset=True))
 
 
-def is_processor_reference(use: str) -> bool:
-    return ":" in use
-
-
 def processor_kind(use: str, folder: Path) -> PlainProcessorKind:
     """The kind for ``module:ClassName``; ValueError says what is wrong with the reference."""
     module_name, _, attr = use.partition(":")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
+from tollbridge.settings import Settings
 from tollbridge.tools import shutdown as shutdown_tools
 from tollbridge.transports.twilio.rest import TwilioRest
 from tollbridge.transports.twilio.server import (
@@ -26,8 +26,6 @@ from tollbridge.transports.twilio.server import (
     running,
 )
 
-SPOOL_FILE = "tollbridge-ledger.spool"
-
 
 async def serve_forever(
     verticals: list[Vertical],
@@ -35,30 +33,29 @@ async def serve_forever(
     host: str,
     port: int,
     public_url: str,
+    settings: Settings,
     ledger_url: str,
     validate_signatures: bool,
     announce: Callable[[str], None] = print,
 ) -> None:
-    bookkeeper = await Bookkeeper.open(verticals, ledger_url, os.environ.get(
-        "TOLLBRIDGE_SPOOL", SPOOL_FILE))
+    bookkeeper = await Bookkeeper.open(verticals, ledger_url, settings.tollbridge_spool)
 
     async def on_status(update: StatusUpdate) -> None:
         await bookkeeper.call_status(update.call_sid, update.duration_seconds, update.status)
 
-    settings = BridgeSettings(
+    bridge_settings = BridgeSettings(
         public_url=public_url,
-        auth_token=os.environ.get("TWILIO_AUTH_TOKEN", ""),
+        auth_token=settings.twilio_auth_token.get_secret_value(),
         validate_signatures=validate_signatures,
-        api_token=os.environ.get("TOLLBRIDGE_API_TOKEN", ""),
+        api_token=settings.tollbridge_api_token.get_secret_value(),
     )
     dialer = None
-    if os.environ.get("TWILIO_ACCOUNT_SID") and settings.auth_token:
-        dialer = TwilioRest(os.environ["TWILIO_ACCOUNT_SID"], settings.auth_token,
-                            api_base_url=os.environ.get("TWILIO_API_BASE_URL") or None)
-        bookkeeper.twilio_price = dialer.call_price
-    bridge = Bridge(verticals, settings, on_finished=bookkeeper.call_finished,
-                    on_status=on_status, pricer=bookkeeper.price, dialer=dialer)
-    try:
+    try:  # the ledger is open: whatever fails from here on must still close it
+        if settings.can_dial:
+            dialer = TwilioRest.from_settings(settings)
+            bookkeeper.twilio_price = dialer.call_price
+        bridge = Bridge(verticals, bridge_settings, on_finished=bookkeeper.call_finished,
+                        on_status=on_status, pricer=bookkeeper.price, dialer=dialer)
         async with running(create_app(bridge), host, port) as url:
             freeze_startup_heap()
             announce(f"tollbridge listening on {url}")

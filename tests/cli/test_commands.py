@@ -52,6 +52,25 @@ def test_validate_keys_names_the_missing_variable():
     assert "environment variable DEEPGRAM_API_KEY is not set" in done.stderr
 
 
+def test_a_bad_setting_is_one_line_naming_the_variable():
+    done = run("validate", "examples/salon", env={"TOLLBRIDGE_LOG_LEVEL": "LOUD"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: environment variable TOLLBRIDGE_LOG_LEVEL='LOUD': input should be "
+        "'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"
+    ]
+
+
+def test_serve_without_the_auth_token_says_so_and_exits(tmp_path):
+    env = {"TWILIO_AUTH_TOKEN": "", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk",
+           "TOLLBRIDGE_SPOOL": str(tmp_path / "spool")}
+    done = run("serve", str(FIXTURES / "frontdesk"), "--ledger",
+               f"sqlite:///{tmp_path / 'ledger.db'}", env=env)
+    assert done.returncode == 1
+    assert "error: TWILIO_AUTH_TOKEN is not set" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_schema_enumerates_every_kind():
     done = run("schema")
     assert done.returncode == 0

@@ -151,3 +151,29 @@ async def test_the_calls_endpoint_needs_the_bearer_token_and_a_valid_number(fron
             placed = await client.post("/calls", json=body, headers=good)
     assert placed.status_code == 201 and placed.json() == {"call_sid": "CA" + "9" * 32}
     assert dialer.calls == [("frontdesk", "+15550108888")]
+
+
+@pytest.mark.parametrize("body", [{}, {"to": 5}, b"{not json"], ids=["empty", "wrong", "garbled"])
+async def test_the_calls_endpoint_refuses_strangers_before_reading_the_body(frontdesk, body):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        running.bridge.settings.api_token = "s3cret-token"
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+            response = await client.post(
+                "/calls", headers={"Content-Type": "application/json"}, **sent
+            )
+    assert response.status_code == 401
+    assert "vertical" not in response.text  # nothing of the body's schema leaks
+
+
+async def test_the_calls_endpoint_wants_the_bearer_scheme_not_a_bare_token(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        running.bridge.settings.api_token = "s3cret-token"
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            body = {"vertical": "frontdesk", "to": "+15550108888"}
+            bare = await client.post("/calls", json=body, headers={"Authorization": "s3cret-token"})
+            basic = await client.post(
+                "/calls", json=body, headers={"Authorization": "Basic s3cret-token"}
+            )
+    assert bare.status_code == basic.status_code == 401
+    assert bare.headers["www-authenticate"] == "Bearer"

@@ -18,6 +18,7 @@ from twilio.rest import Client
 
 from tollbridge.config import Vertical, e164
 from tollbridge.logs import get_logger
+from tollbridge.settings import Settings
 from tollbridge.transports.twilio.server import STATUS_PATH
 from tollbridge.transports.twilio.signature import public_url
 
@@ -48,6 +49,15 @@ class TwilioRest:
             self._client.api.base_url = api_base_url
         self.ring_timeout_s = ring_timeout_s
         self.machine_detection = machine_detection
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TwilioRest:
+        """The account the environment names (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN…)."""
+        return cls(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            api_base_url=settings.twilio_api_base_url,
+        )
 
     async def dial(self, bridge, vertical: Vertical, to: str) -> str:
         """Place the call; returns its Call SID. `bridge` provides the TwiML and URLs."""

@@ -7,10 +7,13 @@
 * ``POST /status`` — call status callbacks (CallStatus, CallDuration…), kept
   so the ledger can reconcile telephony minutes to Twilio's figures;
 * ``POST /stream-status`` — stream status callbacks, logged;
-* ``POST /calls`` — place an outbound call (bearer-token protected).
+* ``POST /calls`` — place an outbound call (``Authorization: Bearer``, checked
+  before the body is read).
 
 Every Twilio request is checked against ``X-Twilio-Signature`` unless the
-documented development setting turns the check off.
+documented development setting turns the check off. Each route is a small
+function; the bridge, the signature check and the bearer token are
+dependencies it declares.
 """
 
 from __future__ import annotations
@@ -21,12 +24,24 @@ import hmac
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Request,
+    WebSocket,
+    WebSocketException,
+    status,
+)
+from fastapi.datastructures import FormData
+from fastapi.exceptions import RequestValidationError
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from tollbridge.config import Vertical, e164
@@ -55,15 +70,25 @@ class StatusUpdate:
     duration_seconds: int | None
     fields: dict[str, str]
 
+    @classmethod
+    def from_form(cls, form: FormData) -> StatusUpdate:
+        duration = str(form.get("CallDuration") or "")
+        return cls(
+            call_sid=str(form.get("CallSid", "")),
+            status=str(form.get("CallStatus", "")),
+            duration_seconds=int(duration) if duration.isdigit() else None,
+            fields={k: str(v) for k, v in form.items()},
+        )
+
 
 @dataclass
 class BridgeSettings:
     public_url: str = "http://127.0.0.1:8084"
     """Base URL Twilio uses to reach the bridge (signatures are computed on it)."""
-    auth_token: str = ""
+    auth_token: str = field(default="", repr=False)
     validate_signatures: bool = True
     """Only for local development: false accepts unsigned requests."""
-    api_token: str = ""
+    api_token: str = field(default="", repr=False)
     """Bearer token for POST /calls; empty disables the endpoint."""
     base_urls: Mapping[str, str] = field(default_factory=dict)
     """Stage kind → base URL overriding the configs (offline calls, tests)."""
@@ -156,6 +181,33 @@ class Bridge:
             user_speech_timeout=self.settings.user_speech_timeout,
         )
 
+    async def serve(self, ws: WebSocket) -> None:
+        """Run the call on an accepted Media Streams socket, listed in `sessions` while live."""
+        tracked: list[str] = []
+
+        async def track(session: CallSession) -> None:
+            self.sessions[session.call.call_sid] = session
+            tracked.append(session.call.call_sid)
+            if self.on_session:
+                await self.on_session(session)
+
+        try:
+            await serve_media_stream(
+                ws,
+                find_vertical=self.find_vertical,
+                make_call=self.make_call,
+                on_finished=self.on_finished,
+                pricer=self.pricer,
+                on_session=track,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # one broken call must never take the server down
+            log.error("media_stream_failed", error=repr(error))
+        finally:
+            for call_sid in tracked:
+                self.sessions.pop(call_sid, None)
+
     def signed(self, url: str, params: Any, signature: str | None) -> bool:
         if not self.settings.validate_signatures:
             return True
@@ -168,110 +220,136 @@ class DialRequest(BaseModel):
     to: str
 
 
+def get_bridge(connection: HTTPConnection) -> Bridge:
+    """The bridge the app serves (requests and sockets alike)."""
+    return connection.app.state.bridge
+
+
+BridgeDep = Annotated[Bridge, Depends(get_bridge)]
+
+
+async def signed_form(request: Request, bridge: BridgeDep) -> FormData:
+    """A Twilio webhook's form, once its X-Twilio-Signature proves Twilio sent it."""
+    form = await request.form()
+    url = public_url(bridge.settings.public_url, request.url.path, request.url.query)
+    if not bridge.signed(url, form, request.headers.get("x-twilio-signature")):
+        log.warning("bad_signature", path=request.url.path, call_sid=form.get("CallSid"))
+        raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
+    return form
+
+
+SignedForm = Annotated[FormData, Depends(signed_form)]
+
+
+def signed_socket(ws: WebSocket, bridge: BridgeDep) -> None:
+    """Refuse, before accepting it, a Media Streams socket Twilio did not sign."""
+    if not bridge.signed(bridge.media_url, {}, ws.headers.get("x-twilio-signature")):
+        log.warning("bad_signature", path=MEDIA_PATH)
+        raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION)
+
+
+def bearer_token(request: Request, bridge: BridgeDep) -> None:
+    """Only callers holding the API token may place calls; without one configured, nobody."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    token = bridge.settings.api_token
+    if scheme.lower() != "bearer" or not token or not hmac.compare_digest(
+        given.encode(), token.encode()
+    ):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def dial_request(
+    request: Request, _authorized: Annotated[None, Depends(bearer_token)]
+) -> DialRequest:
+    """The body of POST /calls, read only after the token: strangers learn nothing of it."""
+    try:
+        return DialRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        problems = error.errors(include_url=False)
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem["loc"])} for problem in problems]
+        ) from None
+
+
+def unknown_number_twiml() -> str:
+    """What a caller to a number no vertical answers hears: a short apology and a hang-up."""
+    response = VoiceResponse()
+    response.say(UNKNOWN_NUMBER_MESSAGE)
+    response.hangup()
+    return str(response)
+
+
+twilio_routes = APIRouter()
+"""What Twilio calls: every request and socket is signed."""
+api_routes = APIRouter()
+"""What the operator calls: outbound dialing and health."""
+
+
+@twilio_routes.post("/voice")
+async def voice(form: SignedForm, bridge: BridgeDep) -> Response:
+    callee, caller = str(form.get("To", "")), str(form.get("From", ""))
+    vertical = bridge.by_number.get(callee)
+    if vertical is None:
+        log.warning("unknown_number", to=callee, call_sid=form.get("CallSid"))
+        return Response(unknown_number_twiml(), media_type="text/xml")
+    log.info("incoming_call", call_sid=form.get("CallSid"), vertical=vertical.name)
+    return Response(bridge.stream_twiml(vertical, caller, callee), media_type="text/xml")
+
+
+@twilio_routes.post(STATUS_PATH)
+async def call_status(form: SignedForm, bridge: BridgeDep) -> Response:
+    update = StatusUpdate.from_form(form)
+    log.info("call_status", call_sid=update.call_sid, status=update.status,
+             duration=update.duration_seconds)
+    if bridge.on_status:
+        await bridge.on_status(update)
+    return Response(status_code=204)
+
+
+@twilio_routes.post(STREAM_STATUS_PATH)
+async def stream_status(form: SignedForm) -> Response:
+    log.info("stream_status", call_sid=form.get("CallSid"), stream_event=form.get("StreamEvent"),
+             error=form.get("StreamError"))
+    return Response(status_code=204)
+
+
+@twilio_routes.websocket(MEDIA_PATH, dependencies=[Depends(signed_socket)])
+async def media(ws: WebSocket, bridge: BridgeDep) -> None:
+    await ws.accept()
+    await bridge.serve(ws)
+
+
+@api_routes.post("/calls")
+async def dial(
+    body: Annotated[DialRequest, Depends(dial_request)], bridge: BridgeDep
+) -> JSONResponse:
+    vertical = bridge.verticals.get(body.vertical)
+    if vertical is None:
+        raise HTTPException(status_code=404, detail=f"unknown vertical {body.vertical!r}")
+    try:
+        to = e164(body.to)
+    except ValueError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    if bridge.dialer is None:
+        raise HTTPException(status_code=503, detail="outbound dialing is not configured")
+    call_sid = await bridge.dialer.dial(bridge, vertical, to)
+    return JSONResponse({"call_sid": call_sid}, status_code=201)
+
+
+@api_routes.get("/healthz")
+async def healthz(bridge: BridgeDep) -> dict[str, Any]:
+    return {"ok": True, "verticals": sorted(bridge.verticals), "calls": len(bridge.sessions)}
+
+
 def create_app(bridge: Bridge) -> FastAPI:
     app = FastAPI(title="tollbridge", docs_url=None, redoc_url=None)
     app.state.bridge = bridge
-
-    async def check_signature(request: Request) -> Any:
-        form = await request.form()
-        url = public_url(bridge.settings.public_url, request.url.path, request.url.query)
-        if not bridge.signed(url, form, request.headers.get("x-twilio-signature")):
-            log.warning("bad_signature", path=request.url.path, call_sid=form.get("CallSid"))
-            raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
-        return form
-
-    @app.post("/voice")
-    async def voice(request: Request) -> Response:
-        form = await check_signature(request)
-        callee, caller = str(form.get("To", "")), str(form.get("From", ""))
-        vertical = bridge.by_number.get(callee)
-        if vertical is None:
-            log.warning("unknown_number", to=callee, call_sid=form.get("CallSid"))
-            response = VoiceResponse()
-            response.say(UNKNOWN_NUMBER_MESSAGE)
-            response.hangup()
-            return Response(str(response), media_type="text/xml")
-        log.info("incoming_call", call_sid=form.get("CallSid"), vertical=vertical.name)
-        return Response(bridge.stream_twiml(vertical, caller, callee), media_type="text/xml")
-
-    @app.post(STATUS_PATH)
-    async def status(request: Request) -> Response:
-        form = await check_signature(request)
-        duration = form.get("CallDuration")
-        update = StatusUpdate(
-            call_sid=str(form.get("CallSid", "")),
-            status=str(form.get("CallStatus", "")),
-            duration_seconds=int(duration) if str(duration or "").isdigit() else None,
-            fields={k: str(v) for k, v in form.items()},
-        )
-        log.info("call_status", call_sid=update.call_sid, status=update.status,
-                 duration=update.duration_seconds)
-        if bridge.on_status:
-            await bridge.on_status(update)
-        return Response(status_code=204)
-
-    @app.post(STREAM_STATUS_PATH)
-    async def stream_status(request: Request) -> Response:
-        form = await check_signature(request)
-        log.info("stream_status", call_sid=form.get("CallSid"), stream_event=form.get("StreamEvent"),
-                 error=form.get("StreamError"))
-        return Response(status_code=204)
-
-    @app.websocket(MEDIA_PATH)
-    async def media(ws: WebSocket) -> None:
-        if not bridge.signed(bridge.media_url, {}, ws.headers.get("x-twilio-signature")):
-            log.warning("bad_signature", path=MEDIA_PATH)
-            await ws.close(code=1008)
-            return
-        await ws.accept()
-
-        tracked: list[str] = []
-
-        async def track(session: CallSession) -> None:
-            bridge.sessions[session.call.call_sid] = session
-            tracked.append(session.call.call_sid)
-            if bridge.on_session:
-                await bridge.on_session(session)
-
-        try:
-            await serve_media_stream(
-                ws,
-                find_vertical=bridge.find_vertical,
-                make_call=bridge.make_call,
-                on_finished=bridge.on_finished,
-                pricer=bridge.pricer,
-                on_session=track,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # one broken call must never take the server down
-            log.error("media_stream_failed", error=repr(error))
-        finally:
-            for call_sid in tracked:
-                bridge.sessions.pop(call_sid, None)
-
-    @app.post("/calls")
-    async def dial(request: Request, body: DialRequest) -> JSONResponse:
-        token = bridge.settings.api_token
-        given = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="a valid bearer token is required")
-        vertical = bridge.verticals.get(body.vertical)
-        if vertical is None:
-            raise HTTPException(status_code=404, detail=f"unknown vertical {body.vertical!r}")
-        try:
-            to = e164(body.to)
-        except ValueError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from None
-        if bridge.dialer is None:
-            raise HTTPException(status_code=503, detail="outbound dialing is not configured")
-        call_sid = await bridge.dialer.dial(bridge, vertical, to)
-        return JSONResponse({"call_sid": call_sid}, status_code=201)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True, "verticals": sorted(bridge.verticals), "calls": len(bridge.sessions)}
-
+    app.include_router(twilio_routes)
+    app.include_router(api_routes)
     return app
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from tollbridge.codec import mulaw_to_pcm16, pcm16_to_mulaw
 from tollbridge.transports.twilio.signature import SignatureChecker
@@ -166,106 +168,159 @@ class Softphone:
             await self._run(ws, script, result)
         return result
 
-    async def _run(self, ws, script: CallScript, result: SoftphoneResult) -> None:
-        seq = 0
-
-        def message(event: str, **body) -> str:
-            nonlocal seq
-            seq += 1
-            return json.dumps({"event": event, "sequenceNumber": str(seq),
-                               "streamSid": result.stream_sid, **body})
-
-        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await ws.send(message("start", start={
-            "streamSid": result.stream_sid, "accountSid": self.account_sid,
-            "callSid": result.call_sid, "tracks": ["inbound"],
-            "customParameters": script.parameters,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        }))
-        playback = _PlaybackBuffer()
-        closed = asyncio.Event()
-        started = time.monotonic()
-
-        async def receive() -> None:
-            try:
-                async for raw in ws:
-                    data = json.loads(raw)
-                    event = data.get("event")
-                    if event == "media":
-                        audio = base64.b64decode(data["media"]["payload"])
-                        if result.first_agent_audio_s is None:
-                            result.first_agent_audio_s = time.monotonic() - started
-                        result.media_received += 1
-                        playback.add_audio(audio)
-                    elif event == "mark":
-                        result.marks_received.append(data["mark"]["name"])
-                        playback.add_mark(data["mark"]["name"])
-                    elif event == "clear":
-                        result.clears += 1
-                        result.clear_times.append(time.monotonic() - started)
-                        for name in playback.clear():
-                            result.marks_echoed.append(name)
-                            await ws.send(message("mark", mark={"name": name}))
-                    else:
-                        result.bad_messages.append(str(raw)[:200])
-            except websockets.ConnectionClosed:
-                pass
-            closed.set()
-
-        receiver = asyncio.create_task(receive())
-        dtmf = sorted(script.dtmf)
-        chunk, offset, quiet_since = 0, 0, None
-        sent = bytearray()
-        frame_s = FRAME_S / script.speed
+    async def _run(self, ws: ClientConnection, script: CallScript, result: SoftphoneResult) -> None:
+        call = _Call(ws, script, result, self.account_sid)
+        await call.dial()
+        listener = asyncio.create_task(call.listen())
         try:
-            while not closed.is_set():
-                elapsed = chunk * FRAME_S
-                if script.hang_up_at is not None and elapsed >= script.hang_up_at:
-                    result.ended_by = "caller_hung_up"
-                    break
-                if elapsed >= script.max_s:
-                    result.ended_by = "max_duration"
-                    break
-                while dtmf and dtmf[0][0] <= elapsed:
-                    _, digit = dtmf.pop(0)
-                    await ws.send(message("dtmf", dtmf={"track": "inbound_track", "digit": digit}))
-                frame = script.audio[offset:offset + FRAME_BYTES]
-                offset += FRAME_BYTES
-                frame = frame.ljust(FRAME_BYTES, MULAW_SILENCE)
-                sent += frame
-                chunk += 1
-                await ws.send(message("media", media={
-                    "track": "inbound", "chunk": str(chunk),
-                    "timestamp": str(int(elapsed * 1000)),
-                    "payload": base64.b64encode(frame).decode(),
-                }))
-                result.frames_sent += 1
-                for name in playback.play(FRAME_BYTES):
-                    result.marks_echoed.append(name)
-                    await ws.send(message("mark", mark={"name": name}))
-                caller_done = offset >= len(script.audio) and not dtmf
-                if caller_done and not playback.busy and script.hang_up_at is None:
-                    quiet_since = quiet_since if quiet_since is not None else elapsed
-                    if elapsed - quiet_since >= script.settle_s:
-                        result.ended_by = "caller_finished"
-                        break
-                else:
-                    quiet_since = None
-                next_at = started + chunk * frame_s
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            if closed.is_set():
-                result.ended_by = result.ended_by or "agent_hung_up"
-            else:
-                await ws.send(message("stop", stop={"accountSid": self.account_sid,
-                                                     "callSid": result.call_sid}))
+            await call.talk()
         except websockets.ConnectionClosed:
             result.ended_by = result.ended_by or "agent_hung_up"
         finally:
-            result.duration_s = chunk * FRAME_S
-            result.agent_audio = bytes(playback.played)
-            result.caller_audio = bytes(sent)
-            receiver.cancel()
-            try:
-                await receiver
-            except asyncio.CancelledError:
-                pass
+            call.finish()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+
+class _Call:
+    """One call from the caller's side: what was sent, what is playing, since when."""
+
+    def __init__(
+        self, ws: ClientConnection, script: CallScript, result: SoftphoneResult, account_sid: str
+    ):
+        self.ws = ws
+        self.script = script
+        self.result = result
+        self.account_sid = account_sid
+        self.playback = _PlaybackBuffer()
+        self.closed = asyncio.Event()
+        """Set once the bridge has closed the socket."""
+        self.dtmf = sorted(script.dtmf)
+        self.sent = bytearray()
+        self.sequence = 0
+        self.chunk = 0
+        self.offset = 0
+        """How far into the caller's speech the frames sent so far reach."""
+        self.quiet_since: float | None = None
+        self.started = 0.0
+
+    def message(self, event: str, **body) -> str:
+        """A stream message with the next sequence number, as Twilio numbers them."""
+        self.sequence += 1
+        return json.dumps({"event": event, "sequenceNumber": str(self.sequence),
+                           "streamSid": self.result.stream_sid, **body})
+
+    async def dial(self) -> None:
+        """Open the stream as Twilio does: `connected`, then `start` with the parameters."""
+        result = self.result
+        await self.ws.send(json.dumps({"event": "connected", "protocol": "Call",
+                                       "version": "1.0.0"}))
+        await self.ws.send(self.message("start", start={
+            "streamSid": result.stream_sid, "accountSid": self.account_sid,
+            "callSid": result.call_sid, "tracks": ["inbound"],
+            "customParameters": self.script.parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        }))
+        self.started = time.monotonic()
+
+    async def listen(self) -> None:
+        """Take in what the bridge sends until it closes the socket."""
+        try:
+            async for raw in self.ws:
+                await self._heard(raw)
+        except websockets.ConnectionClosed:
+            pass
+        self.closed.set()
+
+    async def _heard(self, raw: str | bytes) -> None:
+        result, data = self.result, json.loads(raw)
+        event = data.get("event")
+        if event == "media":
+            audio = base64.b64decode(data["media"]["payload"])
+            if result.first_agent_audio_s is None:
+                result.first_agent_audio_s = time.monotonic() - self.started
+            result.media_received += 1
+            self.playback.add_audio(audio)
+        elif event == "mark":
+            result.marks_received.append(data["mark"]["name"])
+            self.playback.add_mark(data["mark"]["name"])
+        elif event == "clear":
+            result.clears += 1
+            result.clear_times.append(time.monotonic() - self.started)
+            await self._echo(self.playback.clear())
+        else:
+            result.bad_messages.append(str(raw)[:200])
+
+    async def _echo(self, marks: list[str]) -> None:
+        """Tell the bridge these marks were reached, as Twilio does."""
+        for name in marks:
+            self.result.marks_echoed.append(name)
+            await self.ws.send(self.message("mark", mark={"name": name}))
+
+    async def talk(self) -> None:
+        """Send the caller's side frame by frame on the audio clock until the call ends."""
+        frame_s = FRAME_S / self.script.speed
+        while not self.closed.is_set():
+            elapsed = self.chunk * FRAME_S
+            ended_by = self._time_is_up(elapsed)
+            if ended_by:
+                self.result.ended_by = ended_by
+                break
+            await self._press_keys_due(elapsed)
+            await self._send_frame(elapsed)
+            await self._echo(self.playback.play(FRAME_BYTES))
+            if self._settled(elapsed):
+                self.result.ended_by = "caller_finished"
+                break
+            next_at = self.started + self.chunk * frame_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if self.closed.is_set():
+            self.result.ended_by = self.result.ended_by or "agent_hung_up"
+        else:
+            await self.ws.send(self.message("stop", stop={"accountSid": self.account_sid,
+                                                          "callSid": self.result.call_sid}))
+
+    def _time_is_up(self, elapsed: float) -> str | None:
+        """Why the caller stops now, if the script's clock says so."""
+        if self.script.hang_up_at is not None and elapsed >= self.script.hang_up_at:
+            return "caller_hung_up"
+        if elapsed >= self.script.max_s:
+            return "max_duration"
+        return None
+
+    async def _press_keys_due(self, elapsed: float) -> None:
+        while self.dtmf and self.dtmf[0][0] <= elapsed:
+            _, digit = self.dtmf.pop(0)
+            await self.ws.send(self.message("dtmf", dtmf={"track": "inbound_track",
+                                                          "digit": digit}))
+
+    async def _send_frame(self, elapsed: float) -> None:
+        """The next 20 ms of speech, or of line silence once the speech is over."""
+        frame = self.script.audio[self.offset:self.offset + FRAME_BYTES]
+        self.offset += FRAME_BYTES
+        frame = frame.ljust(FRAME_BYTES, MULAW_SILENCE)
+        self.sent += frame
+        self.chunk += 1
+        await self.ws.send(self.message("media", media={
+            "track": "inbound", "chunk": str(self.chunk),
+            "timestamp": str(int(elapsed * 1000)),
+            "payload": base64.b64encode(frame).decode(),
+        }))
+        self.result.frames_sent += 1
+
+    def _settled(self, elapsed: float) -> bool:
+        """Whether the caller has said everything and the agent has been quiet for `settle_s`."""
+        caller_done = self.offset >= len(self.script.audio) and not self.dtmf
+        if caller_done and not self.playback.busy and self.script.hang_up_at is None:
+            if self.quiet_since is None:
+                self.quiet_since = elapsed
+            return elapsed - self.quiet_since >= self.script.settle_s
+        self.quiet_since = None
+        return False
+
+    def finish(self) -> None:
+        """Record what was played and sent, however the call ended."""
+        self.result.duration_s = self.chunk * FRAME_S
+        self.result.agent_audio = bytes(self.playback.played)
+        self.result.caller_audio = bytes(self.sent)
