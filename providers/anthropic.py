@@ -32,24 +32,6 @@ class AnthropicLLMOptions(LLMOptions):
         return check_llm_model("anthropic", "anthropic.llm", value)
 
 
-def build_llm(options: AnthropicLLMOptions, call: CallContext, kind: str) -> AnthropicLLMService:
-    settings = AnthropicLLMService.Settings(
-        model=options.model,
-        system_instruction=options.system_prompt(),
-        max_tokens=options.max_tokens,
-        enable_prompt_caching=True,
-        system_prompt_cache_ttl=options.cache_ttl,
-    )
-    if options.temperature is not None:
-        settings.temperature = options.temperature
-    client = AsyncAnthropic(
-        api_key=options.api_key(call.env),
-        base_url=call.base_url(kind, options.base_url),
-        max_retries=2 if options.retries is None else options.retries,
-    )
-    return AnthropicLLMService(api_key=options.api_key(call.env), client=client, settings=settings)
-
-
 class AnthropicLLM(StageKind):
     name = "anthropic.llm"
     role = Role.LLM
@@ -57,7 +39,21 @@ class AnthropicLLM(StageKind):
     description = "Anthropic Messages, streaming, tools, cache_control on system prompt"
 
     def build(self, options: AnthropicLLMOptions, call: CallContext) -> AnthropicLLMService:
-        return build_llm(options, call, self.name)
+        settings = AnthropicLLMService.Settings(
+            model=options.model,
+            system_instruction=options.system_prompt(),
+            max_tokens=options.max_tokens,
+            enable_prompt_caching=True,
+            system_prompt_cache_ttl=options.cache_ttl,
+        )
+        if options.temperature is not None:
+            settings.temperature = options.temperature
+        client = AsyncAnthropic(
+            api_key=options.api_key(call.env),
+            base_url=call.base_url(self.name, options.base_url),
+            max_retries=2 if options.retries is None else options.retries,
+        )
+        return AnthropicLLMService(api_key=options.api_key(call.env), client=client, settings=settings)
 
     def billing(self, options: AnthropicLLMOptions) -> Billing:
         # pipecat reports Anthropic's input_tokens, which leave cache reads and writes out

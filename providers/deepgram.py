@@ -21,7 +21,6 @@ from tollbridge.phrase_cache import PhraseCaching
 from tollbridge.providers.mulaw_tts import MulawAudio
 from tollbridge.providers.silence_gate import SilenceGate
 from tollbridge.stage import (
-    MULAW_8K,
     AudioFormat,
     Billing,
     CallContext,
@@ -110,42 +109,6 @@ class MulawAwareDeepgramSTT(DeepgramSTTService):
             yield frame
 
 
-def stt_audio_in(options: DeepgramSTTOptions) -> AudioFormat:
-    if options.encoding == "mulaw" and options.sample_rate == 8000:
-        return MULAW_8K
-    return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
-
-
-def build_stt(options: DeepgramSTTOptions, call: CallContext, kind: str) -> DeepgramSTTService:
-    settings = DeepgramSTTService.Settings(
-        model=options.model,
-        language=Language(options.language),
-        interim_results=options.interim_results,
-        punctuate=True,
-        smart_format=options.smart_format,
-        endpointing=options.endpointing,
-        utterance_end_ms=options.utterance_end_ms,
-    )
-    if options.keyterms:
-        settings.keyterm = options.keyterms
-    return MulawAwareDeepgramSTT(
-        api_key=options.api_key(call.env),
-        base_url=call.base_url(kind, options.base_url) or "",
-        encoding=options.encoding,
-        sample_rate=options.sample_rate,
-        bytes_per_sample=1 if options.encoding == "mulaw" else 2,
-        silence_gate=SilenceGate(
-            encoding=options.encoding,
-            sample_rate=options.sample_rate,
-            threshold_dbfs=options.silence_threshold_dbfs,
-            # long enough for Deepgram to hear the pause that ends an utterance
-            hangover_s=max(1.5, (options.utterance_end_ms or 0) / 1000 + 0.5),
-        ) if options.skip_silence else None,
-        settings=settings,
-        audio_passthrough=False,  # caller audio ends here: fewer hops per 20 ms frame
-    )
-
-
 class DeepgramTTSOptions(ProviderOptions):
     api_key_env: str = "DEEPGRAM_API_KEY"
     voice: str = "aura-2-thalia-en"
@@ -161,12 +124,6 @@ class DeepgramTTSOptions(ProviderOptions):
             known = [f"aura-2-{v}-en" for v in AURA_2_VOICES]
             raise ValueError(f'unknown voice "{value}" for deepgram.tts{did_you_mean(value, known)}')
         return value
-
-
-def tts_audio_out(options: DeepgramTTSOptions) -> AudioFormat:
-    if options.encoding == "mulaw":
-        return AudioFormat("mulaw", options.sample_rate)
-    return AudioFormat("pcm16", options.sample_rate)
 
 
 class MeteredDeepgramTTS(DeepgramTTSService):
@@ -192,17 +149,6 @@ class MulawDeepgramTTS(MulawAudio, CachedDeepgramTTS):
     """Aura-2 with μ-law output passed through byte for byte."""
 
 
-def build_tts(options: DeepgramTTSOptions, call: CallContext, kind: str) -> DeepgramTTSService:
-    service = MulawDeepgramTTS if options.encoding == "mulaw" else CachedDeepgramTTS
-    return service(
-        api_key=options.api_key(call.env),
-        base_url=call.base_url(kind, options.base_url) or "wss://api.deepgram.com",
-        encoding=options.encoding,
-        sample_rate=options.sample_rate,
-        settings=DeepgramTTSService.Settings(voice=options.voice, speed=options.speed),
-    )
-
-
 class DeepgramSTT(StageKind):
     name = "deepgram.stt"
     role = Role.STT
@@ -210,13 +156,39 @@ class DeepgramSTT(StageKind):
     description = "Deepgram Nova streaming speech-to-text (μ-law 8 kHz taken as is)"
 
     def build(self, options: DeepgramSTTOptions, call: CallContext) -> DeepgramSTTService:
-        return build_stt(options, call, self.name)
+        settings = DeepgramSTTService.Settings(
+            model=options.model,
+            language=Language(options.language),
+            interim_results=options.interim_results,
+            punctuate=True,
+            smart_format=options.smart_format,
+            endpointing=options.endpointing,
+            utterance_end_ms=options.utterance_end_ms,
+        )
+        if options.keyterms:
+            settings.keyterm = options.keyterms
+        return MulawAwareDeepgramSTT(
+            api_key=options.api_key(call.env),
+            base_url=call.base_url(self.name, options.base_url) or "",
+            encoding=options.encoding,
+            sample_rate=options.sample_rate,
+            bytes_per_sample=1 if options.encoding == "mulaw" else 2,
+            silence_gate=SilenceGate(
+                encoding=options.encoding,
+                sample_rate=options.sample_rate,
+                threshold_dbfs=options.silence_threshold_dbfs,
+                # long enough for Deepgram to hear the pause that ends an utterance
+                hangover_s=max(1.5, (options.utterance_end_ms or 0) / 1000 + 0.5),
+            ) if options.skip_silence else None,
+            settings=settings,
+            audio_passthrough=False,  # caller audio ends here: fewer hops per 20 ms frame
+        )
 
     def billing(self, options: DeepgramSTTOptions) -> Billing:
         return Billing("deepgram", options.model)
 
     def audio_in(self, options: DeepgramSTTOptions) -> AudioFormat:
-        return stt_audio_in(options)
+        return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
 
     def replay_fake(self, options: DeepgramSTTOptions, script: Any) -> ReplayServer:
         from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
@@ -231,16 +203,23 @@ class DeepgramTTS(StageKind):
     description = "Deepgram Aura-2 text-to-speech (μ-law 8 kHz out, nothing transcoded)"
 
     def build(self, options: DeepgramTTSOptions, call: CallContext) -> DeepgramTTSService:
-        return build_tts(options, call, self.name)
+        service = MulawDeepgramTTS if options.encoding == "mulaw" else CachedDeepgramTTS
+        return service(
+            api_key=options.api_key(call.env),
+            base_url=call.base_url(self.name, options.base_url) or "wss://api.deepgram.com",
+            encoding=options.encoding,
+            sample_rate=options.sample_rate,
+            settings=DeepgramTTSService.Settings(voice=options.voice, speed=options.speed),
+        )
 
     def billing(self, options: DeepgramTTSOptions) -> Billing:
         return Billing("deepgram", options.voice)
 
     def audio_out(self, options: DeepgramTTSOptions) -> AudioFormat:
-        return tts_audio_out(options)
+        return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
 
     def replay_fake(self, options: DeepgramTTSOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.audio import speaking_rate
         from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
 
-        rate = float((script or {}).get("chars_per_second", 14.0))
-        return FakeDeepgramSpeak(REPLAY_KEY, chars_per_second=rate)
+        return FakeDeepgramSpeak(REPLAY_KEY, chars_per_second=speaking_rate(script))

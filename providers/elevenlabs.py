@@ -63,31 +63,6 @@ class MulawBytesElevenLabsTTS(MulawAudio, MulawElevenLabsTTS):
     """`ulaw_8000` output passed through byte for byte."""
 
 
-def audio_out(options: ElevenLabsTTSOptions) -> AudioFormat:
-    if options.output == "ulaw_8000":
-        return MULAW_8K
-    return AudioFormat("pcm16", int(options.output.split("_")[1]))
-
-
-def build_tts(options: ElevenLabsTTSOptions, call: CallContext, kind: str) -> ElevenLabsTTSService:
-    rate = audio_out(options).sample_rate
-    settings = ElevenLabsTTSService.Settings(
-        voice=options.voice,
-        model=options.model,
-        stability=options.stability,
-        similarity_boost=options.similarity_boost,
-        speed=options.speed,
-    )
-    service = MulawBytesElevenLabsTTS if options.output == "ulaw_8000" else MulawElevenLabsTTS
-    return service(
-        api_key=options.api_key(call.env),
-        url=call.base_url(kind, options.base_url) or "wss://api.elevenlabs.io",
-        sample_rate=rate,
-        output_format=options.output,
-        settings=settings,
-    )
-
-
 class ElevenLabsTTS(StageKind):
     name = "elevenlabs.tts"
     role = Role.TTS
@@ -95,16 +70,33 @@ class ElevenLabsTTS(StageKind):
     description = "ElevenLabs streaming TTS (ulaw_8000 out, nothing transcoded)"
 
     def build(self, options: ElevenLabsTTSOptions, call: CallContext) -> ElevenLabsTTSService:
-        return build_tts(options, call, self.name)
+        rate = self.audio_out(options).sample_rate
+        settings = ElevenLabsTTSService.Settings(
+            voice=options.voice,
+            model=options.model,
+            stability=options.stability,
+            similarity_boost=options.similarity_boost,
+            speed=options.speed,
+        )
+        service = MulawBytesElevenLabsTTS if options.output == "ulaw_8000" else MulawElevenLabsTTS
+        return service(
+            api_key=options.api_key(call.env),
+            url=call.base_url(self.name, options.base_url) or "wss://api.elevenlabs.io",
+            sample_rate=rate,
+            output_format=options.output,
+            settings=settings,
+        )
 
     def billing(self, options: ElevenLabsTTSOptions) -> Billing:
         return Billing("elevenlabs", options.model)
 
     def audio_out(self, options: ElevenLabsTTSOptions) -> AudioFormat:
-        return audio_out(options)
+        if options.output == "ulaw_8000":
+            return MULAW_8K
+        return AudioFormat("pcm16", int(options.output.split("_")[1]))
 
     def replay_fake(self, options: ElevenLabsTTSOptions, script: Any) -> ReplayServer:
+        from tollbridge.providers.fakes.audio import speaking_rate
         from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 
-        rate = float((script or {}).get("chars_per_second", 14.0))
-        return FakeElevenLabs(REPLAY_KEY, chars_per_second=rate)
+        return FakeElevenLabs(REPLAY_KEY, chars_per_second=speaking_rate(script))

@@ -28,22 +28,6 @@ class OpenAILLMOptions(LLMOptions):
         return check_llm_model("openai", "openai.llm", value)
 
 
-def build_llm(options: OpenAILLMOptions, call: CallContext, kind: str) -> OpenAILLMService:
-    settings = OpenAILLMService.Settings(
-        model=options.model,
-        system_instruction=options.system_prompt(),
-        max_completion_tokens=options.max_tokens,
-        extra={"prompt_cache_key": f"{call.vertical.tenant}:{call.vertical.name}"},
-    )
-    if options.temperature is not None:
-        settings.temperature = options.temperature
-    return OpenAILLMService(
-        api_key=options.api_key(call.env),
-        base_url=call.base_url(kind, options.base_url),
-        settings=settings,
-    )
-
-
 class OpenAILLM(StageKind):
     name = "openai.llm"
     role = Role.LLM
@@ -51,7 +35,19 @@ class OpenAILLM(StageKind):
     description = "OpenAI Chat Completions, streaming, tools, automatic prompt caching"
 
     def build(self, options: OpenAILLMOptions, call: CallContext) -> OpenAILLMService:
-        return build_llm(options, call, self.name)
+        settings = OpenAILLMService.Settings(
+            model=options.model,
+            system_instruction=options.system_prompt(),
+            max_completion_tokens=options.max_tokens,
+            extra={"prompt_cache_key": f"{call.vertical.tenant}:{call.vertical.name}"},
+        )
+        if options.temperature is not None:
+            settings.temperature = options.temperature
+        return OpenAILLMService(
+            api_key=options.api_key(call.env),
+            base_url=call.base_url(self.name, options.base_url),
+            settings=settings,
+        )
 
     def billing(self, options: OpenAILLMOptions) -> Billing:
         return Billing("openai", options.model)

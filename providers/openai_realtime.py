@@ -69,31 +69,6 @@ class MulawRealtime(OpenAIRealtimeLLMService):
         return int(total_bytes * 1000 / MULAW_RATE)
 
 
-def build(options: OpenAIRealtimeOptions, call: CallContext, kind: str) -> OpenAIRealtimeLLMService:
-    turns: events.TurnDetection | events.SemanticTurnDetection
-    if options.turn_detection == "server_vad":
-        turns = events.TurnDetection(silence_duration_ms=options.silence_ms)
-    else:
-        turns = events.SemanticTurnDetection()
-    session = events.SessionProperties(
-        instructions=options.system_prompt(),
-        audio=events.AudioConfiguration(
-            input=events.AudioInput(format=events.PCMUAudioFormat(), turn_detection=turns),
-            output=events.AudioOutput(format=events.PCMUAudioFormat(), voice=options.voice),
-        ),
-        max_output_tokens=options.max_tokens,
-    )
-    return MulawRealtime(
-        api_key=options.api_key(call.env),
-        base_url=call.base_url(kind, options.base_url)
-        or "wss://api.openai.com/v1/realtime",
-        settings=OpenAIRealtimeLLMService.Settings(
-            model=options.model, system_instruction=options.system_prompt(),
-            session_properties=session,
-        ),
-    )
-
-
 class OpenAIRealtime(StageKind):
     name = "openai.realtime"
     role = Role.SPEECH_TO_SPEECH
@@ -101,7 +76,28 @@ class OpenAIRealtime(StageKind):
     description = "OpenAI Realtime speech-to-speech, μ-law 8 kHz both ways"
 
     def build(self, options: OpenAIRealtimeOptions, call: CallContext) -> OpenAIRealtimeLLMService:
-        return build(options, call, self.name)
+        turns: events.TurnDetection | events.SemanticTurnDetection
+        if options.turn_detection == "server_vad":
+            turns = events.TurnDetection(silence_duration_ms=options.silence_ms)
+        else:
+            turns = events.SemanticTurnDetection()
+        session = events.SessionProperties(
+            instructions=options.system_prompt(),
+            audio=events.AudioConfiguration(
+                input=events.AudioInput(format=events.PCMUAudioFormat(), turn_detection=turns),
+                output=events.AudioOutput(format=events.PCMUAudioFormat(), voice=options.voice),
+            ),
+            max_output_tokens=options.max_tokens,
+        )
+        return MulawRealtime(
+            api_key=options.api_key(call.env),
+            base_url=call.base_url(self.name, options.base_url)
+            or "wss://api.openai.com/v1/realtime",
+            settings=OpenAIRealtimeLLMService.Settings(
+                model=options.model, system_instruction=options.system_prompt(),
+                session_properties=session,
+            ),
+        )
 
     def billing(self, options: OpenAIRealtimeOptions) -> Billing:
         return Billing("openai", options.model)

@@ -6,8 +6,8 @@ from importlib.metadata import EntryPoint, distribution
 
 import pytest
 
+from tollbridge.providers.deepgram import DeepgramSTT
 from tollbridge.registry import ENTRY_POINT_GROUP, Registry, RegistryError, _load, default_registry
-from tollbridge.stage import Role, StageKind
 
 
 def test_every_built_in_kind_is_registered_through_an_entry_point():
@@ -33,14 +33,12 @@ def test_a_broken_entry_point_is_named_in_the_error(value, message):
 
 
 def test_two_kinds_may_not_share_a_name():
-    class Impostor(StageKind):
-        name = "deepgram.stt"
-        role = Role.STT
-
-        def build(self, options, call):
-            raise NotImplementedError
+    class Impostor(DeepgramSTT):
+        """Another package's kind claiming the same name."""
 
     registry = Registry()
-    registry.register(type(default_registry().get("deepgram.stt")))
-    with pytest.raises(RegistryError, match="registered twice"):
+    registry.register(DeepgramSTT)
+    registry.register(DeepgramSTT)  # the same kind twice is harmless
+    with pytest.raises(RegistryError, match="registered twice") as raised:
         registry.register(Impostor)
+    assert "tollbridge.providers.deepgram:DeepgramSTT" in str(raised.value)

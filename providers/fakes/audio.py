@@ -5,6 +5,9 @@ detection and level meters see something), but cheap and identical on every run.
 Its length follows the text, so a test can predict the byte count exactly.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 #: Bytes per sample for each raw encoding the fakes produce or count.
@@ -17,6 +20,11 @@ _PEAK = 0.1 * 32767  # about -20 dBFS: audible in a test, quiet on a real phone
 # G.711 segment end points, as in the reference (Sun) codec that audioop uses.
 _ULAW_SEGMENT_ENDS = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
 _ALAW_SEGMENT_ENDS = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
+
+
+def speaking_rate(script: Mapping[str, Any] | None) -> float:
+    """A cassette's `tts` section → the characters per second its fake TTS speaks at."""
+    return float((script or {}).get("chars_per_second", 14.0))
 
 
 def speech_samples(text: str, sample_rate: int, chars_per_second: float) -> int:
