@@ -4,8 +4,14 @@ When a call ends the bookkeeper prices its usage with the catalog (plus the
 vertical's negotiated rates) and hands the record to the spooling ledger in a
 background task, so a slow or absent database never delays a hang-up and a
 failed write is spooled, not lost. Twilio's status callbacks reconcile the
-telephony lines to the billed duration the same way, and where credentials
-allow, Twilio's own price for the call is fetched and stored beside ours.
+telephony lines to the billed duration the same way, its recording status
+callbacks bill the recording, and where credentials allow, Twilio's own price
+for the call is fetched and stored beside ours.
+
+A callback for a call this ledger never records (its stream never reached a
+bridge, or the bridge died before writing it) would wait in the ledger for
+ever; after `pending_ttl_s` it is logged (`callback_expired`, with what it
+carried) and dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from tollbridge.costs.usage import CallUsage
 from tollbridge.logs import get_logger
 
 log = get_logger(component="bookkeeper")
+EXPIRY_SWEEP_MAX_S = 300.0
+"""Callbacks past their time-to-live are looked for at least this often."""
 
 
 class Bookkeeper:
@@ -37,8 +45,10 @@ class Bookkeeper:
         ledger: SpoolingLedger | None,
         *,
         twilio_price: Callable[[str], Awaitable[Decimal | None]] | None = None,
+        pending_ttl_s: float | None = None,
     ):
         self.ledger = ledger
+        self.pending_ttl_s = pending_ttl_s
         self.twilio_price = twilio_price
         """Where credentials allow: what Twilio charged for a call, read after it ended."""
         self._catalogs = {
@@ -46,19 +56,32 @@ class Bookkeeper:
         }
         self._default = catalog
         self._writes: set[asyncio.Task] = set()
+        self._lookups: set[asyncio.Task] = set()
+        """Twilio price look-ups: informative, so shutdown does not wait for them."""
+        self._expiry: asyncio.Task | None = None
+        self.priced = 0
+        """Calls priced (and handed to the ledger) by this process."""
         self.costs: dict[str, CallCost] = {}
         """The latest priced calls of this process, by call SID (bounded)."""
 
     @classmethod
     async def open(
-        cls, verticals: list[Vertical], ledger_url: str | None, spool_path: Path | str
+        cls,
+        verticals: list[Vertical],
+        ledger_url: str | None,
+        spool_path: Path | str,
+        *,
+        pending_ttl_s: float | None = None,
     ) -> Bookkeeper:
         ledger = await SpoolingLedger.open(ledger_url, spool_path) if ledger_url else None
         catalog = Catalog.load()
         warning = catalog.age_warning(dt.date.today())
         if warning:
             log.warning("price_catalog_old", detail=warning)
-        return cls(catalog, verticals, ledger)
+        bookkeeper = cls(catalog, verticals, ledger, pending_ttl_s=pending_ttl_s)
+        if ledger and pending_ttl_s:
+            bookkeeper._expiry = asyncio.create_task(bookkeeper._expire_pending_forever())
+        return bookkeeper
 
     def catalog_for(self, vertical: str) -> Catalog:
         return self._catalogs.get(vertical, self._default)
@@ -68,6 +91,7 @@ class Bookkeeper:
 
     async def call_finished(self, usage: CallUsage) -> CallCost:
         cost = self.price(usage)
+        self.priced += 1
         self.costs[cost.call_sid] = cost
         while len(self.costs) > 1000:
             self.costs.pop(next(iter(self.costs)))
@@ -88,7 +112,42 @@ class Bookkeeper:
         if self.ledger and billed_seconds is not None:
             self._background(self.ledger.reconcile(call_sid, billed_seconds, status))
         if self.ledger and self.twilio_price and status == "completed":
-            self._background(self._store_twilio_price(call_sid))
+            self._background(self._store_twilio_price(call_sid), self._lookups)
+
+    async def recording_finished(self, call_sid: str, recorded_seconds: int) -> None:
+        """Twilio recorded `recorded_seconds` of the call: bill the recording."""
+        if self.ledger:
+            self._background(self.ledger.set_recording(call_sid, recorded_seconds))
+
+    async def expire_pending(self) -> int:
+        """Log and drop callbacks older than `pending_ttl_s` whose call was never recorded."""
+        if not self.ledger or not self.pending_ttl_s:
+            return 0
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.pending_ttl_s)
+        expired = await self.ledger.expire_pending(cutoff)
+        for row in expired:
+            log.warning(
+                "callback_expired",
+                call_sid=row["call_sid"],
+                detail=f"no call record after {self.pending_ttl_s:g} s; callback dropped",
+                status=row["status"],
+                billed_seconds=row["billed_seconds"],
+                recorded_seconds=row["recorded_seconds"],
+                twilio_price_usd=None if row["twilio_price_usd"] is None
+                else str(row["twilio_price_usd"]),
+                received_at=str(row["received_at"]),
+            )
+        return len(expired)
+
+    async def _expire_pending_forever(self) -> None:
+        assert self.pending_ttl_s
+        every = min(self.pending_ttl_s, EXPIRY_SWEEP_MAX_S)
+        while True:
+            try:
+                await self.expire_pending()
+            except Exception as error:  # the database is down: the next sweep tries again
+                log.warning("callback_expiry_failed", error=repr(error))
+            await asyncio.sleep(every)
 
     async def _store_twilio_price(self, call_sid: str) -> None:
         assert self.ledger and self.twilio_price
@@ -96,22 +155,29 @@ class Bookkeeper:
         if price is not None:
             await self.ledger.set_twilio_price(call_sid, price)
 
-    def _background(self, write) -> None:
+    def _background(self, write, tasks: set[asyncio.Task] | None = None) -> None:
+        tasks = self._writes if tasks is None else tasks
         task = asyncio.create_task(write)
-        self._writes.add(task)
-        task.add_done_callback(self._written)
+        tasks.add(task)
 
-    def _written(self, task: asyncio.Task) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception():
-            log.error("ledger_write_failed", error=repr(task.exception()))
+        def done(task: asyncio.Task) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception():
+                log.error("ledger_write_failed", error=repr(task.exception()))
+
+        task.add_done_callback(done)
 
     async def drain(self) -> None:
-        """Wait for the writes in flight (before shutdown or in tests)."""
-        while self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Wait for the writes and price look-ups in flight."""
+        while self._writes or self._lookups:
+            await asyncio.gather(*self._writes, *self._lookups, return_exceptions=True)
 
     async def close(self) -> None:
+        """Write everything in flight, then close the ledger (price look-ups are dropped)."""
+        chores = [*self._lookups, *([self._expiry] if self._expiry else [])]
+        for task in chores:
+            task.cancel()
+        await asyncio.gather(*chores, return_exceptions=True)
         await self.drain()
         if self.ledger:
             await self.ledger.close()

@@ -130,8 +130,19 @@ def serve(
         bool,
         typer.Option(help="Accept unsigned requests. Local development only, never in production."),
     ] = False,
+    drain_grace: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds calls in flight may go on after SIGTERM/SIGINT before a farewell "
+            "ends them [default: TOLLBRIDGE_DRAIN_GRACE_S, else 30].",
+        ),
+    ] = None,
 ) -> None:
-    """Run the bridge: the voice webhook, the Media Streams socket and status callbacks."""
+    """Run the bridge: the voice webhook, the Media Streams socket and status callbacks.
+
+    SIGTERM or SIGINT drains it (no new calls; calls in flight finish, up to the
+    grace); a second signal ends the calls at once. Every record is written first."""
     from tollbridge.serve import run_service, serve_forever
 
     def run() -> None:
@@ -146,6 +157,7 @@ def serve(
                 ledger_url=ledger,
                 validate_signatures=not insecure_no_signature_check,
                 announce=console.print,
+                grace_s=drain_grace,
             )
         )
 

@@ -62,6 +62,8 @@ class CallSession:
         self.built: BuiltCall = build_call(call, observers=observers)
         self.ended_by = ""
         self.usage: CallUsage | None = None
+        self._caller_side: asyncio.Future | None = None
+        self._hang_up_now = False
         self._cpu_seconds = 0.0
         meter = self.built.meter
         if meter and pricer and call.vertical.budget_usd is not None:
@@ -88,6 +90,14 @@ class CallSession:
             await self.worker.queue_frame(TTSSpeakFrame(farewell))
         await self.built.transport.input().push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
 
+    def hang_up_now(self, reason: str) -> None:
+        """End the call at once, with no farewell (the server must stop now); the
+        call still leaves its record."""
+        self.ended_by = self.ended_by or reason
+        self._hang_up_now = True
+        if self._caller_side is not None:
+            self._caller_side.cancel()
+
     async def run(self, caller_side: Awaitable[str]) -> CallUsage | None:
         """Run until either side ends the call. `caller_side` returns why it ended."""
         CallSession.active += 1
@@ -95,7 +105,9 @@ class CallSession:
         runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
         await runner.add_workers(self.worker)
         pipeline = asyncio.create_task(runner.run(), name=f"pipeline {self.call.call_sid}")
-        reader = asyncio.ensure_future(caller_side)
+        reader = self._caller_side = asyncio.ensure_future(caller_side)
+        if self._hang_up_now:
+            reader.cancel()
         self.log.info("call_started", caller=self.call.caller, callee=self.call.callee)
         try:
             if self.call.vertical.greeting:

@@ -146,4 +146,5 @@ def load_profile(path: Path | str) -> CallUsage:
         realtime=[req for r in profile.realtime for req in _split(RealtimeUsage, r)],
         compute_cpu_seconds=profile.compute_cpu_seconds,
         ended_by="estimate",
+        recorded_seconds=profile.call_seconds if profile.recording else Decimal(0),
     )

@@ -2,8 +2,11 @@
 
 One row per call, one row per line item, money stored exactly (TEXT on SQLite,
 NUMERIC on PostgreSQL) and read back as `Decimal`. Twilio's status callback
-re-bills the call-time lines from its CallDuration; when it arrives before the
-call's own record, it waits in `pending_callbacks` and is applied on record.
+re-bills the call-time lines from its CallDuration, and the recording status
+callback bills the recording from its RecordingDuration; a callback that
+arrives before the call's own record waits in `pending_callbacks` and is
+applied on record. One for a call never recorded expires from there
+(`expire_pending`).
 For writes that must survive a database outage, see `spool.SpoolingLedger`.
 """
 
@@ -21,7 +24,7 @@ import structlog
 from tollbridge.costs.database import Database, Transaction, connect
 from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
-from tollbridge.costs.pricing import rebill, with_twilio_price
+from tollbridge.costs.pricing import rebill, with_recording, with_twilio_price
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +47,7 @@ _CALL_COLUMNS = (
     "twilio_price_usd",
     "drift_usd",
     "status",
+    "recorded_seconds",
 )
 _ITEM_COLUMNS = (
     "call_sid",
@@ -169,17 +173,18 @@ class Ledger:
             if self._db.migration_lock:
                 await tx.execute(self._db.migration_lock)
             await tx.execute(BOOTSTRAP.format(**self._db.types))
-            applied = [
+            applied = {
                 r["version"]
                 for r in await tx.fetch("SELECT version FROM schema_migrations ORDER BY version")
-            ]
-            known = [m.version for m in MIGRATIONS]
-            if applied != known[: len(applied)]:
+            }
+            known = sorted(m.version for m in MIGRATIONS)
+            if not applied <= set(known):
                 raise RuntimeError(
-                    f"ledger schema has migrations {applied}, this code knows {known}: "
+                    f"ledger schema has migrations {sorted(applied)}, this code knows {known}: "
                     f"the database was migrated by a newer or different version of tollbridge"
                 )
-            for migration in MIGRATIONS[len(applied) :]:
+            missing = [m for m in MIGRATIONS if m.version not in applied]
+            for migration in sorted(missing, key=lambda m: m.version):
                 for statement in migration.statements:
                     await tx.execute(statement.format(**self._db.types))
                 await tx.execute(
@@ -200,7 +205,8 @@ class Ledger:
             await self._lock_call(tx, cost.call_sid)
             for table in ("calls", "pending_callbacks"):
                 rows = await tx.fetch(
-                    f"SELECT billed_seconds, status, twilio_price_usd FROM {table} WHERE call_sid = ?",
+                    "SELECT billed_seconds, status, twilio_price_usd, recorded_seconds "
+                    f"FROM {table} WHERE call_sid = ?",
                     cost.call_sid,
                 )
                 if rows:
@@ -252,6 +258,39 @@ class Ledger:
             cost = with_twilio_price(cost, Decimal(price_usd))
             await self._store(tx, cost)
             return cost
+
+    async def set_recording(self, call_sid: str, recorded_seconds: int) -> CallCost | None:
+        """Bill the call's recording from Twilio's RecordingDuration (kept if early)."""
+        async with self._db.transaction() as tx:
+            await self._lock_call(tx, call_sid)
+            cost = await self._load(tx, call_sid)
+            if cost is None:
+                await tx.execute(
+                    "INSERT INTO pending_callbacks (call_sid, recorded_seconds, received_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT (call_sid) DO UPDATE SET "
+                    "recorded_seconds = excluded.recorded_seconds",
+                    call_sid,
+                    recorded_seconds,
+                    dt.datetime.now(dt.UTC),
+                )
+                return None
+            cost = with_recording(cost, recorded_seconds)
+            await self._store(tx, cost)
+            return cost
+
+    async def expire_pending(self, received_before: dt.datetime) -> list[dict[str, Any]]:
+        """Drop, and return, callbacks received before `received_before` whose call was
+        never recorded: Twilio billed a call that never reached a stream here."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT * FROM pending_callbacks WHERE received_at < ? ORDER BY received_at",
+                received_before,
+            )
+            if rows:
+                await tx.execute(
+                    "DELETE FROM pending_callbacks WHERE received_at < ?", received_before
+                )
+        return rows
 
     async def report(
         self,
@@ -326,6 +365,7 @@ class Ledger:
             status=row["status"],
             twilio_price_usd=_dec_or_none(row["twilio_price_usd"]),
             drift_usd=_dec_or_none(row["drift_usd"]),
+            recorded_seconds=row["recorded_seconds"],
         )
 
     async def _store(self, tx: Transaction, cost: CallCost) -> None:
@@ -348,6 +388,7 @@ class Ledger:
             cost.twilio_price_usd,
             cost.drift_usd,
             cost.status,
+            cost.recorded_seconds,
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS[1:])
         await tx.execute(
@@ -382,6 +423,8 @@ def _apply_callbacks(cost: CallCost, stored: Mapping[str, Any]) -> CallCost:
     price = _dec_or_none(stored["twilio_price_usd"])
     if price is not None and cost.twilio_price_usd is None:
         cost = with_twilio_price(cost, price)
+    if stored["recorded_seconds"] is not None and cost.recorded_seconds is None:
+        cost = with_recording(cost, stored["recorded_seconds"])
     return cost
 
 

@@ -79,7 +79,8 @@ class CallCost:
 
     `status` is "measured" until Twilio's status callback replaces it with the
     final CallStatus. Twilio's own price covers connectivity only; `drift_usd` is
-    Twilio's figure minus our carrier-minute items.
+    Twilio's figure minus our carrier-minute items. `recorded_seconds` is
+    Twilio's RecordingDuration, once its recording status callback came.
     """
 
     call_sid: str
@@ -99,6 +100,7 @@ class CallCost:
     status: str = "measured"
     twilio_price_usd: Decimal | None = None
     drift_usd: Decimal | None = None
+    recorded_seconds: int | None = None
 
     @property
     def seconds(self) -> Decimal:
@@ -143,6 +145,7 @@ class CallCost:
             "status": self.status,
             "twilio_price_usd": _str_or_none(self.twilio_price_usd),
             "drift_usd": _str_or_none(self.drift_usd),
+            "recorded_seconds": self.recorded_seconds,
             "total_usd": f"{self.total_usd:f}",
             "usd_per_minute": _str_or_none(self.usd_per_minute),
         }
@@ -168,6 +171,7 @@ class CallCost:
             status=data.get("status", "measured"),
             twilio_price_usd=_decimal_or_none(data.get("twilio_price_usd")),
             drift_usd=_decimal_or_none(data.get("drift_usd")),
+            recorded_seconds=data.get("recorded_seconds"),
         )
 
 

@@ -5,6 +5,10 @@ Each migration is a list of statements written once for both databases:
 would turn them into floats) and NUMERIC on PostgreSQL; `{timestamp}` becomes
 TEXT (ISO 8601, UTC) or TIMESTAMPTZ. Never edit a released migration: add the
 next number.
+
+Numbers need not be contiguous: a ledger applies every known migration it
+has not applied yet, in number order, so migrations developed side by side
+must not depend on each other beyond migration 1.
 """
 
 from __future__ import annotations
@@ -79,6 +83,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 received_at {timestamp} NOT NULL
             )
             """,
+        ),
+    ),
+    Migration(
+        4,
+        "recorded seconds, and expiring callbacks for calls never seen",
+        (
+            # Twilio's RecordingDuration: the recording line bills it, not the call's length.
+            "ALTER TABLE calls ADD COLUMN recorded_seconds INTEGER",
+            "ALTER TABLE pending_callbacks ADD COLUMN recorded_seconds INTEGER",
+            "CREATE INDEX pending_callbacks_received ON pending_callbacks (received_at)",
         ),
     ),
 )

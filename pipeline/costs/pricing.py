@@ -27,7 +27,10 @@ UNBILLED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
 
 # Line kinds (before the first ".") whose quantity is the call's own duration,
 # so they are re-priced when Twilio reports the billed duration.
-CALL_TIME_KINDS = frozenset({"number", "voice", "media_streams", "recording"})
+CALL_TIME_KINDS = frozenset({"number", "voice", "media_streams"})
+RECORDING_ITEM = "recording"
+"""Bills Twilio's RecordingDuration (whole minutes), not the call's: nothing until
+Twilio reports a recording really happened."""
 
 _LLM_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output")
 _REALTIME_KINDS = (
@@ -103,6 +106,25 @@ def rebill(cost: CallCost, billed_seconds: int, status: str) -> CallCost:
     return with_twilio_price(rebilled, rebilled.twilio_price_usd)
 
 
+def with_recording(cost: CallCost, recorded_seconds: int) -> CallCost:
+    """Bill the recording Twilio reports (its RecordingDuration) on the recording line,
+    at the unit price the call was priced with. A call priced without a recording
+    line (its vertical does not record) keeps its lines; the seconds are kept."""
+    items = tuple(
+        LineItem.priced(
+            line.item,
+            line.provider,
+            call_quantity(line.unit, recorded_seconds),
+            line.unit,
+            line.unit_price_usd,
+        )
+        if line.item == RECORDING_ITEM
+        else line
+        for line in cost.items
+    )
+    return replace(cost, recorded_seconds=recorded_seconds, items=items)
+
+
 def with_twilio_price(cost: CallCost, price_usd: Decimal) -> CallCost:
     """Attach Twilio's own price for the call and how far ours is from it.
 
@@ -167,9 +189,9 @@ def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> li
         "twilio",
         "voice.outbound" if usage.direction == "outbound" else f"voice.inbound_{usage.number_type}",
     )
-    minute_rows = [carrier, catalog.find("twilio", "media_streams")]
-    if usage.recording:
-        minute_rows.append(catalog.find("twilio", "recording"))
+    minute_rows = [(carrier, seconds), (catalog.find("twilio", "media_streams"), seconds)]
+    if usage.recording:  # zero until Twilio's recording callback says how much it recorded
+        minute_rows.append((catalog.find("twilio", RECORDING_ITEM), usage.recorded_seconds))
     lines = [
         LineItem.priced(
             number.item,
@@ -179,11 +201,11 @@ def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> li
             number.usd / usage.monthly_minutes_per_number,
         )
     ]
-    for row in minute_rows:
+    for row, row_seconds in minute_rows:
         unit = _call_time_unit(row)
         lines.append(
             LineItem.priced(
-                row.item, row.provider, call_quantity(unit, seconds), unit, row.unit_price
+                row.item, row.provider, call_quantity(unit, row_seconds), unit, row.unit_price
             )
         )
     return lines

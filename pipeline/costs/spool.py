@@ -87,6 +87,18 @@ class SpoolingLedger:
             {"op": "twilio_price", "call_sid": call_sid, "price_usd": f"{Decimal(price_usd):f}"}
         )
 
+    async def set_recording(self, call_sid: str, recorded_seconds: int) -> None:
+        await self._write(
+            {"op": "recording", "call_sid": call_sid, "recorded_seconds": recorded_seconds}
+        )
+
+    async def expire_pending(self, received_before: dt.datetime) -> list[dict[str, Any]]:
+        """Expire callbacks for calls never recorded; nothing while writes wait in the
+        spool (a spooled record may still claim its callback). Raises if unreachable."""
+        if self._backlog:
+            return []
+        return await (await self._connected()).expire_pending(received_before)
+
     async def get(self, call_sid: str) -> CallCost | None:
         """Read through to the database (raises if it is unreachable)."""
         return await (await self._connected()).get(call_sid)
@@ -169,6 +181,8 @@ class SpoolingLedger:
             await ledger.reconcile(op["call_sid"], op["billed_seconds"], op["status"])
         elif op["op"] == "twilio_price":
             await ledger.set_twilio_price(op["call_sid"], Decimal(op["price_usd"]))
+        elif op["op"] == "recording":
+            await ledger.set_recording(op["call_sid"], op["recorded_seconds"])
         else:
             raise ValueError(f"unknown spooled operation {op['op']!r}")
 

@@ -95,7 +95,10 @@ class CallUsage:
 
     `measured_seconds` is our own clock; `billed_seconds` is Twilio's
     `CallDuration`, known only after the status callback, so it starts as None
-    and the ledger reconciles it later.
+    and the ledger reconciles it later. `recording` says the call is recorded;
+    `recorded_seconds` is how much Twilio recorded, known from its recording
+    status callback (the estimator assumes the whole call), and is what the
+    recording line bills.
     """
 
     call_sid: str
@@ -117,6 +120,7 @@ class CallUsage:
     realtime: list[RealtimeUsage] = field(default_factory=list)
     compute_cpu_seconds: Decimal = Decimal(0)
     ended_by: str = ""
+    recorded_seconds: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
         if self.direction not in ("inbound", "outbound"):

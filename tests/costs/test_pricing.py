@@ -8,7 +8,13 @@ import pytest
 
 from tollbridge.costs.catalog import Catalog, UnknownPriceError
 from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
-from tollbridge.costs.pricing import price_call, rebill, with_twilio_price, without_savings
+from tollbridge.costs.pricing import (
+    price_call,
+    rebill,
+    with_recording,
+    with_twilio_price,
+    without_savings,
+)
 from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
 
 from .conftest import STARTED
@@ -54,13 +60,14 @@ def test_zero_seconds_cost_no_minutes(catalog: Catalog, make_usage: MakeUsage) -
 def test_toll_free_outbound_and_recording(catalog: Catalog, make_usage: MakeUsage) -> None:
     toll_free = lines(
         price_call(
-            make_usage(number_type="toll_free", recording=True, monthly_minutes_per_number=500),
+            make_usage(number_type="toll_free", recording=True, recorded_seconds=D(58),
+                       monthly_minutes_per_number=500),
             catalog,
         )
     )
     assert toll_free["voice.inbound_toll_free"].usd == 2 * D("0.022")
     assert toll_free["number.toll_free"].unit_price_usd == D("2.15") / 500
-    assert toll_free["recording"].usd == 2 * D("0.0025")
+    assert toll_free["recording"].usd == D("0.0025")  # 58 s recorded: one whole minute
     outbound = lines(price_call(make_usage(direction="outbound", measured_seconds=D(180)), catalog))
     assert outbound["voice.outbound"].usd == 3 * D("0.014")
     assert "recording" not in outbound
@@ -327,13 +334,28 @@ def test_rebill_from_twilio_duration(catalog: Catalog, make_usage: MakeUsage) ->
     cost = price_call(usage, catalog)
     later = lines(rebill(cost, 120, "completed"))
     assert later["voice.inbound_local"].quantity == 2
-    assert later["recording"].quantity == 2
+    assert later["recording"].quantity == 0  # the call's length says nothing of a recording
     assert later["stt:nova-3"] == lines(cost)["stt:nova-3"]  # audio is not call time
     unanswered = rebill(cost, 0, "no-answer")
     assert unanswered.status == "no-answer"
     assert all(line.usd == 0 for line in unanswered.items if not line.item.startswith("stt"))
     busy = lines(rebill(cost, 30, "busy"))  # not charged whatever the duration says
     assert busy["voice.inbound_local"].quantity == 0
+
+
+def test_a_recording_bills_only_what_twilio_recorded(
+    catalog: Catalog, make_usage: MakeUsage
+) -> None:
+    cost = price_call(make_usage(recording=True), catalog)
+    assert lines(cost)["recording"].usd == 0  # asked for, nothing recorded yet
+    recorded = with_recording(cost, 125)
+    assert recorded.recorded_seconds == 125
+    assert lines(recorded)["recording"].quantity == 3  # whole minutes, rounded up
+    assert lines(recorded)["recording"].usd == 3 * D("0.0025")
+    assert recorded.total_usd == cost.total_usd + 3 * D("0.0025")
+    assert lines(rebill(recorded, 61, "completed"))["recording"].quantity == 3
+    not_recording = price_call(make_usage(), catalog)
+    assert with_recording(not_recording, 125).items == not_recording.items
 
 
 def test_twilio_price_drift(catalog: Catalog, make_usage: MakeUsage) -> None:

@@ -3,12 +3,17 @@
 Bad input never takes the server down: a malformed message, an unknown
 event, media before `start`, bad base64 or an oversize frame is logged and
 skipped. A socket that never sends a usable `start` is closed; one that
-names no known vertical is closed with a warning.
+names no known vertical, or that the bridge refuses (a call SID already live,
+a server shutting down), is closed with a warning before any pipeline starts.
+Twilio sends media every 20 ms while a call is up, silence included, so a
+stream with no media for `idle_timeout_s` is a dead call: it ends (`idle`),
+and leaves its record like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -21,6 +26,8 @@ from tollbridge.transports.twilio import protocol
 from tollbridge.transports.twilio.transport import MediaStreamConnection, TwilioTransport
 
 START_TIMEOUT_S = 10.0
+POLICY_VIOLATION = 1008
+"""WebSocket close code for a stream refused at `start`."""
 MAX_BAD_MESSAGES = 50
 """A peer that keeps sending garbage after this many bad messages is cut off."""
 
@@ -43,6 +50,8 @@ class _Reader:
         self._raw = _messages(ws)
         self.bad = 0
         self.call_sid = ""
+        self.last_media = time.monotonic()
+        """When the last media frame came (or the reader started)."""
 
     async def next(self) -> protocol.Event | None:
         """The next usable event, or None when the socket has closed."""
@@ -71,8 +80,13 @@ async def serve_media_stream(
     on_finished: UsageSink | None = None,
     pricer: Pricer | None = None,
     on_session: Callable[[CallSession], Awaitable[None]] | None = None,
+    admit: Callable[[protocol.Start], str | None] | None = None,
+    idle_timeout_s: float | None = None,
 ) -> None:
-    """Serve one accepted Media Streams socket until the call ends."""
+    """Serve one accepted Media Streams socket until the call ends.
+
+    `admit` may refuse the stream once its `start` names the call: it returns
+    why, or None to let the call in."""
     reader = _Reader(ws)
     try:
         start = await asyncio.wait_for(_wait_for_start(reader), START_TIMEOUT_S)
@@ -90,6 +104,11 @@ async def serve_media_stream(
         )
         await _close(ws)
         return
+    refused = admit(start) if admit else None
+    if refused:
+        log.warning("stream_refused", call_sid=start.call_sid, reason=refused)
+        await _close(ws, code=POLICY_VIOLATION, reason=refused[:120])
+        return
 
     connection = MediaStreamConnection(ws.send_text, ws.close, start.stream_sid)
     session = CallSession(
@@ -97,7 +116,7 @@ async def serve_media_stream(
     )
     if on_session:
         await on_session(session)
-    await session.run(_pump(reader, session, connection))
+    await session.run(_caller_side(reader, session, connection, idle_timeout_s))
     await connection.hang_up()
 
 
@@ -110,6 +129,35 @@ async def _wait_for_start(reader: _Reader) -> protocol.Start | None:
     return None
 
 
+async def _caller_side(
+    reader: _Reader,
+    session: CallSession,
+    connection: MediaStreamConnection,
+    idle_timeout_s: float | None,
+) -> str:
+    """The socket's side of the call: its events, watched for media that stopped coming."""
+    reader.last_media = time.monotonic()
+    pump = asyncio.ensure_future(_pump(reader, session, connection))
+    if idle_timeout_s is None:
+        return await pump
+    watch = asyncio.ensure_future(_until_idle(reader, idle_timeout_s))
+    try:
+        done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, watch):
+            task.cancel()
+    if pump in done:
+        return pump.result()
+    log.warning("stream_idle", call_sid=reader.call_sid, idle_s=idle_timeout_s)
+    return "idle"
+
+
+async def _until_idle(reader: _Reader, idle_timeout_s: float) -> None:
+    """Return once no media has come for `idle_timeout_s` (wakes once per timeout, not per frame)."""
+    while (left := reader.last_media + idle_timeout_s - time.monotonic()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(left)  # an Event set per 20 ms frame would cost every call
+
+
 async def _pump(reader: _Reader, session: CallSession, connection: MediaStreamConnection) -> str:
     """Feed the call's events into its pipeline; return why the caller side ended."""
     transport = session.built.transport
@@ -117,6 +165,7 @@ async def _pump(reader: _Reader, session: CallSession, connection: MediaStreamCo
     try:
         while (event := await reader.next()) is not None:
             if isinstance(event, protocol.Media):
+                reader.last_media = time.monotonic()
                 await transport.input().audio(event.payload)
             elif isinstance(event, protocol.Mark):
                 await transport.output().played(event.name)
@@ -134,9 +183,9 @@ async def _pump(reader: _Reader, session: CallSession, connection: MediaStreamCo
     return "disconnected" if reader.bad < MAX_BAD_MESSAGES else "protocol_error"
 
 
-async def _close(ws: WebSocket) -> None:
+async def _close(ws: WebSocket, code: int = 1000, reason: str | None = None) -> None:
     if ws.client_state is WebSocketState.CONNECTED:
         try:
-            await ws.close()
+            await ws.close(code=code, reason=reason)
         except RuntimeError:
             pass

@@ -1,7 +1,8 @@
 """Twilio's REST API: placing outbound calls, and reading what Twilio charged for a call.
 
 An outbound call's TwiML is inline (no extra webhook round trip) and carries
-the same `<Connect><Stream>` as an inbound call; Twilio's status callbacks
+the same `<Connect><Stream>` as an inbound call, with the same
+`<Start><Recording>` ahead of it when the vertical records; Twilio's status callbacks
 come back to `/status` so the ledger can reconcile the minutes. Numbers are
 checked as E.164 before anything is sent. After a call ends, Twilio fills in
 the Call resource's `price` (connectivity only) some time later; the ledger
@@ -77,7 +78,6 @@ class TwilioRest:
             status_callback_event=STATUS_EVENTS,
             status_callback_method="POST",
             timeout=self.ring_timeout_s,
-            record=vertical.telephony.recording,
             **options,
         )
         log.info("outbound_call_placed", call_sid=call.sid, vertical=vertical.name, to=to)

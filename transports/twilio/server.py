@@ -5,13 +5,20 @@
   ``<Parameter>``s (unknown number: a short apology and a hang-up);
 * ``WS /media`` — the Media Streams socket, one call each;
 * ``POST /status`` — call status callbacks (CallStatus, CallDuration…), kept
-  so the ledger can reconcile telephony minutes to Twilio's figures;
+  so the ledger can reconcile telephony minutes to Twilio's figures; a value
+  that makes no sense is refused with 400 before anything is written;
+* ``POST /recording-status`` — recording status callbacks: a vertical that
+  records starts `<Start><Recording>` ahead of the stream, and the recording
+  is billed from the RecordingDuration reported here, only once it exists;
 * ``POST /stream-status`` — stream status callbacks, logged;
 * ``POST /calls`` — place an outbound call (``Authorization: Bearer``, checked
   before the body is read).
 
 Every Twilio request is checked against ``X-Twilio-Signature`` unless the
-documented development setting turns the check off. Each route is a small
+documented development setting turns the check off. While the server drains
+(shutting down), the voice webhook asks callers to call back instead of
+connecting a stream here, and new Media Streams are refused. One call SID has
+at most one live stream: a second is refused before any pipeline starts. Each route is a small
 function; the bridge, the signature check and the bearer token are
 dependencies it declares.
 """
@@ -22,9 +29,10 @@ import asyncio
 import contextlib
 import hmac
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from fastapi import (
@@ -42,7 +50,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
 from tollbridge.config import Vertical, e164
 from tollbridge.logs import get_logger
@@ -58,7 +66,54 @@ log = get_logger(component="bridge")
 MEDIA_PATH = "/media"
 STATUS_PATH = "/status"
 STREAM_STATUS_PATH = "/stream-status"
+RECORDING_STATUS_PATH = "/recording-status"
 UNKNOWN_NUMBER_MESSAGE = "Sorry, this number is not in service. Goodbye."
+UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please call back in a minute."
+SHUTDOWN_FAREWELL = "Sorry, we have to end this call now. Please call back. Goodbye."
+TRY_AGAIN_LATER = 1013
+"""WebSocket close code for a stream that comes while the server drains."""
+
+CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress", "completed",
+                           "busy", "no-answer", "failed", "canceled"})
+RECORDING_STATUSES = frozenset({"in-progress", "paused", "stopped", "processing",
+                                "completed", "absent", "failed"})
+MAX_CALL_SECONDS = 24 * 3600
+"""Twilio ends every call within 24 hours: a longer duration is not Twilio's."""
+_SID = re.compile(r"^[A-Za-z]{2}[A-Za-z0-9]{1,62}$")
+_SECONDS = re.compile(r"^[0-9]{1,6}$")
+_Parsed = TypeVar("_Parsed")
+
+
+class CallbackError(ValueError):
+    """A Twilio callback whose values make no sense; the text names the field."""
+
+
+def _sid_field(form: FormData, name: str) -> str:
+    value = str(form.get(name) or "")
+    if not value:
+        raise CallbackError(f"{name} is missing")
+    if not _SID.match(value):
+        raise CallbackError(f"{name} {value[:80]!r} is not a Twilio SID")
+    return value
+
+
+def _status_field(form: FormData, name: str, known: frozenset[str]) -> str:
+    value = str(form.get(name) or "")
+    if value not in known:
+        raise CallbackError(f"{name} {value[:80]!r} is not one of {', '.join(sorted(known))}")
+    return value
+
+
+def _seconds_field(form: FormData, name: str) -> int | None:
+    """A duration in whole seconds, 0 to 24 hours; None when Twilio sent none."""
+    value = str(form.get(name) or "")
+    if not value:
+        return None
+    if not _SECONDS.match(value) or int(value) > MAX_CALL_SECONDS:
+        raise CallbackError(
+            f"{name} {value[:80]!r} is not a whole number of seconds from 0 to {MAX_CALL_SECONDS}"
+        )
+    return int(value)
 
 
 @dataclass
@@ -72,13 +127,37 @@ class StatusUpdate:
 
     @classmethod
     def from_form(cls, form: FormData) -> StatusUpdate:
-        duration = str(form.get("CallDuration") or "")
+        """The callback's values, or a `CallbackError` naming the first that makes no sense."""
         return cls(
-            call_sid=str(form.get("CallSid", "")),
-            status=str(form.get("CallStatus", "")),
-            duration_seconds=int(duration) if duration.isdigit() else None,
+            call_sid=_sid_field(form, "CallSid"),
+            status=_status_field(form, "CallStatus", CALL_STATUSES),
+            duration_seconds=_seconds_field(form, "CallDuration"),
             fields={k: str(v) for k, v in form.items()},
         )
+
+
+@dataclass
+class RecordingUpdate:
+    """A recording status callback: how much of a call Twilio recorded."""
+
+    call_sid: str
+    recording_sid: str
+    status: str
+    duration_seconds: int | None
+
+    @classmethod
+    def from_form(cls, form: FormData) -> RecordingUpdate:
+        update = cls(
+            call_sid=_sid_field(form, "CallSid"),
+            recording_sid=_sid_field(form, "RecordingSid"),
+            status=_status_field(form, "RecordingStatus", RECORDING_STATUSES),
+            duration_seconds=None,
+        )
+        if update.status == "completed":
+            update.duration_seconds = _seconds_field(form, "RecordingDuration")
+            if update.duration_seconds is None:
+                raise CallbackError("RecordingDuration is missing from a completed recording")
+        return update
 
 
 @dataclass
@@ -95,6 +174,8 @@ class BridgeSettings:
     env: Mapping[str, str] | None = None
     """Where API keys are read from; the process environment when None."""
     user_speech_timeout: float = 0.6
+    idle_timeout_s: float | None = 30.0
+    """A stream with no media for this long ends (`idle`); None never ends one for that."""
 
 
 class Bridge:
@@ -107,6 +188,7 @@ class Bridge:
         *,
         on_finished: Callable[[Any], Awaitable[object]] | None = None,
         on_status: Callable[[StatusUpdate], Awaitable[None]] | None = None,
+        on_recording: Callable[[RecordingUpdate], Awaitable[None]] | None = None,
         on_session: Callable[[CallSession], Awaitable[None]] | None = None,
         pricer: Pricer | None = None,
         dialer: Any = None,
@@ -125,19 +207,40 @@ class Bridge:
         self.signatures = SignatureChecker(settings.auth_token) if settings.auth_token else None
         self.on_finished = on_finished
         self.on_status = on_status
+        self.on_recording = on_recording
         self.on_session = on_session
         self.pricer = pricer
         """Prices a call's usage so far, for per-call budgets."""
         self.dialer = dialer
         self.sessions: dict[str, CallSession] = {}
+        """Live calls by call SID: one each, however many streams claim it."""
+        self.draining = False
+        """Shutting down: the webhook turns callers away and new sockets are refused."""
+        self.closing = False
+        """Past the drain's grace: even a socket opened before it may not start a call."""
+        self._live: set[str] = set()
+        self._streams = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     @property
     def media_url(self) -> str:
         return public_url(self.settings.public_url, MEDIA_PATH, websocket=True)
 
     def stream_twiml(self, vertical: Vertical, caller: str, callee: str) -> str:
-        """TwiML connecting the call to our Media Streams socket."""
+        """TwiML connecting the call to our Media Streams socket, recording it first if
+        the vertical asks (`<Start>` goes on at once; `<Connect>` cannot record)."""
         response = VoiceResponse()
+        if vertical.telephony.recording:
+            start = Start()
+            start.recording(
+                recording_status_callback=public_url(
+                    self.settings.public_url, RECORDING_STATUS_PATH
+                ),
+                recording_status_callback_method="POST",
+                recording_status_callback_event="completed absent",
+            )
+            response.append(start)
         connect = Connect()
         stream = connect.stream(
             url=self.media_url,
@@ -181,16 +284,32 @@ class Bridge:
             user_speech_timeout=self.settings.user_speech_timeout,
         )
 
+    def admission(self, call_sid: str) -> str | None:
+        """Why a stream starting call `call_sid` may not run here now, or None."""
+        if self.closing:
+            return "the server is shutting down"
+        if call_sid in self._live:
+            return f"call {call_sid} already has a live stream here"
+        return None
+
     async def serve(self, ws: WebSocket) -> None:
         """Run the call on an accepted Media Streams socket, listed in `sessions` while live."""
-        tracked: list[str] = []
+        claimed: list[str] = []
+
+        def admit(start: protocol.Start) -> str | None:
+            refused = self.admission(start.call_sid)
+            if refused is None:
+                self._live.add(start.call_sid)
+                claimed.append(start.call_sid)
+            return refused
 
         async def track(session: CallSession) -> None:
             self.sessions[session.call.call_sid] = session
-            tracked.append(session.call.call_sid)
             if self.on_session:
                 await self.on_session(session)
 
+        self._streams += 1
+        self._quiet.clear()
         try:
             await serve_media_stream(
                 ws,
@@ -199,14 +318,43 @@ class Bridge:
                 on_finished=self.on_finished,
                 pricer=self.pricer,
                 on_session=track,
+                admit=admit,
+                idle_timeout_s=self.settings.idle_timeout_s,
             )
         except asyncio.CancelledError:
             raise
         except Exception as error:  # one broken call must never take the server down
             log.error("media_stream_failed", error=repr(error))
         finally:
-            for call_sid in tracked:
+            for call_sid in claimed:
+                self._live.discard(call_sid)
                 self.sessions.pop(call_sid, None)
+            self._streams -= 1
+            if not self._streams:
+                self._quiet.set()
+
+    @property
+    def streams(self) -> int:
+        """Media Streams sockets open now, calls started or not."""
+        return self._streams
+
+    async def until_quiet(self) -> None:
+        """Wait until no Media Streams socket is open."""
+        await self._quiet.wait()
+
+    async def end_calls(self, farewell: str, reason: str) -> None:
+        """Say `farewell` on every live call, let it play, then hang up; no call starts after."""
+        self.closing = True
+        await asyncio.gather(
+            *(session.end(farewell=farewell, reason=reason) for session in self.sessions.values()),
+            return_exceptions=True,
+        )
+
+    def hang_up_all(self, reason: str) -> None:
+        """End every live call at once (records are still written); no call starts after."""
+        self.closing = True
+        for session in self.sessions.values():
+            session.hang_up_now(reason)
 
     def signed(self, url: str, params: Any, signature: str | None) -> bool:
         if not self.settings.validate_signatures:
@@ -275,10 +423,10 @@ async def dial_request(
         ) from None
 
 
-def unknown_number_twiml() -> str:
-    """What a caller to a number no vertical answers hears: a short apology and a hang-up."""
+def apology_twiml(message: str) -> str:
+    """A short spoken apology and a hang-up: no stream, no call for the bridge."""
     response = VoiceResponse()
-    response.say(UNKNOWN_NUMBER_MESSAGE)
+    response.say(message)
     response.hangup()
     return str(response)
 
@@ -295,19 +443,45 @@ async def voice(form: SignedForm, bridge: BridgeDep) -> Response:
     vertical = bridge.by_number.get(callee)
     if vertical is None:
         log.warning("unknown_number", to=callee, call_sid=form.get("CallSid"))
-        return Response(unknown_number_twiml(), media_type="text/xml")
+        return Response(apology_twiml(UNKNOWN_NUMBER_MESSAGE), media_type="text/xml")
+    if bridge.draining:
+        log.warning("call_turned_away", call_sid=form.get("CallSid"), vertical=vertical.name,
+                    reason="the server is shutting down")
+        return Response(apology_twiml(UNAVAILABLE_MESSAGE), media_type="text/xml")
     log.info("incoming_call", call_sid=form.get("CallSid"), vertical=vertical.name)
     return Response(bridge.stream_twiml(vertical, caller, callee), media_type="text/xml")
 
 
 @twilio_routes.post(STATUS_PATH)
 async def call_status(form: SignedForm, bridge: BridgeDep) -> Response:
-    update = StatusUpdate.from_form(form)
+    update = _parsed(StatusUpdate.from_form, form)
     log.info("call_status", call_sid=update.call_sid, status=update.status,
              duration=update.duration_seconds)
     if bridge.on_status:
         await bridge.on_status(update)
     return Response(status_code=204)
+
+
+@twilio_routes.post(RECORDING_STATUS_PATH)
+async def recording_status(form: SignedForm, bridge: BridgeDep) -> Response:
+    update = _parsed(RecordingUpdate.from_form, form)
+    log.info("recording_status", call_sid=update.call_sid, recording_sid=update.recording_sid,
+             status=update.status, duration=update.duration_seconds)
+    if update.status in ("absent", "failed"):
+        log.warning("recording_missing", call_sid=update.call_sid, status=update.status,
+                    error_code=form.get("ErrorCode"))
+    elif update.status == "completed" and bridge.on_recording:
+        await bridge.on_recording(update)
+    return Response(status_code=204)
+
+
+def _parsed(parse: Callable[[FormData], _Parsed], form: FormData) -> _Parsed:
+    """A callback's values, or a 400 naming what makes no sense (nothing is written)."""
+    try:
+        return parse(form)
+    except CallbackError as error:
+        log.warning("bad_callback", call_sid=str(form.get("CallSid", ""))[:80], detail=str(error))
+        raise HTTPException(status_code=400, detail=str(error)) from None
 
 
 @twilio_routes.post(STREAM_STATUS_PATH)
@@ -319,6 +493,9 @@ async def stream_status(form: SignedForm) -> Response:
 
 @twilio_routes.websocket(MEDIA_PATH, dependencies=[Depends(signed_socket)])
 async def media(ws: WebSocket, bridge: BridgeDep) -> None:
+    if bridge.draining:
+        log.warning("stream_refused", reason="the server is shutting down")
+        raise WebSocketException(code=TRY_AGAIN_LATER, reason="the server is shutting down")
     await ws.accept()
     await bridge.serve(ws)
 
@@ -341,25 +518,42 @@ async def dial(
 
 
 @api_routes.get("/healthz")
-async def healthz(bridge: BridgeDep) -> dict[str, Any]:
-    return {"ok": True, "verticals": sorted(bridge.verticals), "calls": len(bridge.sessions)}
+async def healthz(bridge: BridgeDep) -> JSONResponse:
+    """Live calls, and whether this bridge takes new ones (503 while it drains)."""
+    body = {"ok": not bridge.draining, "draining": bridge.draining,
+            "verticals": sorted(bridge.verticals), "calls": len(bridge.sessions)}
+    return JSONResponse(body, status_code=503 if bridge.draining else 200)
 
 
 def create_app(bridge: Bridge) -> FastAPI:
-    app = FastAPI(title="tollbridge", docs_url=None, redoc_url=None)
+    """The bridge's routes; no schema or docs pages (nothing here is for browsing)."""
+    app = FastAPI(title="tollbridge", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.bridge = bridge
     app.include_router(twilio_routes)
     app.include_router(api_routes)
     return app
 
 
+GRACEFUL_STOP_S = 5
+"""Once calls are over, how long uvicorn waits for the last connections to close."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: what a signal means (a drain) is the service's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `app` with uvicorn on this event loop; yields its http:// base URL."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, lifespan="off", ws_max_size=1 << 20
+        app, host=host, port=port, log_config=None, lifespan="off", ws_max_size=1 << 20,
+        timeout_graceful_shutdown=GRACEFUL_STOP_S,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
