@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, PositiveFloat, SecretStr, ValidationError
+from pydantic import BeforeValidator, NonNegativeFloat, PositiveFloat, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Annotated[
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     tollbridge_spool: Path = Path("tollbridge-ledger.spool")
     """Where ledger writes wait while the database is down."""
     tollbridge_log_level: LogLevel = "WARNING"
-    tollbridge_drain_grace_s: PositiveFloat = 30.0
+    tollbridge_drain_grace_s: NonNegativeFloat = 30.0
     """On SIGTERM/SIGINT, how long calls in flight may go on before the farewell ends them."""
     tollbridge_idle_stream_s: PositiveFloat = 30.0
     """A Media Stream with no media for this long is ended (Twilio sends 20 ms even of silence)."""

@@ -9,7 +9,9 @@ import pytest
 from tollbridge.settings import SettingsError, load_settings
 
 VARIABLES = ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_API_BASE_URL",
-             "TOLLBRIDGE_API_TOKEN", "TOLLBRIDGE_SPOOL", "TOLLBRIDGE_LOG_LEVEL")
+             "TOLLBRIDGE_API_TOKEN", "TOLLBRIDGE_SPOOL", "TOLLBRIDGE_LOG_LEVEL",
+             "TOLLBRIDGE_DRAIN_GRACE_S", "TOLLBRIDGE_IDLE_STREAM_S",
+             "TOLLBRIDGE_PENDING_CALLBACK_TTL_S")
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +50,14 @@ def test_the_log_level_is_case_insensitive_and_a_bad_one_is_named(monkeypatch):
         "environment variable TOLLBRIDGE_LOG_LEVEL='LOUD': input should be "
         "'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"
     )
+
+
+def test_the_lifecycle_timeouts_have_defaults_and_refuse_nonsense(monkeypatch):
+    settings = load_settings()
+    assert (settings.tollbridge_drain_grace_s, settings.tollbridge_idle_stream_s,
+            settings.tollbridge_pending_callback_ttl_s) == (30.0, 30.0, 3600.0)
+    monkeypatch.setenv("TOLLBRIDGE_DRAIN_GRACE_S", "0")  # no grace: the farewell at once
+    assert load_settings().tollbridge_drain_grace_s == 0
+    monkeypatch.setenv("TOLLBRIDGE_IDLE_STREAM_S", "0")
+    with pytest.raises(SettingsError, match="TOLLBRIDGE_IDLE_STREAM_S='0': input should be greater than 0"):
+        load_settings()

@@ -188,3 +188,72 @@ async def test_twilio_price_is_fetched_after_the_call_and_drift_stored(frontdesk
     ours = sum(i.usd for i in price_call(usage, Catalog.load()).items
                if i.item == "voice.inbound_local")
     assert stored.drift_usd == Decimal("0.017") - ours  # Twilio's figure minus our carrier line
+
+
+async def test_an_inbound_recording_is_billed_once_twilio_reports_it(frontdesk, tmp_path):
+    """The vertical records: the call's record carries a zero recording line until Twilio's
+    signed recording callback says how long the recording is; then that is billed."""
+    from dataclasses import replace
+
+    from tollbridge.transports.twilio.server import RecordingUpdate
+
+    recording = replace(frontdesk, telephony=frontdesk.telephony.model_copy(
+        update={"recording": True}))
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    bookkeeper = await Bookkeeper.open([recording], ledger_url, tmp_path / "spool")
+    try:
+        async with running_bridge(recording, CASSETTE) as running:
+            note = running.bridge.on_finished
+
+            async def on_finished(usage):
+                await bookkeeper.call_finished(usage)
+                await note(usage)
+
+            async def on_recording(update: RecordingUpdate):
+                await bookkeeper.recording_finished(update.call_sid, update.duration_seconds)
+
+            running.bridge.on_finished, running.bridge.on_recording = on_finished, on_recording
+            phone = await running.softphone().call(CallScript(
+                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0))
+            await running.finished()
+            await bookkeeper.drain()
+            before = await bookkeeper.ledger.get(phone.call_sid)
+            form = {"AccountSid": "AC" + "3" * 32, "CallSid": phone.call_sid,
+                    "RecordingSid": "RE" + "6" * 32, "RecordingStatus": "completed",
+                    "RecordingDuration": "65", "RecordingChannels": "1"}
+            url = running.url + "/recording-status"
+            async with httpx.AsyncClient() as client:
+                headers = {"X-Twilio-Signature": SignatureChecker(AUTH_TOKEN).sign(url, form)}
+                assert (await client.post(url, data=form, headers=headers)).status_code == 204
+            await bookkeeper.drain()
+            after = await bookkeeper.ledger.get(phone.call_sid)
+    finally:
+        await bookkeeper.close()
+    [unbilled] = [i for i in before.items if i.item == "recording"]
+    [billed] = [i for i in after.items if i.item == "recording"]
+    assert unbilled.usd == 0  # asked for; nothing recorded yet, nothing charged
+    assert (billed.quantity, billed.usd) == (2, 2 * Decimal("0.0025"))  # 65 s: two minutes
+    assert after.total_usd == before.total_usd + billed.usd
+    assert after.recorded_seconds == 65
+
+
+async def test_a_callback_for_a_call_never_seen_expires_and_is_logged(frontdesk, tmp_path):
+    from structlog.testing import capture_logs
+
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with capture_logs() as logged:
+        bookkeeper = await Bookkeeper.open([frontdesk], ledger_url, tmp_path / "spool",
+                                           pending_ttl_s=0.2)
+        try:
+            await bookkeeper.call_status("CA" + "e" * 32, 61, "completed")
+            await bookkeeper.drain()
+            async with asyncio.timeout(5):
+                while not any(e["event"] == "callback_expired" for e in logged):
+                    await asyncio.sleep(0.05)
+        finally:
+            await bookkeeper.close()
+    async with await Ledger.open(ledger_url) as ledger, ledger._db.transaction() as tx:
+        left = await tx.fetch("SELECT call_sid FROM pending_callbacks")
+    [expired] = [e for e in logged if e["event"] == "callback_expired"]
+    assert expired["call_sid"] == "CA" + "e" * 32 and expired["billed_seconds"] == 61
+    assert left == []

@@ -216,3 +216,67 @@ async def test_record_and_callback_racing_never_lose_the_callback(
         )
         stored = [await ledger.get(cost.call_sid) for cost in costs]
     assert all(got is not None and got.billed_seconds == 125 for got in stored)
+
+
+async def test_a_recording_is_billed_from_twilio_s_duration_early_or_late(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    early, late, unrecorded = priced(recording=True), priced(recording=True), priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        assert await ledger.set_recording(early.call_sid, 125) is None  # before the record
+        await ledger.record(early)
+        await ledger.record(early)  # a spool replay keeps it
+        await ledger.record(late)
+        await ledger.set_recording(late.call_sid, 30)
+        await ledger.reconcile(late.call_sid, 61, "completed")  # call time: not the recording
+        await ledger.record(unrecorded)
+        got = {c.call_sid: await ledger.get(c.call_sid) for c in (early, late, unrecorded)}
+    recording = {sid: next((i for i in cost.items if i.item == "recording"), None)
+                 for sid, cost in got.items() if cost}
+    assert [recording[early.call_sid].quantity, recording[late.call_sid].quantity] == [3, 1]
+    assert recording[late.call_sid].usd == D("0.0025")
+    assert got[early.call_sid].recorded_seconds == 125
+    assert got[early.call_sid].total_usd == early.total_usd + 3 * D("0.0025")
+    assert recording[unrecorded.call_sid] is None
+    assert [line.usd for line in early.items if line.item == "recording"] == [0]
+
+
+async def test_callbacks_for_calls_never_recorded_expire(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    cost = priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.reconcile("CA" + "e" * 32, 61, "completed")  # never recorded
+        await ledger.set_recording("CA" + "f" * 32, 42)
+        cutoff = dt.datetime.now(dt.UTC)
+        await ledger.reconcile(cost.call_sid, 125, "completed")  # its record is still coming
+        expired = await ledger.expire_pending(cutoff)
+        assert await ledger.expire_pending(cutoff) == []  # gone
+        await ledger.record(cost)
+        got = await ledger.get(cost.call_sid)
+    assert sorted((row["call_sid"], row["billed_seconds"], row["recorded_seconds"])
+                  for row in expired) == [("CA" + "e" * 32, 61, None), ("CA" + "f" * 32, None, 42)]
+    assert got is not None and got.billed_seconds == 125  # the fresh one was kept
+
+
+async def test_a_ledger_with_only_the_first_migration_gets_the_later_ones(ledger_url: str) -> None:
+    """Migrations developed side by side: a ledger holding 1 (and not the numbers between)
+    gets whatever it lacks, in number order."""
+    async with await Ledger.open(ledger_url) as ledger:
+        async with ledger._db.transaction() as tx:
+            for table in ("line_items", "calls", "pending_callbacks"):
+                await tx.execute(f"DROP TABLE {table}")
+            await tx.execute("DELETE FROM schema_migrations")
+            first = MIGRATIONS[0]
+            for statement in first.statements:
+                await tx.execute(statement.format(**ledger._db.types))
+            await tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                first.version, first.name, dt.datetime.now(dt.UTC),
+            )
+    async with await Ledger.open(ledger_url) as ledger:
+        async with ledger._db.transaction() as tx:
+            versions = await tx.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        await ledger.set_recording("CA" + "a" * 32, 5)  # the column migration 4 adds
+    assert [row["version"] for row in versions] == sorted(m.version for m in MIGRATIONS)
+    assert 4 in [row["version"] for row in versions]

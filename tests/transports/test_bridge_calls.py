@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from decimal import Decimal
 
+import httpx
+import pytest
 import websockets
 
 from tests.conftest import FIXTURES, running_bridge
@@ -316,3 +319,57 @@ async def test_two_concurrent_calls_keep_their_own_state(frontdesk):
         assert abs(float(stt.audio_seconds) - phone.duration_s) < 0.05  # each billed its own audio
     assert sessions[short.call_sid].built.context is not sessions[long.call_sid].built.context
     assert usages[long.call_sid].stt[0].audio_seconds > usages[short.call_sid].stt[0].audio_seconds
+
+
+async def test_a_stream_that_stops_sending_media_ends_as_idle_with_its_record(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        running.bridge.settings.idle_timeout_s = 0.5
+        async with websockets.connect(running.bridge.media_url, additional_headers=_signed(running)) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(_start())
+            for chunk in range(1, 6):
+                await ws.send(_media(chunk, b"\xff" * 160))
+            # then nothing, though the socket stays up (the client answers pings)
+            async with asyncio.timeout(5):
+                async for _ in ws:  # the bridge hangs up
+                    pass
+        [usage] = await running.finished()
+    assert usage.ended_by == "idle"
+    assert usage.call_sid == "CA" + "1" * 32
+    assert 0.4 < usage.measured_seconds < 3
+
+
+async def test_a_stream_sending_media_is_never_idle(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        running.bridge.settings.idle_timeout_s = 0.5
+        phone = await running.softphone().call(script(hang_up_at=2.0))
+        [usage] = await running.finished()
+    assert phone.ended_by == usage.ended_by == "caller_hung_up"
+
+
+async def test_a_second_live_stream_for_a_call_sid_is_refused_and_the_first_goes_on(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        first = asyncio.create_task(
+            running.softphone().call(script(hang_up_at=2.5), call_sid="CA" + "1" * 32)
+        )
+        async with asyncio.timeout(5):
+            while not running.bridge.sessions:
+                await asyncio.sleep(0.02)
+        async with websockets.connect(running.bridge.media_url, additional_headers=_signed(running)) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(_start())  # the same CallSid, another stream
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+        async with httpx.AsyncClient() as client:
+            health = (await client.get(running.url + "/healthz")).json()
+        phone = await first
+        await asyncio.sleep(0.3)  # a second record would have been written by now
+        usages = running.usages
+    assert closed.value.rcvd.code == 1008
+    assert "already has a live stream" in closed.value.rcvd.reason
+    assert health["calls"] == 1
+    assert [u.ended_by for u in usages] == ["caller_hung_up"]
+    assert usages[0].measured_seconds >= Decimal("2.4")  # the first call's own, whole record
+    assert phone.ended_by == "caller_hung_up"

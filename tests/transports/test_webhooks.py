@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import parse_qs
 from xml.etree import ElementTree
 
@@ -71,6 +72,103 @@ async def test_signed_status_callbacks_are_recorded_and_forged_ones_refused(fron
     assert (update.call_sid, update.status, update.duration_seconds) == (
         INBOUND["CallSid"], "completed", 61,
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"CallDuration": "9" * 30}, "CallDuration"),  # would overflow the ledger's INTEGER
+        ({"CallDuration": "90000"}, "CallDuration"),  # longer than Twilio lets a call last
+        ({"CallDuration": "-5"}, "CallDuration"),
+        ({"CallDuration": "61.5"}, "CallDuration"),
+        ({"CallDuration": "1e3"}, "CallDuration"),
+        ({"CallDuration": "\u0666\u0661"}, "CallDuration"),  # digits, but not ASCII ones
+        ({"CallStatus": "exploded"}, "CallStatus"),
+        ({"CallStatus": ""}, "CallStatus"),
+        ({"CallSid": ""}, "CallSid is missing"),
+        ({"CallSid": "CA' OR 1=1 --"}, "CallSid"),
+    ],
+)
+async def test_a_status_callback_with_values_that_make_no_sense_is_refused(frontdesk, change, named):
+    status = {**INBOUND, "CallStatus": "completed", "CallDuration": "61", **change}
+    async with running_bridge(frontdesk, Cassette()) as running:
+        response = await post(running, "/status", status)
+        assert running.statuses == []  # nothing reached the ledger
+    assert response.status_code == 400
+    assert named in response.json()["detail"]
+
+
+async def test_a_status_callback_without_a_duration_is_kept(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        response = await post(running, "/status", {**INBOUND, "CallStatus": "in-progress"})
+        [update] = running.statuses
+    assert response.status_code == 204 and update.duration_seconds is None
+
+
+async def test_a_recording_vertical_starts_the_recording_before_the_stream(frontdesk):
+    recording = replace(frontdesk, telephony=frontdesk.telephony.model_copy(update={"recording": True}))
+    async with running_bridge(recording, Cassette()) as running:
+        twiml = (await post(running, "/voice", INBOUND)).text
+        plain = running.bridge.stream_twiml(frontdesk, "+15550107777", "+15550100900")
+    root = ElementTree.fromstring(twiml)
+    assert [child.tag for child in root] == ["Start", "Connect"]
+    started = root.find("./Start/Recording")
+    assert started.get("recordingStatusCallback") == running.url + "/recording-status"
+    assert set(started.get("recordingStatusCallbackEvent").split()) == {"completed", "absent"}
+    assert root.find("./Connect/Stream") is not None
+    assert ElementTree.fromstring(plain).find("Start") is None  # a vertical that does not record
+
+
+RECORDING = {"AccountSid": "AC" + "3" * 32, "CallSid": INBOUND["CallSid"],
+             "RecordingSid": "RE" + "6" * 32, "RecordingStatus": "completed",
+             "RecordingDuration": "125", "RecordingChannels": "1",
+             "RecordingSource": "StartCallRecordingTwiML",
+             "RecordingUrl": "https://api.twilio.com/2010-04-01/Accounts/AC/Recordings/RE"}
+
+
+async def test_recording_callbacks_are_signed_checked_and_only_a_finished_one_is_billed(frontdesk):
+    received = []
+
+    async def on_recording(update):
+        received.append(update)
+
+    async with running_bridge(frontdesk, Cassette()) as running:
+        running.bridge.on_recording = on_recording
+        forged = await post(running, "/recording-status", RECORDING, signature="Zm9yZ2Vk")
+        absent = await post(running, "/recording-status",
+                            {**RECORDING, "RecordingStatus": "absent", "RecordingDuration": "0"})
+        absurd = await post(running, "/recording-status", {**RECORDING, "RecordingDuration": "x"})
+        missing = await post(running, "/recording-status",
+                             {k: v for k, v in RECORDING.items() if k != "RecordingDuration"})
+        done = await post(running, "/recording-status", RECORDING)
+    assert forged.status_code == 403
+    assert absent.status_code == done.status_code == 204
+    assert absurd.status_code == missing.status_code == 400
+    assert "RecordingDuration" in absurd.json()["detail"]
+    assert [(u.call_sid, u.recording_sid, u.duration_seconds) for u in received] == [
+        (INBOUND["CallSid"], "RE" + "6" * 32, 125)
+    ]
+
+
+async def test_the_api_schema_and_docs_are_not_served(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            pages = [await client.get(path) for path in ("/openapi.json", "/docs", "/redoc")]
+            health = await client.get("/healthz")
+    assert [page.status_code for page in pages] == [404, 404, 404]
+    assert health.status_code == 200 and health.json()["calls"] == 0
+
+
+async def test_a_draining_bridge_turns_callers_away_without_a_stream(frontdesk):
+    async with running_bridge(frontdesk, Cassette()) as running:
+        running.bridge.draining = True
+        response = await post(running, "/voice", INBOUND)
+        async with httpx.AsyncClient() as client:
+            health = await client.get(running.url + "/healthz")
+    root = ElementTree.fromstring(response.text)
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert "call back" in root.find("Say").text
+    assert health.status_code == 503 and health.json()["draining"] is True
 
 
 class FakeTwilioCalls:
@@ -177,3 +275,27 @@ async def test_the_calls_endpoint_wants_the_bearer_scheme_not_a_bare_token(front
             )
     assert bare.status_code == basic.status_code == 401
     assert bare.headers["www-authenticate"] == "Bearer"
+
+
+async def test_an_outbound_recording_call_records_once_through_its_twiml(frontdesk):
+    account = "AC" + "5" * 32
+    fake = FakeTwilioCalls(account, AUTH_TOKEN)
+    app = web.Application()
+    app.router.add_post(f"/2010-04-01/Accounts/{account}/Calls.json", fake.create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    dialer = TwilioRest(account, AUTH_TOKEN, api_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    recording = replace(frontdesk, telephony=frontdesk.telephony.model_copy(update={"recording": True}))
+    try:
+        async with running_bridge(recording, Cassette()) as running:
+            await dialer.dial(running.bridge, recording, "+15550108888")
+    finally:
+        await dialer.close()
+        await runner.cleanup()
+    [form] = fake.created
+    assert "Record" not in form  # one recording, started by the TwiML, not a second by REST
+    root = ElementTree.fromstring(form["Twiml"][0])
+    assert [child.tag for child in root] == ["Start", "Connect"]
+    callback = root.find("./Start/Recording").get("recordingStatusCallback")
+    assert callback == running.url + "/recording-status"
