@@ -15,12 +15,15 @@
   before the body is read).
 
 Every Twilio request is checked against ``X-Twilio-Signature`` unless the
-documented development setting turns the check off. While the server drains
-(shutting down), the voice webhook asks callers to call back instead of
-connecting a stream here, and new Media Streams are refused. One call SID has
-at most one live stream: a second is refused before any pipeline starts. Each route is a small
+documented development setting turns the check off. Each route is a small
 function; the bridge, the signature check and the bearer token are
 dependencies it declares.
+
+While the server drains (shutting down), the voice webhook asks callers to
+call back instead of connecting a stream here, new Media Streams are refused
+and ``/healthz`` answers 503. A call SID has at most one live stream: a second
+is refused before any pipeline starts, so it can neither replace the first
+in ``sessions`` nor overwrite its ledger record.
 """
 
 from __future__ import annotations
