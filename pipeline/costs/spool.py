@@ -95,9 +95,10 @@ class SpoolingLedger:
     async def expire_pending(self, received_before: dt.datetime) -> list[dict[str, Any]]:
         """Expire callbacks for calls never recorded; nothing while writes wait in the
         spool (a spooled record may still claim its callback). Raises if unreachable."""
-        if self._backlog:
-            return []
-        return await (await self._connected()).expire_pending(received_before)
+        async with self._lock:
+            if self._backlog:
+                return []
+            return await (await self._connected()).expire_pending(received_before)
 
     async def get(self, call_sid: str) -> CallCost | None:
         """Read through to the database (raises if it is unreachable)."""

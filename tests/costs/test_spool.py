@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -75,14 +76,16 @@ async def test_unreachable_database_spools_then_flushes_on_next_start(
     pg_url: str, tmp_path: Path, catalog: Catalog, make_usage: MakeUsage
 ) -> None:
     spool = tmp_path / "spool" / "ledger.jsonl"
-    cost = price_call(make_usage(), catalog)
+    cost = price_call(make_usage(recording=True), catalog)
     down = await SpoolingLedger.open(dead_url(free_port(), pg_url), spool, retry_initial=30)
     await down.record(cost)
     await down.reconcile(cost.call_sid, 125, "completed")
-    assert down.pending == 2
+    await down.set_recording(cost.call_sid, 118)
+    assert down.pending == 3
+    assert await down.expire_pending(dt.datetime.now(dt.UTC)) == []  # not while writes wait
     await down.close()
     ops = [json.loads(line) for line in spool.read_text().splitlines()]
-    assert [op["op"] for op in ops] == ["record", "reconcile"]
+    assert [op["op"] for op in ops] == ["record", "reconcile", "recording"]
     assert CallCost.from_dict(ops[0]["cost"]) == cost
 
     async with await SpoolingLedger.open(pg_url, spool) as up:
@@ -91,6 +94,8 @@ async def test_unreachable_database_spools_then_flushes_on_next_start(
         got = await up.get(cost.call_sid)
     assert spool.read_text() == ""
     assert got is not None and got.billed_seconds == 125
+    [recording] = [line for line in got.items if line.item == "recording"]
+    assert (got.recorded_seconds, recording.quantity, recording.usd) == (118, 2, Decimal("0.005"))
     assert await count_calls(pg_url, cost.call_sid) == 1
 
 
