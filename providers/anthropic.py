@@ -161,7 +161,6 @@ class AnthropicLLM(StageKind):
             api_key=options.api_key(call.env),
             client=client,
             settings=settings,
-            run_in_parallel=False,  # a reply's calls in its order: record the answers, then finish
         )
 
     def billing(self, options: AnthropicLLMOptions) -> Billing:

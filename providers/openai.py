@@ -47,7 +47,6 @@ class OpenAILLM(StageKind):
             api_key=options.api_key(call.env),
             base_url=call.base_url(self.name, options.base_url),
             settings=settings,
-            run_in_parallel=False,  # a reply's calls in its order, as for Anthropic
         )
 
     def billing(self, options: OpenAILLMOptions) -> Billing:
