@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from pipecat.frames.frames import (
     ErrorFrame,
@@ -16,9 +17,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameProcessor
 
+from tests.conftest import RunningBridge, running_bridge
 from tests.providers.harness import RunningPipeline, run_pipeline
 from tollbridge.config import Vertical
 from tollbridge.meter import CostMeter
+from tollbridge.providers.cassette import Cassette
 from tollbridge.providers.deepgram import (
     DeepgramSTT,
     DeepgramSTTOptions,
@@ -30,6 +33,7 @@ from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
 from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
 from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 from tollbridge.stage import CallContext, StageKind
+from tollbridge.transports.twilio.softphone import CallScript
 
 KEY = "billing-test-key"
 ENV = {"DEEPGRAM_API_KEY": KEY, "ELEVENLABS_API_KEY": KEY}
@@ -158,3 +162,48 @@ async def test_a_synthesizer_that_refuses_the_connection_bills_nothing(frontdesk
 
     assert fake.requests and all(record.status == 503 for record in fake.requests)
     assert (await metered(meter, running)).usage().tts == []
+
+
+# --- Whole calls through the bridge: the ledger record follows what the fakes took ------------
+
+PARAMS = {"vertical": "frontdesk", "tenant": "acme"}
+SPEECH = b"\x10\x90" * 8000 * 2
+"""4 s of a tone in μ-law, so a final transcript is due within it."""
+
+
+async def call_while(running: RunningBridge, kill_when: Callable[[], bool], fake: Any) -> None:
+    """Place a call; kill `fake` as soon as `kill_when()` holds."""
+    phone = asyncio.create_task(running.softphone().call(
+        CallScript(audio=SPEECH, parameters=PARAMS, settle_s=1.0, speed=2.0, max_s=20)
+    ))
+    await until(kill_when, seconds=10)
+    await fake.kill()
+    await phone
+
+
+async def test_a_call_whose_stt_dies_bills_the_seconds_deepgram_received(frontdesk: Vertical) -> None:
+    cassette = Cassette(stt=[{"at": 3.5, "transcript": "hello", "is_final": True, "speech_final": True}])
+    async with running_bridge(frontdesk, cassette) as running:
+        listen = running.fakes.fakes["deepgram.stt"]
+        await call_while(running, lambda: sum(r.audio_seconds for r in listen.requests) >= 1.0, listen)
+        [usage] = await running.finished()
+
+    took = sum(record.audio_seconds for record in listen.requests)
+    assert 1.0 <= took < 2.0, "the socket died a second into a four-second call"
+    [stt] = usage.stt
+    assert stt.audio_seconds == Decimal(str(round(took, 6)))
+
+
+async def test_a_call_whose_tts_dies_bills_the_characters_aura_took(frontdesk: Vertical) -> None:
+    cassette = Cassette(
+        stt=[{"at": 2.5, "transcript": "what are your opening hours", "is_final": True, "speech_final": True}],
+        llm=[{"match": "opening hours", "text": "We are open Monday to Friday, eight to six."}],
+    )
+    async with running_bridge(frontdesk, cassette) as running:
+        speak = running.fakes.fakes["deepgram.tts"]
+        await call_while(running, lambda: speak.characters > 0, speak)
+        [usage] = await running.finished()
+
+    assert usage.llm, "the model answered after the synthesizer died"
+    [tts] = usage.tts
+    assert 0 < tts.characters == speak.characters
