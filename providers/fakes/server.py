@@ -93,7 +93,7 @@ class FakeServer(Generic[R]):
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._sockets: set[web.WebSocketResponse] = set()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
 
     def routes(self) -> list[web.RouteDef]:
         """The provider's endpoints."""
