@@ -208,3 +208,36 @@ async def test_the_sales_lead_is_written_when_claude_records_and_finishes_in_one
     assert (lead["call_sid"], lead["outcome"], lead["score"]) == (usage.call_sid, "qualified", 10)
     assert lead["answers"] == {a["question"]: {"answer": a["answer"], "score": a["score"]} for a in answers}
     assert {request.provider for request in usage.llm} == {"anthropic"}
+
+
+async def test_a_caller_hanging_up_mid_reply_keeps_the_usage_claude_had_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRIGHTPATH_RESULTS", str(tmp_path / "leads.jsonl"))
+    long_reply = "Thanks, Sam. " + "Let me walk you through what BrightPath offers. " * 8
+    cassette = Cassette(
+        stt=[{"at": 1.0, "transcript": "Yes, this is Sam.", "is_final": True, "speech_final": True}],
+        llm=[{"match": "Sam", "text": long_reply}],
+        tts={"chars_per_second": 100.0},
+    )
+    async with running_bridge(load_vertical(SALES), cassette) as running:
+        claude = running.fakes.fakes["anthropic.llm"]
+        claude.event_delay_s = 0.05  # the reply is still streaming when the caller hangs up
+        await running.softphone().call(
+            CallScript(
+                audio=b"\xff" * 16000,
+                parameters={"vertical": "sales", "tenant": "brightpath"},
+                hang_up_at=2.0,
+                max_s=20,
+            )
+        )
+        [usage] = await running.finished()
+
+    [reported] = claude.reported_usage
+    assert reported["output_tokens"] == 1, "only message_start had arrived: the reply was cut"
+    [billed] = usage.llm
+    assert (billed.provider, billed.input_tokens, billed.output_tokens) == (
+        "anthropic",
+        reported["input_tokens"],
+        reported["output_tokens"],
+    )
