@@ -157,11 +157,7 @@ class AnthropicLLM(StageKind):
             base_url=call.base_url(self.name, options.base_url),
             max_retries=2 if options.retries is None else options.retries,
         )
-        return AnthropicReplyLLM(
-            api_key=options.api_key(call.env),
-            client=client,
-            settings=settings,
-        )
+        return AnthropicReplyLLM(api_key=options.api_key(call.env), client=client, settings=settings)
 
     def billing(self, options: AnthropicLLMOptions) -> Billing:
         # pipecat reports Anthropic's input_tokens, which leave cache reads and writes out
