@@ -10,6 +10,7 @@ phrase cache, and a codec only where two neighbours disagree on audio format
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,10 @@ def _register_tools(llm: LLMService | LLMSwitcher, tools: list[Tool], tool_conte
     for tool in tools:
 
         async def handler(params: FunctionCallParams, tool: Tool = tool) -> None:
+            # Let the reply's other calls announce themselves first: pipecat's assistant
+            # aggregator asks the model again once no announced call is pending, so a quick
+            # result ahead of a sibling's announcement would have the reply answered twice.
+            await asyncio.sleep(0)
             try:
                 result = await tool.handler(dict(params.arguments or {}), tool_context)
             except Exception as error:  # a broken tool is the model's problem, not the call's

@@ -2,7 +2,8 @@
 
 tollbridge pins pipecat `>=1.14,<2`, and any release may rename or drop a
 name that starts with `_`. A few things tollbridge must do have no public
-way in: bill μ-law STT audio at one byte a sample, ask ElevenLabs for
+way in: bill STT audio only once a live socket took it (μ-law at one byte
+a sample), run every tool call of an Anthropic reply, ask ElevenLabs for
 `ulaw_8000`, play a cached phrase with the words pipecat would have sent,
 pass μ-law to OpenAI Realtime untouched. The functions below do them, and
 `PRIVATE_MEMBERS` lists every private member involved with why we need it;
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pipecat.frames.frames import TTSAudioRawFrame
     from pipecat.pipeline.service_switcher import ServiceSwitcherStrategy
     from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.services.deepgram.stt import DeepgramSTTService
     from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
     from pipecat.services.stt_service import STTService
     from pipecat.services.tts_service import TTSService
@@ -54,6 +56,8 @@ class PrivateMember:
 
 
 STT = "pipecat.services.stt_service.STTService"
+DEEPGRAM_STT = "pipecat.services.deepgram.stt.DeepgramSTTService"
+ANTHROPIC = "pipecat.services.anthropic.llm.AnthropicLLMService"
 TTS = "pipecat.services.tts_service.TTSService"
 AUDIO_CONTEXTS = "pipecat.utils.context.audio_context_manager.AudioContextManager"
 ELEVENLABS = "pipecat.services.elevenlabs.tts.ElevenLabsTTSService"
@@ -63,9 +67,11 @@ SWITCHER = "pipecat.pipeline.service_switcher.ServiceSwitcherStrategy"
 PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
     # Deepgram STT (tollbridge.providers.deepgram): usage billed for the bytes really sent.
     PrivateMember(STT, "_record_stt_audio_usage", Kind.METHOD, params=("audio",),
-                  why="overridden: pipecat counts every byte as half a PCM16 sample"),
+                  why="overridden: pipecat counts every frame handed over, sent or not, as PCM16"),
     PrivateMember(STT, "_stt_usage_pending_seconds", Kind.INSTANCE_ATTRIBUTE,
                   why="what the next usage metric reports: we add the μ-law or gated audio sent"),
+    PrivateMember(DEEPGRAM_STT, "_connection", Kind.INSTANCE_ATTRIBUTE,
+                  why="the open Listen socket (None while down): audio counts once sent on it"),
     # Phrase cache (tollbridge.phrase_cache): a cached phrase's words sent as pipecat would.
     PrivateMember(TTS, "_push_text_frames", Kind.INSTANCE_ATTRIBUTE,
                   why="whether a cached phrase sends its own words or pipecat sends them"),
@@ -89,6 +95,13 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
     PrivateMember(REALTIME, "_calculate_audio_duration_ms", Kind.METHOD,
                   params=("total_bytes", "sample_rate", "bytes_per_sample"),
                   why="overridden: barge-in truncation is measured in μ-law bytes"),
+    # Anthropic (tollbridge.providers.anthropic): every tool call of a reply, usage as returned.
+    PrivateMember(ANTHROPIC, "_create_message_stream", Kind.METHOD, params=("api_call", "params"),
+                  why="overridden: watches the reply's events for every tool_use block and usage"),
+    PrivateMember(ANTHROPIC, "_report_usage_metrics", Kind.METHOD,
+                  params=("prompt_tokens", "completion_tokens", "cache_creation_input_tokens",
+                          "cache_read_input_tokens", "reasoning_tokens"),
+                  why="overridden: reports Anthropic's own counts, not a guess for a cut reply"),
     # Failover (tollbridge.failover): any provider error hands the stage to its fallback.
     PrivateMember(SWITCHER, "_set_active_if_available", Kind.METHOD, params=("service",),
                   why="called: how a switcher strategy makes a fallback the active service"),
@@ -98,6 +111,11 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
 def add_stt_seconds(service: STTService, seconds: float) -> None:
     """Count `seconds` of audio into the service's next STT usage metric."""
     service._stt_usage_pending_seconds += seconds
+
+
+def live_stt_connection(service: DeepgramSTTService) -> object | None:
+    """The Deepgram Listen socket audio is sent on now, or None while there is none."""
+    return service._connection
 
 
 def pushes_text_frames(service: TTSService) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
-from pipecat.frames.frames import Frame
+from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.transcriptions.language import Language
@@ -73,10 +73,13 @@ class DeepgramSTTOptions(ProviderOptions):
 
 
 class MulawAwareDeepgramSTT(DeepgramSTTService):
-    """Nova over the WebSocket, billed for exactly the audio it is sent.
+    """Nova over the WebSocket, billed for exactly the audio its open stream took.
 
-    pipecat counts STT usage as PCM16 (2 bytes a sample); μ-law is 1 byte a
-    sample. With a silence gate, held-back silence is neither sent nor counted.
+    Deepgram bills streaming by the audio sent over an open socket. pipecat counts
+    every frame handed to the service, as PCM16 (2 bytes a sample), even while the
+    socket is down and the frame is dropped. Here a frame counts once it was sent
+    on a live connection, at the encoding's bytes a sample; silence held back by
+    the gate is neither sent nor counted.
     """
 
     def __init__(self, *, bytes_per_sample: int, silence_gate: SilenceGate | None, **kwargs):
@@ -86,13 +89,7 @@ class MulawAwareDeepgramSTT(DeepgramSTTService):
 
     # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     def _record_stt_audio_usage(self, audio: bytes | bytearray) -> None:
-        if self.silence_gate is None:
-            self._count_sent(audio)
-
-    def _count_sent(self, audio: bytes | bytearray) -> None:
-        if self.sample_rate > 0:
-            seconds = len(audio) / (self.sample_rate * self._bytes_per_sample)
-            pipecat_internals.add_stt_seconds(self, seconds)
+        """Not here: handed over is not sent (see `run_stt`)."""
 
     def avoided_usage(self) -> float:
         """Seconds of silence the gate held back (see `tollbridge.stage.AvoidedUsage`)."""
@@ -104,9 +101,17 @@ class MulawAwareDeepgramSTT(DeepgramSTTService):
             if not audio:
                 yield None
                 return
-            self._count_sent(audio)
+        connection = pipecat_internals.live_stt_connection(self)
         async for frame in super().run_stt(audio):
             yield frame
+        # pipecat drops the connection when a send fails: still the same one means it went out
+        if connection is not None and pipecat_internals.live_stt_connection(self) is connection:
+            self._count_sent(audio)
+
+    def _count_sent(self, audio: bytes) -> None:
+        if self.sample_rate > 0:
+            seconds = len(audio) / (self.sample_rate * self._bytes_per_sample)
+            pipecat_internals.add_stt_seconds(self, seconds)
 
 
 class DeepgramTTSOptions(ProviderOptions):
@@ -127,18 +132,21 @@ class DeepgramTTSOptions(ProviderOptions):
 
 
 class MeteredDeepgramTTS(DeepgramTTSService):
-    """Aura-2 over the WebSocket, reporting the characters it sends.
+    """Aura-2 over the WebSocket, reporting the characters the open socket took.
 
     pipecat's WebSocket service sends text without reporting usage (its HTTP
-    sibling does); Aura bills per character sent, so each piece is counted as
-    it is handed over.
+    sibling does). Aura bills the characters of text it accepts, so each piece
+    counts once it was sent; a piece the service could not send (no connection,
+    the connection refused, the send failed) is not billed.
     """
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        if text.strip():
-            await self.start_tts_usage_metrics(text)
+        sent = True
         async for frame in super().run_tts(text, context_id):
+            sent = sent and not isinstance(frame, ErrorFrame)  # the base's only failure signal
             yield frame
+        if sent and text.strip():
+            await self.start_tts_usage_metrics(text)
 
 
 class CachedDeepgramTTS(PhraseCaching, MeteredDeepgramTTS):

@@ -65,6 +65,13 @@ LLM_PRICE_KEYS: dict[str, tuple[str, ...]] = {
 
 _PACKAGED = "catalog.toml"
 
+LLM_BILLING_RULE = (
+    "Tokens of each response as the API reported them (OpenAI's final usage chunk, "
+    "Anthropic's last cumulative usage event), a reply cut short keeping what it had "
+    "reported; a request that failed before reporting usage is not billed."
+)
+"""How LLM tokens are billed: their prices are genai-prices', so no catalog row says it."""
+
 
 class CatalogError(ValueError):
     """The catalog file or an override is malformed; the message names the row and key."""
@@ -88,6 +95,8 @@ class CatalogRow(BaseModel):
     source: str = Field(min_length=1)
     date: dt.date
     note: str = ""
+    billing_rule: str = ""
+    """What quantity is billed, as the provider bills it (every packaged row says)."""
 
     @field_validator("unit")
     @classmethod

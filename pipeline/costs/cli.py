@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog
 from tollbridge.costs.estimate import load_profile
 from tollbridge.costs.ledger import Ledger, Report, ReportRow
 from tollbridge.costs.lineitem import CallCost
@@ -88,20 +88,21 @@ def catalog_command(catalog_file: CatalogOption = None) -> None:
     table = Table(title=f"Price catalog {catalog.version} (as of {catalog.as_of})", show_lines=True)
     table.add_column("item", no_wrap=True)
     table.add_column("usd", justify="right", no_wrap=True)
-    table.add_column("billed", no_wrap=True)
+    table.add_column("billed", ratio=1, overflow="fold")
     table.add_column("date", no_wrap=True)
     table.add_column("source, note", ratio=1, overflow="fold")
     for row in catalog.rows:
         table.add_row(
             row.label,
             f"{row.usd:f} / {row.unit}",
-            row.granularity,
+            f"{row.granularity}\n{row.billing_rule}".strip(),
             row.date.isoformat(),
             f"{row.source}\n{row.note}".strip(),
         )
     _console.print(table)
     _console.print(
         f"LLM token prices: genai-prices {genai_prices.__version__} (bundled snapshot, offline)."
+        f" Billed: {LLM_BILLING_RULE}"
     )
 
 

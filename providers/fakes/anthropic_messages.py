@@ -25,6 +25,7 @@ tokens counted by `tollbridge.providers.fakes.tokens`:
 Cache entries never expire: a fake lives for one test.
 """
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -241,6 +242,12 @@ class AnthropicMessagesFake(FakeHTTPServer):
         fail_mid_stream: Start the reply, then send an ``error`` event
             (overloaded_error) and close; a non-streaming request gets a 529. The
             scripted turn is not used up, so a retry gets it.
+        event_delay_s: Pause before each streamed event, so a test can cut a reply short.
+
+    A scripted turn's ``tool_calls`` stream as one ``tool_use`` block each, in order,
+    after its text block, all in the one message. ``replies`` logs every message the
+    fake answered with; ``reported_usage`` holds, per streamed reply, the usage its
+    events had reported when the stream ended or was cut (what Anthropic bills).
     """
 
     def __init__(
@@ -250,12 +257,16 @@ class AnthropicMessagesFake(FakeHTTPServer):
         api_key: str = "sk-ant-test",
         fail_status: int | None = None,
         fail_mid_stream: bool = False,
+        event_delay_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.script = Script(script)
         self.api_key = api_key
         self.fail_status = fail_status
         self.fail_mid_stream = fail_mid_stream
+        self.event_delay_s = event_delay_s
+        self.replies: list[dict[str, Any]] = []
+        self.reported_usage: list[dict[str, Any]] = []
         self._cached_prefixes: set[tuple[str, str]] = set()  # (model, prefix hash)
         self._ids = itertools.count(1)
 
@@ -332,6 +343,7 @@ class AnthropicMessagesFake(FakeHTTPServer):
             "usage": usage,
         }
         headers = {"request-id": request_id}
+        self.replies.append(message)
 
         if not body.get("stream"):
             if self.fail_mid_stream:
@@ -449,7 +461,7 @@ class AnthropicMessagesFake(FakeHTTPServer):
 
         if self.fail_mid_stream:
             for name, data in events[: max(3, len(events) // 2)]:
-                await send_sse(response, data, event=name)
+                await self._send_event(response, name, data)
             type_, text = _FAILURES[529]
             await send_sse(
                 response,
@@ -471,4 +483,15 @@ class AnthropicMessagesFake(FakeHTTPServer):
             ("message_stop", {"type": "message_stop"}),
         ]
         for name, data in events:
-            await send_sse(response, data, event=name)
+            await self._send_event(response, name, data)
+
+    async def _send_event(self, response: web.StreamResponse, name: str, data: dict[str, Any]) -> None:
+        """Send one event; usage it carries replaces what the reply had reported so far."""
+        if self.event_delay_s:
+            await asyncio.sleep(self.event_delay_s)
+        await send_sse(response, data, event=name)
+        usage = data["message"]["usage"] if name == "message_start" else data.get("usage")
+        if name == "message_start":
+            self.reported_usage.append({})
+        if usage:
+            self.reported_usage[-1].update(usage)

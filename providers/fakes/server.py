@@ -4,7 +4,7 @@ Each fake speaks one provider's wire protocol so that the real client code
 (pipecat service → SDK → socket) runs unchanged against it. The base owns the
 parts every fake needs: binding an ephemeral port, the handshake gate (injected
 outage, auth, parameter checks), counting what the client sent, and dropping a
-socket mid-stream for fallback tests.
+socket mid-stream, or dying outright, for failure and billing tests.
 """
 
 import asyncio
@@ -93,6 +93,7 @@ class FakeServer(Generic[R]):
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._transports: set[asyncio.Transport] = set()
 
     def routes(self) -> list[web.RouteDef]:
         """The provider's endpoints."""
@@ -122,6 +123,16 @@ class FakeServer(Generic[R]):
         for ws in list(self._sockets):
             if not ws.closed:
                 await ws.close(code=1001, message=b"server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def kill(self) -> None:
+        """Die as a crashed server does: every socket dropped without a close frame, and
+        the port closed, so a client that reconnects is refused. What each socket took
+        before stays in its record."""
+        for transport in list(self._transports):
+            transport.abort()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -187,6 +198,8 @@ class FakeServer(Generic[R]):
         await ws.prepare(request)
         record.status = 101
         self._sockets.add(ws)
+        if request.transport is not None:
+            self._transports.add(request.transport)
         return ws
 
     async def serve(
@@ -232,6 +245,8 @@ class FakeServer(Generic[R]):
                     return
         finally:
             self._sockets.discard(ws)
+            if request.transport is not None:
+                self._transports.discard(request.transport)
             record.ended.set()
 
     async def send_json(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog
 from tollbridge.costs.cli import costs_app
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.pricing import price_call
@@ -26,6 +26,16 @@ def test_catalog_lists_rows_with_dates() -> None:
     assert "Price catalog 2026-11-04" in result.output
     assert "twilio media_streams" in result.output and "2026-09-18" in result.output
     assert "genai-prices" in result.output
+
+
+def test_catalog_says_how_each_row_is_billed() -> None:
+    result = runner.invoke(costs_app, ["catalog"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    for row in Catalog.load().rows:
+        assert row.billing_rule, f"{row.label} has no billing_rule"
+    assert "Seconds of audio sent over an open Listen socket" in text
+    assert " ".join(LLM_BILLING_RULE.split()) in text
 
 
 def test_estimate_json_and_table() -> None:

@@ -148,9 +148,11 @@ async def test_tool_use_runs_the_function_and_the_result_goes_back() -> None:
 
 
 async def test_stream_has_anthropics_event_order() -> None:
-    script = [
-        {"text": "Let me check.", "tool_calls": [{"name": "lookup", "arguments": {"zip": "94107"}}]}
+    calls = [
+        {"name": "lookup", "arguments": {"zip": "94107"}},
+        {"name": "lookup", "arguments": {"zip": "10001"}},
     ]
+    script = [{"text": "Let me check.", "tool_calls": calls}]
     body = {
         "model": "claude-sonnet-4-6",
         "max_tokens": 100,
@@ -172,7 +174,7 @@ async def test_stream_has_anthropics_event_order() -> None:
     ]
     assert events[:3] == ["message_start", "ping", "content_block_start"]
     assert events[-2:] == ["message_delta", "message_stop"]
-    assert events.count("content_block_start") == events.count("content_block_stop") == 2
+    assert events.count("content_block_start") == events.count("content_block_stop") == 3
     start = data[0]["message"]["usage"]
     assert set(start) >= {
         "input_tokens",
@@ -181,12 +183,20 @@ async def test_stream_has_anthropics_event_order() -> None:
         "cache_read_input_tokens",
         "cache_creation",
     }
-    partial = "".join(
-        d["delta"]["partial_json"]
-        for d in data
-        if d.get("delta", {}).get("type") == "input_json_delta"
-    )
-    assert json.loads(partial) == {"zip": "94107"}
+    tool_uses = [
+        d["content_block"] for d in data if d["type"] == "content_block_start" and d["index"] > 0
+    ]
+    assert [(b["type"], b["name"], b["input"]) for b in tool_uses] == [("tool_use", "lookup", {})] * 2
+    assert len({b["id"] for b in tool_uses}) == 2
+    partials = [
+        "".join(
+            d["delta"]["partial_json"]
+            for d in data
+            if d.get("delta", {}).get("type") == "input_json_delta" and d["index"] == index
+        )
+        for index in (1, 2)
+    ]
+    assert [json.loads(partial) for partial in partials] == [c["arguments"] for c in calls]
     final = data[-2]
     assert final["delta"]["stop_reason"] == "tool_use"
     assert final["usage"]["input_tokens"] == start["input_tokens"], "usage is cumulative"
