@@ -29,6 +29,7 @@ from tollbridge.costs.pricing import price_call
 from tollbridge.costs.spool import SpoolingLedger
 from tollbridge.costs.usage import CallUsage
 from tollbridge.logs import get_logger
+from tollbridge.vertical_prices import price_warnings, vertical_catalog
 
 log = get_logger(component="bookkeeper")
 EXPIRY_SWEEP_MAX_S = 300.0
@@ -51,9 +52,7 @@ class Bookkeeper:
         self.pending_ttl_s = pending_ttl_s
         self.twilio_price = twilio_price
         """Where credentials allow: what Twilio charged for a call, read after it ended."""
-        self._catalogs = {
-            v.name: catalog.with_overrides(p.model_dump(exclude_none=True) for p in v.prices) for v in verticals
-        }
+        self._catalogs = {v.name: vertical_catalog(catalog, v.prices) for v in verticals}
         self._default = catalog
         self._writes: set[asyncio.Task] = set()
         self._lookups: set[asyncio.Task] = set()
@@ -75,9 +74,8 @@ class Bookkeeper:
     ) -> Bookkeeper:
         ledger = await SpoolingLedger.open(ledger_url, spool_path) if ledger_url else None
         catalog = Catalog.load()
-        warning = catalog.age_warning(dt.date.today())
-        if warning:
-            log.warning("price_catalog_old", detail=warning)
+        for event, warning in price_warnings(verticals, catalog, dt.date.today()).items():
+            log.warning(event, detail=warning)
         bookkeeper = cls(catalog, verticals, ledger, pending_ttl_s=pending_ttl_s)
         if ledger and pending_ttl_s:
             bookkeeper._expiry = asyncio.create_task(bookkeeper._expire_pending_forever())
@@ -95,6 +93,12 @@ class Bookkeeper:
         self.costs[cost.call_sid] = cost
         while len(self.costs) > 1000:
             self.costs.pop(next(iter(self.costs)))
+        if not cost.complete:
+            log.warning(
+                "call_priced_incomplete",
+                call_sid=cost.call_sid,
+                unpriced=[f"{line.item}: {line.unpriced}" for line in cost.unpriced_items],
+            )
         log.info(
             "call_priced",
             call_sid=cost.call_sid,
@@ -102,6 +106,7 @@ class Bookkeeper:
             vertical=cost.vertical,
             total_usd=str(cost.total_usd),
             usd_per_minute=str(cost.usd_per_minute),
+            complete=cost.complete,
             ended_by=cost.ended_by,
         )
         if self.ledger:

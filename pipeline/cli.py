@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tollbridge import logs
 from tollbridge.config import ConfigError, Stage, Vertical, load_vertical, load_verticals
@@ -92,6 +93,20 @@ def _chain_table(vertical: Vertical) -> Table:
     return table
 
 
+def _warnings(verticals: list[Vertical]) -> list[str]:
+    """What is valid but costs more than it should: stale or disputed prices, prompt caching
+    that cannot take effect. Each once, however many verticals share it."""
+    import datetime as dt
+
+    from tollbridge.costs.catalog import Catalog
+    from tollbridge.prompt_caching import caching_warnings
+    from tollbridge.vertical_prices import price_warnings
+
+    found = [f"{v.name}: {w}" for v in verticals for w in caching_warnings(v)]
+    found += price_warnings(verticals, Catalog.load(), dt.date.today()).values()
+    return list(dict.fromkeys(found))
+
+
 @app.command()
 def validate(
     path: Annotated[Path, typer.Argument(help="A vertical file or a folder of verticals.")],
@@ -104,6 +119,8 @@ def validate(
         for vertical in verticals:
             console.print(_chain_table(vertical))
         console.print(f"[green]{len(verticals)} vertical(s) valid[/green]")
+        for warning in _warnings(verticals):
+            err.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
 
     guarded(run)
 

@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from tollbridge.costs.catalog import Catalog, CatalogError
 from tollbridge.registry import Registry, default_registry
 from tollbridge.stage import (
     BRAIN_ROLES,
@@ -34,6 +35,7 @@ from tollbridge.stage import (
     StageOptions,
     did_you_mean,
 )
+from tollbridge.vertical_prices import price_problems, vertical_catalog
 
 VERTICAL_FILE = "vertical.toml"
 VERTICAL_GLOB = "*vertical.toml"
@@ -101,6 +103,15 @@ class Stage:
     @property
     def name(self) -> str:
         return self.kind.name
+
+    def with_fallbacks(self) -> Iterator[tuple[str, Stage]]:
+        """This stage, then its fallback (and theirs), each with its key path in the file."""
+        where, current = f"chain[{self.index}]", self
+        while True:
+            yield where, current
+            if current.fallback is None:
+                return
+            where, current = f"{where}.fallback", current.fallback
 
 
 class VerticalFile(BaseModel):
@@ -347,8 +358,13 @@ def load_vertical(
     registry: Registry | None = None,
     env: Mapping[str, str] | None = None,
     check_keys: bool = False,
+    catalog: Catalog | None = None,
 ) -> Vertical:
-    """Load and validate one vertical (a TOML file, or a folder holding vertical.toml)."""
+    """Load and validate one vertical (a TOML file, or a folder holding vertical.toml).
+
+    Every billed stage must have a price in `catalog` (default: the packaged one)
+    with the vertical's `[[prices]]` laid over it, or its calls could not be priced.
+    """
     registry = registry or default_registry()
     env = os.environ if env is None else env
     path = Path(path)
@@ -382,6 +398,8 @@ def load_vertical(
             stages.append(stage)
     if not problems:
         problems += check_chain(stages)
+    if not problems:
+        problems += _price_problems(stages, top, catalog)
     if top.telephony.direction == "outbound" and not (top.telephony.caller_id or top.numbers):
         problems.append(("numbers", "an outbound vertical needs a number to call from"))
 
@@ -408,6 +426,16 @@ def load_vertical(
     return vertical
 
 
+def _price_problems(
+    stages: list[Stage], top: VerticalFile, catalog: Catalog | None
+) -> list[tuple[str, str]]:
+    try:
+        priced = vertical_catalog(catalog or Catalog.load(), top.prices)
+    except CatalogError as error:
+        return [("prices", str(error))]
+    return price_problems(stages, top.telephony, priced, dt.datetime.now(dt.UTC))
+
+
 def find_vertical_files(path: str | Path) -> list[Path]:
     """A vertical file, or every `vertical.toml` / `*.vertical.toml` under a folder."""
     path = Path(path)
@@ -419,16 +447,23 @@ def find_vertical_files(path: str | Path) -> list[Path]:
 
 
 def load_verticals(
-    path: str | Path, *, registry: Registry | None = None, check_keys: bool = False
+    path: str | Path,
+    *,
+    registry: Registry | None = None,
+    check_keys: bool = False,
+    catalog: Catalog | None = None,
 ) -> list[Vertical]:
     """Load every vertical under `path`, reporting every file's problems together."""
     files = find_vertical_files(path)
     if not files:
         raise ConfigError([f"{_display(Path(path))}: no vertical.toml found"])
+    catalog = catalog or Catalog.load()
     verticals, problems = [], []
     for file in files:
         try:
-            verticals.append(load_vertical(file, registry=registry, check_keys=check_keys))
+            verticals.append(
+                load_vertical(file, registry=registry, check_keys=check_keys, catalog=catalog)
+            )
         except ConfigError as error:
             problems += error.problems
     if problems:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
@@ -41,6 +43,7 @@ from tollbridge.transports.twilio.softphone import (
     load_caller_audio,
 )
 from tollbridge.transports.twilio.transport import ConnectionStats, TwilioTransport
+from tollbridge.vertical_prices import price_warnings
 
 CALLER_NUMBER = "+15550109999"
 
@@ -66,6 +69,8 @@ class LocalCall:
     tools: list[ToolUse] = field(default_factory=list)
     replay_failures: list[str] = field(default_factory=list)
     provider_fakes: dict[str, Any] = field(default_factory=dict)
+    price_warnings: list[str] = field(default_factory=list)
+    """Prices this vertical's calls use that are due for a re-quote or whose readings disagree."""
 
     @property
     def transcript(self) -> str:
@@ -158,7 +163,8 @@ async def run_local_call(
         ledger = await SpoolingLedger.open(
             ledger_url, spool_path or Path(f"tollbridge-{vertical.name}.spool")
         )
-    bookkeeper = Bookkeeper(catalog or Catalog.load(), [vertical], ledger)
+    catalog = catalog or Catalog.load()
+    bookkeeper = Bookkeeper(catalog, [vertical], ledger)
     sessions: list[CallSession] = []
     recorded = asyncio.Event()
 
@@ -241,6 +247,7 @@ async def run_local_call(
         tools=tools,
         replay_failures=failures,
         provider_fakes=fakes,
+        price_warnings=list(price_warnings([vertical], catalog, dt.date.today()).values()),
     )
 
 
@@ -264,12 +271,19 @@ def print_call(call: LocalCall, console: Console) -> None:
     for item in call.cost.items:
         unit_price = item.unit_price_usd.quantize(Decimal("1e-12")).normalize()
         table.add_row(item.item, item.provider, f"{item.quantity.normalize():f}", item.unit,
-                      f"{unit_price:f}", f"{item.usd:.6f}")
+                      "unpriced" if item.unpriced else f"{unit_price:f}",
+                      "—" if item.unpriced else f"{item.usd:.6f}")
     console.print(table)
+    for warning in call.price_warnings:  # printed literally: no rich markup in prices' text
+        console.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
+    for line in call.cost.unpriced_items:
+        console.print(Text.assemble(("unpriced: ", "yellow"), f"{line.item}: {line.unpriced}"),
+                      soft_wrap=True)
     per_minute = call.cost.usd_per_minute
+    incomplete = "" if call.cost.complete else " (INCOMPLETE: only priced lines counted)"
     console.print(
         f"call {call.usage.measured_seconds}s, "
-        f"ended by {call.cost.ended_by}: total ${call.cost.total_usd:.4f}"
+        f"ended by {call.cost.ended_by}: total ${call.cost.total_usd:.4f}{incomplete}"
         + (f", ${per_minute:.4f}/min" if per_minute is not None else ""),
         highlight=False,
     )

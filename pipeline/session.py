@@ -64,16 +64,27 @@ class CallSession:
         self.usage: CallUsage | None = None
         self._caller_side: asyncio.Future | None = None
         self._hang_up_now = False
+        self._unpriced_noted: set[str] = set()
         self._cpu_seconds = 0.0
         meter = self.built.meter
         if meter and pricer and call.vertical.budget_usd is not None:
             meter.on_usage = self._check_budget
 
     async def _check_budget(self) -> None:
-        """At the budget, the agent wraps up politely and hangs up (once)."""
+        """At the budget, the agent wraps up politely and hangs up (once).
+
+        Usage with no price counts as nothing here (it is logged once per item):
+        the budget can only be held to what is priced.
+        """
         if self.ended_by or self.built.meter is None or self.pricer is None:
             return
-        spent = self.pricer(self.built.meter.usage()).total_usd
+        cost = self.pricer(self.built.meter.usage())
+        for line in cost.unpriced_items:
+            if line.item not in self._unpriced_noted:
+                self._unpriced_noted.add(line.item)
+                self.log.warning("budget_counts_priced_usage_only", item=line.item,
+                                 reason=line.unpriced)
+        spent = cost.total_usd
         budget = self.call.vertical.budget_usd
         if budget is not None and spent >= budget:
             self.log.warning("budget_reached", spent_usd=str(spent), budget_usd=str(budget))

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tollbridge.config import ConfigError, load_vertical, load_verticals
+from tollbridge.costs.catalog import Catalog
+from tollbridge.prompt_caching import caching_warnings, minimum_tokens
 
 GOOD = """
 name = "salon"
@@ -172,3 +174,66 @@ def test_every_shipped_example_validates():
     examples = Path(__file__).parent.parent / "examples"
     verticals = load_verticals(examples)
     assert {"salon", "sales", "real_estate"} <= {v.name for v in verticals}
+
+
+def test_a_stage_without_a_price_is_refused_naming_the_priced_alternatives(tmp_path):
+    path = write(tmp_path, GOOD.replace('use = "deepgram.stt"', 'use = "deepgram.stt"\nmodel = "nova-2"'))
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}: chain[1].model: \"nova-2\" has no deepgram stt price")
+    assert "priced: nova-3, nova-3-multilingual, flux-general-en" in problem
+
+
+def test_a_fallback_without_a_price_is_refused_too(tmp_path):
+    text = GOOD.replace('use = "deepgram.tts"', 'use = "deepgram.tts"\nvoice = "aura-2-thalia-en"\n'
+                        'fallback = { use = "elevenlabs.tts", model = "eleven_v3" }')
+    catalog = Catalog.load()
+    without_v3 = Catalog("t", catalog.as_of, [r for r in catalog.rows if r.model != "eleven_v3"])
+    [problem] = problems(write(tmp_path, text), catalog=without_v3)
+    assert 'chain[3].fallback.model: "eleven_v3" has no elevenlabs tts price' in problem
+    assert "eleven_flash_v2_5" in problem
+    assert load_vertical(tmp_path / "vertical.toml").chain[3].fallback is not None
+
+
+def test_a_vertical_price_override_makes_the_stage_valid(tmp_path):
+    text = GOOD.replace('use = "deepgram.stt"', 'use = "deepgram.stt"\nmodel = "nova-2"') + """
+[[prices]]
+provider = "deepgram"
+item = "stt"
+model = "nova-2"
+usd = 0.0043
+unit = "minute"
+granularity = "second"
+date = 2026-12-01
+"""
+    vertical = load_vertical(write(tmp_path, text))
+    assert vertical.chain[1].options.model == "nova-2"
+    bad = text.replace('unit = "minute"\n', "")  # a new row must say its unit
+    [problem] = problems(write(tmp_path, bad))
+    assert "prices: overrides: override 1 (deepgram stt nova-2)" in problem
+    per_char = text.replace('unit = "minute"', 'unit = "1k chars"').replace(
+        'granularity = "second"', 'granularity = "unit"')
+    [problem] = problems(write(tmp_path, per_char))  # audio cannot be billed per character
+    assert 'chain[1].model: "nova-2": catalog row' in problem and "per minute or second" in problem
+
+
+def test_prompt_caching_that_cannot_take_effect_is_named_per_stage(tmp_path):
+    def vertical_with(prompt: str, name: str, chain: str = GOOD):
+        (tmp_path / name).write_text(prompt)  # prompts are read once per process: one file each
+        return load_vertical(write(tmp_path, chain.replace('"prompt.md"', f'"{name}"')))
+
+    [warning] = caching_warnings(vertical_with("You are a receptionist.", "short.md"))
+    assert warning.startswith("chain[2] (openai.llm): prompt caching cannot take effect")
+    assert "~6 tokens" in warning and "minimum of 1024" in warning
+    long = "You are a receptionist. " * 200  # ~1,200 tokens
+    assert caching_warnings(vertical_with(long, "long.md")) == []
+    templated = "Today is {date}; the caller is {{caller}}. " + long
+    [varying] = caching_warnings(vertical_with(templated, "templated.md"))
+    assert "the prompt's {date} (line 1) looks filled in per call" in varying
+    assert caching_warnings(vertical_with(long + "Today is {date}.", "late.md")) == []  # OpenAI
+    anthropic = GOOD.replace('use = "openai.llm"\nmodel = "gpt-4o-mini"',
+                             'use = "anthropic.llm"\nmodel = "claude-haiku-4-5"')
+    [haiku] = caching_warnings(vertical_with(long, "haiku.md", anthropic))
+    assert "claude-haiku-4-5's minimum of 4096" in haiku  # per model: Haiku 4.5 needs 4,096
+    assert minimum_tokens("anthropic", "claude-sonnet-4-5") == 1024
+    assert minimum_tokens("anthropic", "claude-opus-4-7") == 2048
+    assert minimum_tokens("acme", "x") is None

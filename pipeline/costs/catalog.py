@@ -81,8 +81,25 @@ class UnknownPriceError(LookupError):
     """Usage names something no price is known for; the message lists close matches."""
 
 
+class Reading(BaseModel):
+    """One independent reading of a row's price, in the row's unit: what a source said, when.
+
+    `date` is as precise as the reading was dated: "2026", "2026-06" or "2026-09-18".
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    usd: Decimal = Field(ge=0, allow_inf_nan=False)
+    source: str = Field(min_length=1)
+    date: str = Field(pattern=r"^\d{4}(-\d{2}(-\d{2})?)?$")
+
+
 class CatalogRow(BaseModel):
-    """One priced item. `usd` is per `unit`; `granularity` says how usage is counted."""
+    """One priced item. `usd` is per `unit`; `granularity` says how usage is counted.
+
+    `readings` are the independent readings the price was chosen from; when they
+    name different prices the row is flagged (`readings_disagree`) until re-checked.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -94,6 +111,7 @@ class CatalogRow(BaseModel):
     usd: Decimal = Field(ge=0, allow_inf_nan=False)
     source: str = Field(min_length=1)
     date: dt.date
+    readings: tuple[Reading, ...] = ()
     note: str = ""
     billing_rule: str = ""
     """What quantity is billed, as the provider bills it (every packaged row says)."""
@@ -116,6 +134,15 @@ class CatalogRow(BaseModel):
     @property
     def label(self) -> str:
         return " ".join(part for part in self.key if part)
+
+    @property
+    def readings_disagree(self) -> bool:
+        """The readings name more than one price (the row's own price counts as one)."""
+        return bool(self.readings) and len({self.usd, *(r.usd for r in self.readings)}) > 1
+
+    def is_stale(self, today: dt.date) -> bool:
+        """Dated more than six months before `today`: due for a re-quote."""
+        return today > _add_months(self.date, 6)
 
     @property
     def line_unit(self) -> str:
@@ -249,16 +276,6 @@ class Catalog:
         ).hexdigest()[:8]
         return Catalog(f"{self._version}+{digest}", self._as_of, merged.values())
 
-    def age_warning(self, today: dt.date) -> str:
-        """A re-quote reminder once the catalog is more than six months old, else ""."""
-        due = _add_months(self._as_of, 6)
-        if today <= due:
-            return ""
-        return (
-            f"price catalog {self._version} dates from {self._as_of}, more than six months "
-            f"before {today}: re-quote the prices (rows noted CHECK first) and ship a new catalog."
-        )
-
     def llm_rates(self, provider: str, model: str, at: dt.datetime) -> LLMRates:
         """A model's token prices in force at `at`, from genai-prices' bundled snapshot.
 
@@ -272,6 +289,33 @@ class Catalog:
         except LookupError as exc:
             raise UnknownPriceError(_unknown_llm(provider, model)) from exc
         return LLMRates(provider, model, calc.model.id, calc.model_price)
+
+
+def stale_warning(rows: Iterable[CatalogRow], today: dt.date) -> str:
+    """A re-quote reminder naming each row dated more than six months before `today`, else ""."""
+    stale = _distinct(row for row in rows if row.is_stale(today))
+    if not stale:
+        return ""
+    named = ", ".join(f"{row.label} ({row.date})" for row in stale)
+    return f"{len(stale)} price(s) dated more than six months before {today}, re-quote them: {named}"
+
+
+def disagreement_warning(rows: Iterable[CatalogRow]) -> str:
+    """A reminder naming each row whose independent readings disagree, else ""."""
+    flagged = _distinct(row for row in rows if row.readings_disagree)
+    if not flagged:
+        return ""
+    named = "; ".join(
+        f"{row.label} charged at {row.usd:f}/{row.unit}, read as "
+        + ", ".join(f"{r.usd:f} ({r.date})" for r in row.readings)
+        for row in flagged
+    )
+    return f"{len(flagged)} price(s) whose readings disagree, check them before billing: {named}"
+
+
+def _distinct(rows: Iterable[CatalogRow]) -> list[CatalogRow]:
+    """Rows in order with repeats dropped (several verticals share most of their rows)."""
+    return list(dict.fromkeys(rows))
 
 
 def _validate_row(where: str, label: str, data: dict[str, Any]) -> CatalogRow:

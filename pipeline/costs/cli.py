@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog
+from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog, disagreement_warning, stale_warning
 from tollbridge.costs.estimate import load_profile
 from tollbridge.costs.ledger import Ledger, Report, ReportRow
 from tollbridge.costs.lineitem import CallCost
@@ -76,9 +76,15 @@ def _money(value: Decimal | None) -> str:
 
 def _load_catalog(path: Path | None) -> Catalog:
     catalog = Catalog.load(path)
-    if warning := catalog.age_warning(dt.date.today()):
-        _warn.print(f"warning: {warning}")
+    _warn_about_prices(catalog)
     return catalog
+
+
+def _warn_about_prices(catalog: Catalog) -> None:
+    """Name the catalog's rows due for a re-quote and those whose readings disagree."""
+    for warning in (stale_warning(catalog.rows, dt.date.today()), disagreement_warning(catalog.rows)):
+        if warning:
+            _warn.print(f"warning: price catalog {catalog.version}: {warning}", highlight=False)
 
 
 @costs_app.command("catalog")
@@ -91,13 +97,20 @@ def catalog_command(catalog_file: CatalogOption = None) -> None:
     table.add_column("billed", ratio=1, overflow="fold")
     table.add_column("date", no_wrap=True)
     table.add_column("source, note", ratio=1, overflow="fold")
+    today = dt.date.today()
     for row in catalog.rows:
+        flags = [
+            *(["RE-QUOTE: older than six months"] if row.is_stale(today) else []),
+            *(["READINGS DISAGREE: " + ", ".join(f"{r.usd:f} ({r.date}, {r.source})"
+                                               for r in row.readings)]
+              if row.readings_disagree else []),
+        ]
         table.add_row(
             row.label,
             f"{row.usd:f} / {row.unit}",
             f"{row.granularity}\n{row.billing_rule}".strip(),
             row.date.isoformat(),
-            f"{row.source}\n{row.note}".strip(),
+            "\n".join([row.source, row.note, *flags]).strip(),
         )
     _console.print(table)
     _console.print(
@@ -135,11 +148,12 @@ def _print_cost(cost: CallCost, title: str) -> None:
             line.provider,
             f"{line.quantity:f}",
             line.unit,
-            f"{line.unit_price_usd:f}",
-            f"{line.usd:f}",
+            "UNPRICED" if line.unpriced else f"{line.unit_price_usd:f}",
+            "—" if line.unpriced else f"{line.usd:f}",
         )
     table.add_section()
-    table.add_row("total", "", f"{cost.minutes:.2f}", "minute", "", _money(cost.total_usd))
+    total = _money(cost.total_usd) + ("" if cost.complete else " [bold yellow]INCOMPLETE[/]")
+    table.add_row("total", "", f"{cost.minutes:.2f}", "minute", "", total)
     table.add_row("per minute", "", "", "", "", _money(cost.usd_per_minute))
     _console.print(table)
 
@@ -179,6 +193,7 @@ def report_command(
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
     report = asyncio.run(_report(db, tenant, vertical, since, floor))
+    _warn_about_prices(Catalog.load())
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     elif as_csv:
@@ -192,6 +207,13 @@ async def _report(
 ) -> Report:
     async with await Ledger.open(url) as ledger:
         return await ledger.report(tenant=tenant, vertical=vertical, since=since, floor=floor)
+
+
+def _total(total: Decimal, incomplete_calls: int) -> str:
+    """A total, marked when some of its calls had usage without a price (so it is a floor)."""
+    if not incomplete_calls:
+        return f"{total:f}"
+    return f"{total:f} [bold yellow]INCOMPLETE ({incomplete_calls} call(s))[/]"
 
 
 def _above(row: ReportRow, floor: Decimal | None) -> bool:
@@ -210,6 +232,7 @@ def _write_csv(report: Report) -> None:
             "total_usd",
             "usd_per_minute",
             "above_floor",
+            "incomplete_calls",
             *(f"share:{kind}" for kind in kinds),
         ]
     )
@@ -223,6 +246,7 @@ def _write_csv(report: Report) -> None:
                 f"{row.total_usd:f}",
                 "" if row.usd_per_minute is None else f"{row.usd_per_minute:f}",
                 _above(row, report.floor),
+                row.incomplete_calls,
                 *(f"{row.shares[kind]:f}" if kind in row.shares else "" for kind in kinds),
             ]
         )
@@ -242,7 +266,7 @@ def _print_report(report: Report) -> None:
                 row.key,
                 str(row.calls),
                 f"{row.minutes:f}",
-                f"{row.total_usd:f}",
+                _total(row.total_usd, row.incomplete_calls),
                 _money(row.usd_per_minute) + flag,
                 ", ".join(f"{kind} {share:.0%}" for kind, share in top),
             )
@@ -258,7 +282,14 @@ def _print_report(report: Report) -> None:
                 call.vertical,
                 call.started_at.isoformat(timespec="seconds"),
                 f"{call.minutes:f}",
-                f"{call.total_usd:f}",
+                _total(call.total_usd, 0 if call.complete else 1),
                 _money(call.usd_per_minute),
             )
         _console.print(table)
+    incomplete = sum(row.incomplete_calls for row in report.tenants)
+    if incomplete:
+        _warn.print(
+            f"warning: {incomplete} call(s) have usage no price was known for; their totals "
+            "(marked INCOMPLETE) count only the priced lines",
+            highlight=False,
+        )

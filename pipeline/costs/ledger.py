@@ -48,6 +48,7 @@ _CALL_COLUMNS = (
     "drift_usd",
     "status",
     "recorded_seconds",
+    "unpriced_items",
 )
 _ITEM_COLUMNS = (
     "call_sid",
@@ -58,6 +59,7 @@ _ITEM_COLUMNS = (
     "unit",
     "unit_price_usd",
     "usd",
+    "unpriced",
 )
 _SHARE_PLACES = Decimal("0.0001")
 
@@ -86,12 +88,15 @@ class ReportRow:
     total_usd: Decimal
     usd_per_minute: Decimal | None
     shares: dict[str, Decimal] = field(default_factory=dict)
+    incomplete_calls: int = 0
+    """Calls with usage no price was known for: the totals count only their priced lines."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "key": self.key,
             "calls": self.calls,
+            "incomplete_calls": self.incomplete_calls,
             "minutes": f"{self.minutes:f}",
             "total_usd": f"{self.total_usd:f}",
             "usd_per_minute": None if self.usd_per_minute is None else f"{self.usd_per_minute:f}",
@@ -110,6 +115,8 @@ class CallRow:
     minutes: Decimal
     total_usd: Decimal
     usd_per_minute: Decimal | None
+    complete: bool = True
+    """False when some usage had no price: `total_usd` counts only the priced lines."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +126,7 @@ class CallRow:
             "started_at": self.started_at.isoformat(),
             "minutes": f"{self.minutes:f}",
             "total_usd": f"{self.total_usd:f}",
+            "complete": self.complete,
             "usd_per_minute": None if self.usd_per_minute is None else f"{self.usd_per_minute:f}",
         }
 
@@ -316,7 +324,7 @@ class Ledger:
             args.append(since)
         sql = (
             "SELECT c.call_sid, c.tenant, c.vertical, c.started_at, c.measured_seconds, "
-            "c.billed_seconds, c.total_usd, l.item, l.usd FROM calls c "
+            "c.billed_seconds, c.total_usd, c.unpriced_items, l.item, l.usd FROM calls c "
             "LEFT JOIN line_items l ON l.call_sid = c.call_sid"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.started_at, c.call_sid, l.position"
@@ -358,6 +366,7 @@ class Ledger:
                     i["unit"],
                     _dec(i["unit_price_usd"]),
                     _dec(i["usd"]),
+                    i["unpriced"],
                 )
                 for i in items
             ),
@@ -389,6 +398,7 @@ class Ledger:
             cost.drift_usd,
             cost.status,
             cost.recorded_seconds,
+            len(cost.unpriced_items),
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS[1:])
         await tx.execute(
@@ -413,6 +423,7 @@ class Ledger:
                 line.unit,
                 line.unit_price_usd,
                 line.usd,
+                line.unpriced,
             )
 
 
@@ -447,6 +458,7 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
                 (secs / 60).quantize(_SHARE_PLACES),
                 total,
                 round_usd(total * 60 / secs) if secs else None,
+                complete=not row["unpriced_items"],
             )
         if row["item"] is not None:
             kinds[sid][row["item"].partition(":")[0]] += _dec(row["usd"])
@@ -476,6 +488,7 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
                         k: (v / total).quantize(_SHARE_PLACES) if total else Decimal(0)
                         for k, v in sorted(by_kind.items())
                     },
+                    incomplete_calls=sum(not calls[s].complete for s in sids),
                 )
             )
         return out

@@ -28,6 +28,9 @@ class LineItem:
     `item` names the kind of charge and, for model-priced things, the model after
     a colon (`stt:nova-3`, `llm.cached_input:gpt-4o-mini`); `kind` drops the model.
     Invariant: `usd == round_usd(quantity * unit_price_usd)`.
+
+    A line no price is known for keeps its usage and says why in `unpriced`; its
+    price and amount are 0 and never guessed, and the call's total is incomplete.
     """
 
     item: str
@@ -36,6 +39,8 @@ class LineItem:
     unit: str
     unit_price_usd: Decimal
     usd: Decimal
+    unpriced: str = ""
+    """Why this line has no price (empty for a priced line)."""
 
     @classmethod
     def priced(
@@ -46,6 +51,13 @@ class LineItem:
         return cls(
             item, provider, quantity, unit, unit_price_usd, round_usd(quantity * unit_price_usd)
         )
+
+    @classmethod
+    def without_price(
+        cls, item: str, provider: str, quantity: Decimal | int, unit: str, reason: str
+    ) -> LineItem:
+        """A line for usage no price is known for: counted, flagged, charged nothing."""
+        return cls(item, provider, Decimal(quantity), unit, Decimal(0), Decimal(0), reason)
 
     @property
     def kind(self) -> str:
@@ -59,6 +71,7 @@ class LineItem:
             "unit": self.unit,
             "unit_price_usd": f"{self.unit_price_usd:f}",
             "usd": f"{self.usd:f}",
+            "unpriced": self.unpriced,
         }
 
     @classmethod
@@ -70,6 +83,7 @@ class LineItem:
             unit=data["unit"],
             unit_price_usd=Decimal(data["unit_price_usd"]),
             usd=Decimal(data["usd"]),
+            unpriced=data.get("unpriced", ""),
         )
 
 
@@ -117,7 +131,17 @@ class CallCost:
 
     @property
     def total_usd(self) -> Decimal:
+        """The priced lines' sum: a lower bound when the call is not `complete`."""
         return sum((line.usd for line in self.items), Decimal(0))
+
+    @property
+    def unpriced_items(self) -> tuple[LineItem, ...]:
+        return tuple(line for line in self.items if line.unpriced)
+
+    @property
+    def complete(self) -> bool:
+        """Every line is priced, so `total_usd` is the whole cost of the call."""
+        return not self.unpriced_items
 
     @property
     def usd_per_minute(self) -> Decimal | None:
@@ -147,6 +171,7 @@ class CallCost:
             "drift_usd": _str_or_none(self.drift_usd),
             "recorded_seconds": self.recorded_seconds,
             "total_usd": f"{self.total_usd:f}",
+            "complete": self.complete,
             "usd_per_minute": _str_or_none(self.usd_per_minute),
         }
 

@@ -86,6 +86,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        2,
+        "unpriced line items and incomplete totals",
+        (
+            # why a line has no price ('' when priced); such a line is charged 0
+            "ALTER TABLE line_items ADD COLUMN unpriced TEXT NOT NULL DEFAULT ''",
+            # how many of the call's lines have no price: its total is incomplete when > 0
+            "ALTER TABLE calls ADD COLUMN unpriced_items INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
+    Migration(
         4,
         "recorded seconds, and expiring callbacks for calls never seen",
         (

@@ -8,19 +8,28 @@ the minutes the number is expected to carry in a month.
 
 The same functions serve the live meter, the estimator and the ledger's
 reconciliation, so an estimate and a real call are priced identically.
+
+Usage nothing prices (a model missing from the catalog or from genai-prices)
+never stops a call from being recorded: it becomes a line flagged unpriced,
+with its quantity and the reason, and the call's total is marked incomplete.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal
+from typing import ParamSpec, TypeVar
 
 import genai_prices
 
-from tollbridge.costs.catalog import Catalog, CatalogRow
+from tollbridge.costs.catalog import Catalog, CatalogRow, UnknownPriceError
 from tollbridge.costs.lineitem import CallCost, LineItem
 from tollbridge.costs.usage import CallUsage
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Twilio final statuses that carry no minute charges.
 UNBILLED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
@@ -89,13 +98,7 @@ def rebill(cost: CallCost, billed_seconds: int, status: str) -> CallCost:
     on the catalog version it was priced with.
     """
     items = tuple(
-        LineItem.priced(
-            line.item,
-            line.provider,
-            call_quantity(line.unit, billed_seconds, status),
-            line.unit,
-            line.unit_price_usd,
-        )
+        _requantified(line, call_quantity(line.unit, billed_seconds, status))
         if line.kind.split(".")[0] in CALL_TIME_KINDS
         else line
         for line in cost.items
@@ -111,18 +114,65 @@ def with_recording(cost: CallCost, recorded_seconds: int) -> CallCost:
     at the unit price the call was priced with. A call priced without a recording
     line (its vertical does not record) keeps its lines; the seconds are kept."""
     items = tuple(
-        LineItem.priced(
-            line.item,
-            line.provider,
-            call_quantity(line.unit, recorded_seconds),
-            line.unit,
-            line.unit_price_usd,
-        )
+        _requantified(line, call_quantity(line.unit, recorded_seconds))
         if line.item == RECORDING_ITEM
         else line
         for line in cost.items
     )
     return replace(cost, recorded_seconds=recorded_seconds, items=items)
+
+
+def _requantified(line: LineItem, quantity: Decimal) -> LineItem:
+    if line.unpriced:
+        return replace(line, quantity=quantity)
+    return LineItem.priced(line.item, line.provider, quantity, line.unit, line.unit_price_usd)
+
+
+def stt_row(catalog: Catalog, provider: str, model: str) -> CatalogRow:
+    """The row pricing an STT model's audio; UnknownPriceError if none can."""
+    row = catalog.find(provider, "stt", model)
+    if row.line_unit not in ("minute", "second"):
+        raise UnknownPriceError(f"catalog row {row.label!r} must bill audio per minute or second")
+    return row
+
+
+def tts_row(catalog: Catalog, provider: str, model: str) -> CatalogRow:
+    """The row pricing a TTS model's (or voice's) characters; UnknownPriceError if none can."""
+    row = catalog.find(provider, "tts", model)
+    if row.line_unit != "char":
+        raise UnknownPriceError(f"catalog row {row.label!r} must bill TTS per character")
+    return row
+
+
+def telephony_rows(
+    catalog: Catalog, direction: str, number_type: str, recording: bool
+) -> list[tuple[str, CatalogRow | str]]:
+    """Each call-time item a call of this kind bills, with its row or why none prices it."""
+    items = [
+        f"number.{number_type}",
+        "voice.outbound" if direction == "outbound" else f"voice.inbound_{number_type}",
+        "media_streams",
+        *([RECORDING_ITEM] if recording else []),
+    ]
+    return [(item, _price_or_reason(_call_time_row, catalog, item)) for item in items]
+
+
+def _call_time_row(catalog: Catalog, item: str) -> CatalogRow:
+    row = catalog.find("twilio", item)
+    wanted = ("number-month",) if item.startswith("number.") else ("minute", "second")
+    if row.line_unit not in wanted:
+        raise UnknownPriceError(
+            f"catalog row {row.label!r} must bill per {' or '.join(wanted)}, not {row.line_unit}"
+        )
+    return row
+
+
+def _price_or_reason(find: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | str:
+    """What `find` returns, or why nothing prices it (UnknownPriceError's message)."""
+    try:
+        return find(*args, **kwargs)
+    except UnknownPriceError as missing:
+        return str(missing)
 
 
 def with_twilio_price(cost: CallCost, price_usd: Decimal) -> CallCost:
@@ -184,40 +234,24 @@ def without_savings(usage: CallUsage) -> CallUsage:
 def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> list[LineItem]:
     """Number, carrier, stream and recording lines: always present (maybe zero) so a
     later reconciliation has their unit prices to re-bill with."""
-    number = catalog.find("twilio", f"number.{usage.number_type}")
-    carrier = catalog.find(
-        "twilio",
-        "voice.outbound" if usage.direction == "outbound" else f"voice.inbound_{usage.number_type}",
-    )
-    minute_rows = [(carrier, seconds), (catalog.find("twilio", "media_streams"), seconds)]
-    if usage.recording:  # zero until Twilio's recording callback says how much it recorded
-        minute_rows.append((catalog.find("twilio", RECORDING_ITEM), usage.recorded_seconds))
-    lines = [
-        LineItem.priced(
-            number.item,
-            number.provider,
-            call_quantity("minute", seconds),
-            "minute",
-            number.usd / usage.monthly_minutes_per_number,
-        )
-    ]
-    for row, row_seconds in minute_rows:
-        unit = _call_time_unit(row)
-        lines.append(
-            LineItem.priced(
-                row.item, row.provider, call_quantity(unit, row_seconds), unit, row.unit_price
+    lines = []
+    minutes = call_quantity("minute", seconds)
+    rows = telephony_rows(catalog, usage.direction, usage.number_type, usage.recording)
+    for item, row in rows:
+        # the recording bills what Twilio recorded: zero until its callback says how much
+        item_seconds = Decimal(usage.recorded_seconds or 0) if item == RECORDING_ITEM else seconds
+        if isinstance(row, str):
+            quantity = call_quantity("minute", item_seconds)
+            lines.append(LineItem.without_price(item, "twilio", quantity, "minute", row))
+        elif item.startswith("number."):  # the monthly fee, spread over the month's minutes
+            price = row.usd / usage.monthly_minutes_per_number
+            lines.append(LineItem.priced(row.item, row.provider, minutes, "minute", price))
+        else:
+            quantity = call_quantity(row.line_unit, item_seconds)
+            lines.append(
+                LineItem.priced(row.item, row.provider, quantity, row.line_unit, row.unit_price)
             )
-        )
     return lines
-
-
-def _call_time_unit(row: CatalogRow) -> str:
-    if row.line_unit not in ("minute", "second"):
-        raise ValueError(
-            f"catalog row {row.label!r} must bill call time per minute or second, "
-            f"not per {row.line_unit}"
-        )
-    return row.line_unit
 
 
 def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
@@ -228,16 +262,15 @@ def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         avoided[(stt.provider, stt.model)] += Decimal(stt.avoided_seconds)
     lines = []
     for (provider, model), audio in seconds.items():
-        row = catalog.find(provider, "stt", model)
-        if row.line_unit == "minute":  # a provider that rounds each stream up to the minute
-            quantity = call_quantity("minute", audio)
-        elif row.line_unit == "second":
-            quantity = audio
+        row = _price_or_reason(stt_row, catalog, provider, model)
+        if isinstance(row, str):
+            lines.append(LineItem.without_price(f"stt:{model}", provider, audio, "second", row))
         else:
-            raise ValueError(f"catalog row {row.label!r} must bill audio per minute or second")
-        lines.append(
-            LineItem.priced(f"stt:{model}", provider, quantity, row.line_unit, row.unit_price)
-        )
+            # a provider that rounds each stream up to the minute, or one billing by the second
+            quantity = call_quantity("minute", audio) if row.line_unit == "minute" else audio
+            lines.append(
+                LineItem.priced(f"stt:{model}", provider, quantity, row.line_unit, row.unit_price)
+            )
         if avoided[(provider, model)]:  # memo: silence not streamed, at no cost
             lines.append(LineItem.priced(
                 f"stt.avoided:{model}", provider, avoided[(provider, model)], "second", Decimal(0)
@@ -253,10 +286,10 @@ def _tts_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         counts[1] += tts.avoided_characters
     lines = []
     for (provider, model), (sent, avoided) in chars.items():
-        row = catalog.find(provider, "tts", model)
-        if row.line_unit != "char":
-            raise ValueError(f"catalog row {row.label!r} must bill TTS per character")
-        if sent:
+        row = _price_or_reason(tts_row, catalog, provider, model)
+        if sent and isinstance(row, str):
+            lines.append(LineItem.without_price(f"tts:{model}", provider, sent, "char", row))
+        elif sent and isinstance(row, CatalogRow):
             lines.append(LineItem.priced(f"tts:{model}", provider, sent, "char", row.unit_price))
         if avoided:  # memo: what the phrase cache saved, at no cost
             lines.append(
@@ -271,7 +304,7 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
     A tiered model can charge two requests different rates; those stay on
     separate lines so every line's arithmetic still checks out.
     """
-    tokens: dict[tuple[str, str, Decimal], int] = defaultdict(int)
+    tokens: dict[tuple[str, str, Decimal | str], int] = defaultdict(int)
     requests = [
         (
             "llm",
@@ -292,13 +325,17 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         for req in usage.realtime
     ]
     for family, provider, model, total_input, counts in requests:
-        rates = catalog.llm_rates(provider, model, usage.started_at)
+        rates = _price_or_reason(catalog.llm_rates, provider, model, usage.started_at)
         for kind, count in counts.items():
-            if count:
-                price = rates.per_token(kind, total_input)
+            if count:  # a price per token, or why nothing prices these tokens
+                price = rates if isinstance(rates, str) else _price_or_reason(
+                    rates.per_token, kind, total_input
+                )
                 tokens[(f"{family}.{kind}:{model}", provider, price)] += count
     return [
-        LineItem.priced(item, provider, count, "token", price)
+        LineItem.without_price(item, provider, count, "token", price)
+        if isinstance(price, str)
+        else LineItem.priced(item, provider, count, "token", price)
         for (item, provider, price), count in tokens.items()
     ]
 
@@ -306,7 +343,11 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
 def _compute_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
     if not usage.compute_cpu_seconds:
         return []
-    row = catalog.find("self", "compute")
+    row = _price_or_reason(catalog.find, "self", "compute")
+    if isinstance(row, str):
+        return [LineItem.without_price(
+            "compute", "self", Decimal(usage.compute_cpu_seconds), "core-second", row
+        )]
     return [
         LineItem.priced(
             "compute",

@@ -35,6 +35,28 @@ def test_validate_prints_each_chain_and_exits_zero():
     assert done.returncode == 0, done.stderr
     assert "4 vertical(s) valid" in done.stdout
     assert "fallback" in done.stdout and "deepgram.tts" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == len(set(warnings))  # each printed once
+    assert any(w.startswith("warning: sales: chain[2].fallback (openai.llm): prompt caching "
+                            "cannot take effect") for w in warnings)
+    [disputed] = [w for w in warnings if "readings disagree" in w]  # shared by all four
+    assert "deepgram stt nova-3 charged at 0.0048/minute" in disputed
+
+
+def test_validate_and_serve_refuse_a_model_without_a_price(tmp_path):
+    text = (FIXTURES / "frontdesk" / "vertical.toml").read_text().replace(
+        'use = "deepgram.stt"', 'use = "deepgram.stt"\nmodel = "nova-2-phonecall"')
+    for name in ("prompt.md", "tools.py"):
+        (tmp_path / name).write_text((FIXTURES / "frontdesk" / name).read_text())
+    (tmp_path / "vertical.toml").write_text(text)
+    done = run("validate", str(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert 'chain[1].model: "nova-2-phonecall" has no deepgram stt price' in done.stderr
+    assert "priced: nova-3" in done.stderr
+    served = run("serve", str(tmp_path), "--port", str(free_port()),
+                 env={"TWILIO_AUTH_TOKEN": "t", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk"})
+    assert served.returncode == 1 and "Traceback" not in served.stderr
+    assert 'chain[1].model: "nova-2-phonecall" has no deepgram stt price' in served.stderr
 
 
 def test_a_bad_config_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
@@ -103,9 +125,12 @@ def test_serve_answers_a_signed_webhook_and_stops_cleanly(tmp_path):
         assert stream.get("url") == f"ws://127.0.0.1:{port}/media"
     finally:
         server.terminate()
-        out, _ = server.communicate(timeout=20)
+        out, logged = server.communicate(timeout=20)
     assert "voice webhook (paste into Twilio)" in out
     assert server.returncode is not None
+    # start-up logs the prices the verticals use that are in dispute (a JSON line)
+    [disputed] = [line for line in logged.splitlines() if "prices_disagree" in line]
+    assert "deepgram stt nova-3" in disputed and disputed.startswith("{")
 
 
 def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
@@ -121,4 +146,9 @@ def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
     assert "agent  A beard trim is twenty dollars." in done.stdout
     assert "voice.inbound_local" in done.stdout and "/min" in done.stdout
     assert "replay mismatch" not in done.stdout
+    # under the cost table, before the totals: the call's prices in dispute
+    table, _, rest = done.stdout.partition("warning: ")
+    warnings = [line for line in rest.split("\ncall ")[0].splitlines() if "readings disagree" in line]
+    assert "voice.inbound_local" in table and len(warnings) == 1
+    assert "ended by" in rest
     assert out.stat().st_size > 8000 * 2 * 5  # seconds of agent speech, as 16-bit PCM

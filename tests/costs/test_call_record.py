@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
+from structlog.testing import capture_logs
 
 from tests.conftest import AUTH_TOKEN, FIXTURES, running_bridge
 from tollbridge.bookkeeper import Bookkeeper
+from tollbridge.config import Vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.spool import SpoolingLedger
@@ -75,6 +78,49 @@ async def test_a_replayed_call_leaves_one_priced_record(frontdesk, ledger_url, t
     got = {item.item: item.usd for item in stored.items if item.usd or item.item in expected}
     assert got == expected
     assert stored.total_usd == sum(expected.values())
+
+
+def forced_past_validation(vertical: Vertical, **models: str) -> Vertical:
+    """The vertical with some stages' models swapped after loading, as if validation had
+    been skipped: `load_vertical` itself refuses models with no price."""
+    chain = [
+        replace(stage, options=stage.options.model_copy(update={"model": models[stage.name]}))
+        if stage.name in models else stage
+        for stage in vertical.chain
+    ]
+    return replace(vertical, chain=chain, budget_usd=Decimal("5"))
+
+
+async def test_a_call_with_unpriced_models_still_leaves_its_record(frontdesk, ledger_url, tmp_path):
+    """nova-2 has no catalog price and gpt-4o-mini-unpriced none in genai-prices: the call runs
+    (its budget checked on every usage report), and its record is written, flagged."""
+    vertical = forced_past_validation(
+        frontdesk, **{"deepgram.stt": "nova-2", "openai.llm": "gpt-4o-mini-unpriced"})
+    with capture_logs() as logged:
+        call = await run_local_call(vertical, audio=SPEECH, cassette=CASSETTE,
+                                    ledger_url=ledger_url, spool_path=tmp_path / "spool",
+                                    settle_s=1.0, user_speech_timeout=0.3)
+    assert call.cost.ended_by != "" and "Monday to Friday" in call.transcript
+    # the budget, checked on each of the usage reports, notes each unpriced item once
+    noted = [e["item"] for e in logged if e["event"] == "budget_counts_priced_usage_only"]
+    assert sorted(noted) == sorted(set(noted)) and "llm.input:gpt-4o-mini-unpriced" in noted
+    async with await Ledger.open(ledger_url) as ledger:
+        stored = await ledger.get(call.cost.call_sid)
+        report = await ledger.report(tenant="acme")
+    assert stored is not None and stored == call.cost
+    assert not stored.complete
+    unpriced = {line.item: line for line in stored.unpriced_items}
+    [stt] = call.usage.stt
+    assert unpriced["stt:nova-2"].quantity == stt.audio_seconds > 0
+    assert unpriced["stt:nova-2"].usd == 0 and "nova-3" in unpriced["stt:nova-2"].unpriced
+    llm_tokens = sum(r.input_tokens + r.output_tokens + r.cached_input_tokens for r in call.usage.llm)
+    assert sum(line.quantity for item, line in unpriced.items() if item.startswith("llm.")) == (
+        llm_tokens) > 0
+    priced = {line.item: line.usd for line in stored.items if not line.unpriced}
+    assert priced["tts:aura-2-thalia-en"] > 0 and priced["voice.inbound_local"] > 0
+    assert stored.total_usd == sum(priced.values())
+    [tenant] = report.tenants
+    assert tenant.incomplete_calls == 1
 
 
 async def test_twilio_status_callback_reconciles_the_record(frontdesk, ledger_url, tmp_path):

@@ -5,7 +5,13 @@ from decimal import Decimal
 
 import pytest
 
-from tollbridge.costs.catalog import Catalog, CatalogError, UnknownPriceError
+from tollbridge.costs.catalog import (
+    Catalog,
+    CatalogError,
+    UnknownPriceError,
+    disagreement_warning,
+    stale_warning,
+)
 
 GOOD_ROW = """
 [[rows]]
@@ -136,11 +142,72 @@ def test_override_errors_name_the_override() -> None:
         )
 
 
-def test_age_warning_after_six_months(catalog: Catalog) -> None:
-    assert catalog.age_warning(dt.date(2026, 11, 25)) == ""
-    assert catalog.age_warning(dt.date(2027, 5, 4)) == ""
-    warning = catalog.age_warning(dt.date(2027, 5, 5))
-    assert "re-quote" in warning and "2026-11-04" in warning
+def dated_catalog(*dates: dt.date) -> Catalog:
+    """A catalog with one row per date (models m0, m1, …), as the file would say it."""
+    rows = "".join(
+        f"""
+[[rows]]
+provider = "deepgram"
+item = "stt"
+model = "m{n}"
+unit = "minute"
+usd = 0.005
+granularity = "second"
+source = "test"
+date = {day.isoformat()}
+"""
+        for n, day in enumerate(dates)
+    )
+    return Catalog.from_toml(f'version = "t"\nas_of = 2026-12-01\n{rows}')
+
+
+def test_staleness_is_judged_by_each_rows_own_date() -> None:
+    today = dt.date(2026, 12, 3)
+    catalog = dated_catalog(
+        dt.date(2026, 5, 7),  # seven months before: due for a re-quote
+        dt.date(2026, 6, 3),  # exactly six months: not yet
+        dt.date(2026, 11, 20),  # recent
+    )
+    assert [row.model for row in catalog.rows if row.is_stale(today)] == ["m0"]
+    assert [r.model for r in catalog.rows if r.is_stale(dt.date(2026, 12, 4))] == ["m0", "m1"]
+    warning = stale_warning(catalog.rows, today)
+    assert "1 price(s)" in warning and "deepgram stt m0 (2026-05-07)" in warning
+    assert "m1" not in warning and "m2" not in warning
+    assert stale_warning(catalog.rows, dt.date(2026, 11, 6)) == ""
+
+
+def test_packaged_rows_past_six_months_are_named_although_the_catalog_is_recent(
+    catalog: Catalog,
+) -> None:
+    """The catalog as a whole is a month old; nine of its rows are not."""
+    today = dt.date(2026, 12, 3)
+    stale = {row.label for row in catalog.rows if row.is_stale(today)}
+    assert len(stale) == 9
+    assert {"twilio voice.outbound", "twilio voice.inbound_toll_free",
+            "deepgram tts aura-2"} <= stale
+    assert "twilio voice.inbound_local" not in stale  # read 2026-09-18
+    assert stale_warning(catalog.rows + catalog.rows, today).count("twilio voice.outbound") == 1
+
+
+def test_rows_whose_readings_disagree_are_flagged(catalog: Catalog) -> None:
+    nova = catalog.find("deepgram", "stt", "nova-3")
+    assert nova.usd == Decimal("0.0048") and nova.readings_disagree
+    assert Decimal("0.0077") in {r.usd for r in nova.readings}
+    assert catalog.find("twilio", "media_streams").readings_disagree
+    assert not catalog.find("twilio", "voice.inbound_local").readings_disagree  # all agree
+    assert not catalog.find("deepgram", "stt", "flux-general-en").readings_disagree  # one reading
+    warning = disagreement_warning(catalog.rows)
+    assert "deepgram stt nova-3 charged at 0.0048/minute" in warning and "0.0077 (2026)" in warning
+    assert "voice.inbound_local" not in warning
+    assert disagreement_warning([catalog.find("twilio", "voice.outbound")]) == ""
+
+
+def test_a_reading_must_be_dated() -> None:
+    text = GOOD_ROW.replace(
+        "date = 2026-05-07", 'date = 2026-05-07\nreadings = [{ usd = 0.02, source = "x", date = "May" }]'
+    )
+    with pytest.raises(CatalogError, match=r"readings\.0\.date"):
+        Catalog.from_toml(f'version = "t"\nas_of = 2026-12-01\n{text}')
 
 
 def test_models_match_by_longest_prefix(catalog: Catalog) -> None:

@@ -26,6 +26,7 @@ def test_catalog_lists_rows_with_dates() -> None:
     assert "Price catalog 2026-11-04" in result.output
     assert "twilio media_streams" in result.output and "2026-09-18" in result.output
     assert "genai-prices" in result.output
+    assert "READINGS DISAGREE: 0.0048 (2026-05-07, seed)" in result.output  # nova-3's row
 
 
 def test_catalog_says_how_each_row_is_billed() -> None:
@@ -41,7 +42,7 @@ def test_catalog_says_how_each_row_is_billed() -> None:
 def test_estimate_json_and_table() -> None:
     result = runner.invoke(costs_app, ["estimate", str(PROFILES / "profile_c.toml"), "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["items"][1] == {
         "item": "voice.outbound",
         "provider": "twilio",
@@ -49,7 +50,9 @@ def test_estimate_json_and_table() -> None:
         "unit": "minute",
         "unit_price_usd": "0.014",
         "usd": "0.042000",
+        "unpriced": "",
     }
+    assert data["complete"] is True
     assert Decimal(data["total_usd"]) == sum(Decimal(i["usd"]) for i in data["items"])
     table = runner.invoke(
         costs_app, ["estimate", str(PROFILES / "profile_a.toml")], env={"COLUMNS": "200"}
@@ -72,17 +75,49 @@ def test_report_flags_the_floor(tmp_path: Path, make_usage, catalog: Catalog) ->
     asyncio.run(seed())
     as_csv = runner.invoke(costs_app, ["report", "--db", url, "--csv", "--floor", "0.02"])
     assert as_csv.exit_code == 0, as_csv.output
-    rows = {(r["group"], r["key"]): r for r in csv.DictReader(io.StringIO(as_csv.output))}
+    rows = {(r["group"], r["key"]): r for r in csv.DictReader(io.StringIO(as_csv.stdout))}
     assert rows[("tenant", "acme")]["above_floor"] == "True"
     assert rows[("tenant", "glambook")]["above_floor"] == "False"
     assert rows[("vertical", "sales")]["calls"] == "1"
     as_json = runner.invoke(
         costs_app, ["report", "--db", url, "--json", "--tenant", "acme", "--since", "2026-01-01"]
     )
-    data = json.loads(as_json.output)
+    data = json.loads(as_json.stdout)
     assert [row["key"] for row in data["tenants"]] == ["acme"]
     assert [call["call_sid"] for call in data["calls_above_floor"]] == [dear.call_sid]
     table = runner.invoke(costs_app, ["report", "--db", url], env={"COLUMNS": "200"})
     assert "ABOVE FLOOR" in table.output and dear.call_sid in table.output
     bad = runner.invoke(costs_app, ["report", "--db", url, "--floor", "cheap"])
     assert bad.exit_code != 0
+
+
+def test_report_marks_incomplete_totals_and_warns_about_prices(
+    tmp_path: Path, make_usage, catalog: Catalog
+) -> None:
+    from tollbridge.costs.usage import STTUsage
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    unpriced = make_usage(tenant="acme", stt=[STTUsage("deepgram", "nova-2", Decimal(30))])
+
+    async def seed() -> None:
+        async with await Ledger.open(url) as ledger:
+            await ledger.record(price_call(make_usage(tenant="glambook"), catalog))
+            await ledger.record(price_call(unpriced, catalog))
+
+    asyncio.run(seed())
+    table = runner.invoke(costs_app, ["report", "--db", url], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    acme = next(line for line in table.output.splitlines() if "acme" in line)
+    assert "INCOMPLETE (1 call(s))" in acme
+    glambook = next(line for line in table.output.splitlines() if "glambook" in line)
+    assert "INCOMPLETE" not in glambook
+    assert "1 call(s) have usage no price was known for" in table.output
+    assert "readings disagree" in table.output and "deepgram stt nova-3" in table.output
+    as_json = json.loads(
+        runner.invoke(costs_app, ["report", "--db", url, "--json"]).stdout.strip()
+    )
+    assert {row["key"]: row["incomplete_calls"] for row in as_json["tenants"]} == {
+        "acme": 1, "glambook": 0}
+    as_csv = runner.invoke(costs_app, ["report", "--db", url, "--csv"]).stdout
+    rows = {r["key"]: r for r in csv.DictReader(io.StringIO(as_csv))}
+    assert rows["acme"]["incomplete_calls"] == "1"

@@ -180,6 +180,66 @@ async def _report_floor(url: str, floor: Decimal) -> list[str]:
         return [call.call_sid for call in (await ledger.report(floor=floor)).above_floor]
 
 
+async def test_unpriced_lines_and_incomplete_totals_are_stored_and_reported(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    complete = priced()
+    incomplete = priced(stt=[STTUsage("deepgram", "nova-2", D("61.37"))])
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.record(complete)
+        await ledger.record(incomplete)
+        stored = await ledger.get(incomplete.call_sid)
+        report = await ledger.report(floor=D("0"))
+    assert stored == incomplete and not stored.complete
+    [line] = stored.unpriced_items
+    assert line.item == "stt:nova-2" and line.quantity == D("61.37") and "nova-2" in line.unpriced
+    [tenant] = report.tenants
+    assert tenant.calls == 2 and tenant.incomplete_calls == 1
+    assert tenant.total_usd == complete.total_usd + incomplete.total_usd
+    assert {c.call_sid: c.complete for c in report.above_floor} == {
+        complete.call_sid: True, incomplete.call_sid: False}
+    assert report.to_dict()["tenants"][0]["incomplete_calls"] == 1
+
+
+async def test_a_ledger_of_the_first_schema_is_upgraded_with_its_records_complete(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    """Migration 2 on a database that holds calls recorded before unpriced lines existed."""
+    from tollbridge.costs.database import connect
+    from tollbridge.costs.migrations import BOOTSTRAP
+
+    old = priced()
+    db = await connect(ledger_url)
+    try:
+        async with db.transaction() as tx:
+            await tx.execute(BOOTSTRAP.format(**db.types))
+            for statement in MIGRATIONS[0].statements:
+                await tx.execute(statement.format(**db.types))
+            await tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                1, MIGRATIONS[0].name, dt.datetime.now(dt.UTC))
+            await tx.execute(
+                "INSERT INTO calls (call_sid, tenant, vertical, direction, number_type, "
+                "from_number, to_number, started_at, measured_seconds, total_usd, "
+                "catalog_version, ended_by, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                old.call_sid, old.tenant, old.vertical, old.direction, old.number_type,
+                old.from_number, old.to_number, old.started_at, old.measured_seconds,
+                old.items[0].usd, old.catalog_version, "", "measured")
+            line = old.items[0]
+            await tx.execute(
+                "INSERT INTO line_items (call_sid, position, item, provider, quantity, unit, "
+                "unit_price_usd, usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                old.call_sid, 0, line.item, line.provider, line.quantity, line.unit,
+                line.unit_price_usd, line.usd)
+    finally:
+        await db.close()
+    async with await Ledger.open(ledger_url) as ledger:
+        stored = await ledger.get(old.call_sid)
+        report = await ledger.report()
+    assert stored is not None and stored.complete and stored.items == (line,)
+    assert report.tenants[0].incomplete_calls == 0
+
+
 async def test_migrations_apply_once_and_refuse_unknown_versions(ledger_url: str) -> None:
     async with await Ledger.open(ledger_url) as ledger:
         async with ledger._db.transaction() as tx:

@@ -6,7 +6,7 @@ from decimal import Decimal
 import genai_prices
 import pytest
 
-from tollbridge.costs.catalog import Catalog, UnknownPriceError
+from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
 from tollbridge.costs.pricing import (
     price_call,
@@ -303,13 +303,64 @@ def test_compute_per_core_hour(catalog: Catalog, make_usage: MakeUsage) -> None:
     assert (line.quantity, line.unit, line.usd) == (D(7200), "core-second", D("0.1"))
 
 
-def test_unknown_models_fail_clearly(catalog: Catalog, make_usage: MakeUsage) -> None:
-    with pytest.raises(UnknownPriceError, match=r"deepgram stt nova-4.*close matches: nova-3"):
-        price_call(make_usage(stt=[STTUsage("deepgram", "nova-4", D(1))]), catalog)
-    with pytest.raises(
-        UnknownPriceError, match=r"anthropic model 'claude-haiku-4-6'.*claude-haiku-4-5"
-    ):
-        price_call(make_usage(llm=[LLMRequestUsage("anthropic", "claude-haiku-4-6")]), catalog)
+def test_usage_nothing_prices_is_kept_flagged_and_never_guessed(
+    catalog: Catalog, make_usage: MakeUsage
+) -> None:
+    """A model missing from the catalog or genai-prices: its lines keep their usage, cost 0,
+    say why, and the call's total counts only what is priced."""
+    cost = price_call(
+        make_usage(
+            stt=[STTUsage("deepgram", "nova-2", D("42.5"))],
+            llm=[LLMRequestUsage("anthropic", "claude-haiku-4-6", input_tokens=900,
+                                 output_tokens=40),
+                 LLMRequestUsage("openai", "gpt-4o-mini", input_tokens=1000, output_tokens=10)],
+            tts=[TTSUsage("deepgram", "aura-2-thalia-en", 300)],
+            realtime=[RealtimeUsage("openai", "gpt-4o-mini", text_in=5, audio_in=600)],
+        ),
+        catalog,
+    )
+    got = lines(cost)
+    stt = got["stt:nova-2"]
+    assert (stt.quantity, stt.unit, stt.unit_price_usd, stt.usd) == (D("42.5"), "second", 0, 0)
+    assert "deepgram stt nova-2" in stt.unpriced and "close matches: nova-3" in stt.unpriced
+    haiku = got["llm.input:claude-haiku-4-6"]
+    assert haiku.quantity == 900 and haiku.usd == 0 and "claude-haiku-4-5" in haiku.unpriced
+    assert got["llm.output:claude-haiku-4-6"].unpriced
+    audio = got["realtime.audio_in:gpt-4o-mini"]  # a price missing for one kind only
+    assert audio.quantity == 600 and "no audio_in price" in audio.unpriced
+    assert not got["realtime.text_in:gpt-4o-mini"].unpriced
+    assert not got["llm.input:gpt-4o-mini"].unpriced and got["llm.input:gpt-4o-mini"].usd > 0
+    assert {line.item for line in cost.unpriced_items} == {
+        "stt:nova-2", "llm.input:claude-haiku-4-6", "llm.output:claude-haiku-4-6",
+        "realtime.audio_in:gpt-4o-mini",
+    }
+    assert not cost.complete and cost.to_dict()["complete"] is False
+    assert cost.total_usd == sum(line.usd for line in cost.items if not line.unpriced) > 0
+    assert CallCost.from_dict(cost.to_dict()) == cost
+    assert price_call(make_usage(), catalog).complete
+
+
+def test_a_catalog_without_a_telephony_row_still_prices_the_rest(make_usage: MakeUsage) -> None:
+    only_stt = Catalog.from_toml("""
+version = "t"
+as_of = 2026-12-01
+[[rows]]
+provider = "deepgram"
+item = "stt"
+model = "nova-3"
+unit = "minute"
+usd = 0.006
+granularity = "second"
+source = "test"
+date = 2026-12-01
+""")
+    cost = price_call(make_usage(stt=[STTUsage("deepgram", "nova-3", D(60))]), only_stt)
+    got = lines(cost)
+    assert got["stt:nova-3"].usd == D("0.006")
+    assert got["voice.inbound_local"].unpriced and got["voice.inbound_local"].quantity == 2
+    rebilled = lines(rebill(cost, 200, "completed"))
+    assert rebilled["voice.inbound_local"].quantity == 4  # still counted, still unpriced
+    assert rebilled["voice.inbound_local"].unpriced and rebilled["voice.inbound_local"].usd == 0
 
 
 def test_every_line_checks_out(catalog: Catalog, make_usage: MakeUsage) -> None:
