@@ -41,8 +41,9 @@ from tollbridge.failover import FailOverOnAnyError
 from tollbridge.hangup import HangUpAfterReply
 from tollbridge.logs import get_logger
 from tollbridge.meter import CostMeter
+from tollbridge.pacing import SpeechPacer, sentences
 from tollbridge.phrase_cache import PHRASES, PhraseCaching
-from tollbridge.stage import BRAIN_ROLES, MULAW_8K, BrainOptions, CallContext, Role
+from tollbridge.stage import BRAIN_ROLES, MULAW_8K, BrainOptions, CallContext, Playback, Role
 from tollbridge.tools import Tool, ToolContext
 
 __all__ = ["BuiltCall", "CallContext", "build_call"]
@@ -58,6 +59,8 @@ class BuiltCall:
     meter: CostMeter | None
     tool_context: ToolContext
     transport: BaseTransport
+    playback: Playback | None
+    """The transport's account of what the caller heard, where it keeps one."""
 
 
 class StageBuildError(RuntimeError):
@@ -153,7 +156,7 @@ class _StageBuilder:
                 processor.use_phrase_cache(
                     PHRASES,
                     stage=f"{stage.name} {stage.options.model_dump_json()}",
-                    phrases=vertical.fixed_phrases,
+                    phrases=[s for phrase in vertical.fixed_phrases for s in sentences(phrase)],
                 )
         return processors
 
@@ -193,7 +196,9 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
 
     stages.on_llm_fallback = answer_again
     processors = [transport.input()]
-    processors += _chain(vertical, transport_stage, stages, call, [aggregators.user(), *brain, hangup])
+    output = transport.output()
+    playback = output if isinstance(output, Playback) else None
+    processors += _chain(vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup])
     processors += [transport.output(), aggregators.assistant()]
     return BuiltCall(
         worker=_worker(processors, call, observers, meter),
@@ -202,6 +207,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         meter=meter,
         tool_context=tool_context,
         transport=transport,
+        playback=playback,
     )
 
 
@@ -232,14 +238,16 @@ def _chain(
     vertical: Vertical,
     transport: Stage,
     stages: _StageBuilder,
-    call: CallContext,
+    playback: Playback | None,
     brain: list[FrameProcessor],
 ) -> list[FrameProcessor]:
     """The processors between the transport's input and output, in the file's order.
 
     The caller's audio is converted (if at all) right before the stage that
     listens, the agent's right after the stage that speaks; a processor stage
-    before the listener sees the audio as the transport delivers it.
+    before the listener sees the audio as the transport delivers it. Where the
+    transport knows what the caller has heard, text reaches the TTS through a
+    pacer, only a little ahead of playback.
     """
     wire = transport.kind.audio_out(transport.options) or MULAW_8K
     listener = vertical.stage(Role.STT) or vertical.stage(Role.SPEECH_TO_SPEECH)
@@ -255,6 +263,10 @@ def _chain(
             processors += brain
         elif role is Role.STT:
             processors += [*stages.build(stage), DTMFAggregator(prefix="[keypad] ")]
+        elif role is Role.TTS:
+            if playback is not None and vertical.speech_lead_s:
+                processors.append(SpeechPacer(playback, lead_s=vertical.speech_lead_s))
+            processors += stages.build(stage)
         else:
             processors += stages.build(stage)
         if stage is speaker:

@@ -37,6 +37,8 @@ from tollbridge.stage import (
 )
 from tollbridge.vertical_prices import price_problems, vertical_catalog
 
+SPEECH_LEAD_S = 1.0
+"""Default speech lead: the smallest that never starved playback here under load."""
 VERTICAL_FILE = "vertical.toml"
 VERTICAL_GLOB = "*vertical.toml"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -126,6 +128,8 @@ class VerticalFile(BaseModel):
     budget_farewell: str = DEFAULT_BUDGET_FAREWELL
     phrase_cache: bool = True
     """Synthesize the greeting and farewell once per process and replay them."""
+    speech_lead_s: float = Field(SPEECH_LEAD_S, ge=0, le=30)
+    """How far ahead of what the caller hears text is sent to the TTS (0: all at once)."""
     telephony: Telephony = Field(default_factory=lambda: Telephony())
     prices: list[PriceOverride] = Field(default_factory=list)
     chain: list[dict[str, Any]] = Field(min_length=1)
@@ -146,6 +150,7 @@ class Vertical:
     budget_usd: Decimal | None = None
     budget_farewell: str = ""
     phrase_cache: bool = True
+    speech_lead_s: float = SPEECH_LEAD_S
     prices: list[PriceOverride] = field(default_factory=list)
 
     @property
@@ -415,6 +420,7 @@ def load_vertical(
         budget_usd=top.budget_usd,
         budget_farewell=top.budget_farewell,
         phrase_cache=top.phrase_cache,
+        speech_lead_s=top.speech_lead_s,
         prices=top.prices,
     )
     if check_keys and not problems:

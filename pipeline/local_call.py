@@ -290,7 +290,15 @@ def print_call(call: LocalCall, console: Console) -> None:
     console.print(
         f"audio: {call.phone.agent_audio_seconds:.1f}s agent speech played, "
         f"{call.stats.marks_sent} marks, {call.stats.clears} clears, "
-        f"{call.stats.media_in} caller frames",
+        f"{call.stats.media_in} caller frames; lead at Twilio max "
+        f"{call.phone.max_lead_s:.2f}s, p95 {call.phone.p95_lead_s:.2f}s",
+        highlight=False,
+    )
+    unheard = sum(i.quantity for i in call.cost.items if i.item.startswith("tts.unheard:"))
+    console.print(
+        f"speech: {sum(t.characters + t.avoided_characters for t in call.usage.tts)} characters "
+        f"synthesized, {call.usage.heard_characters or 0} heard; paid but not heard: "
+        f"{unheard} characters, ${call.cost.unheard_speech_usd:.6f}",
         highlight=False,
     )
     for failure in call.replay_failures:

@@ -162,6 +162,11 @@ class CallSession:
             return
         self.usage = meter.usage(ended_at=datetime.now(UTC), ended_by=self.ended_by)
         self.usage.compute_cpu_seconds = Decimal(str(round(self._cpu_seconds, 4)))
+        if self.built.playback is not None:
+            heard = self.built.playback.heard()
+            self.usage.heard_characters = heard.characters
+            self.log.info("call_playback", heard_characters=heard.characters,
+                          max_lead_s=heard.max_lead_s, p95_lead_s=heard.p95_lead_s)
         if self.on_finished:
             try:
                 await self.on_finished(self.usage)

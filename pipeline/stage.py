@@ -216,6 +216,30 @@ class ReplayServer(Protocol):
     ) -> Any: ...
 
 
+@dataclass(frozen=True)
+class Heard:
+    """What the caller heard of the agent, by the transport's account."""
+
+    characters: int
+    """Characters of agent text whose audio was played (of an interrupted reply: its words played)."""
+    max_lead_s: float
+    p95_lead_s: float
+    """Agent audio queued unplayed at the far end (e.g. Twilio) right after each send."""
+
+
+@runtime_checkable
+class Playback(Protocol):
+    """What a transport knows of the agent audio it took in: how much the caller has yet to
+    hear and how much it received in all (seconds), and what was heard. The builder paces
+    speech by it; the call's record says what was paid for but never heard."""
+
+    def unplayed_seconds(self) -> float: ...
+
+    def received_seconds(self) -> float: ...
+
+    def heard(self) -> Heard: ...
+
+
 @runtime_checkable
 class AvoidedUsage(Protocol):
     """A processor that saved billable work (audio it did not stream, text it did not

@@ -6,8 +6,10 @@ serializer; we ask for `ulaw_8000`, which Twilio plays as is.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
+from pipecat.frames.frames import Frame
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pydantic import Field
 
@@ -47,6 +49,13 @@ class MulawElevenLabsTTS(PhraseCaching, ElevenLabsTTSService):
     def __init__(self, *, output_format: str, **kwargs):
         super().__init__(**kwargs)
         self._fixed_output_format = output_format
+        self._spoken_contexts: set[str] = set()
+        """Contexts text was sent in: the only ones ElevenLabs has opened."""
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        self._spoken_contexts.add(context_id)
+        async for frame in super().run_tts(text, context_id):
+            yield frame
 
     # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     async def _connect_websocket(self):
@@ -55,7 +64,10 @@ class MulawElevenLabsTTS(PhraseCaching, ElevenLabsTTSService):
 
     # overrides a pipecat private method, declared in tollbridge.pipecat_internals
     async def _close_context(self, context_id: str):
-        if not self.served_from_cache(context_id):  # ElevenLabs never opened that one
+        # not one served from the phrase cache, nor a reply's own context when each of its
+        # sentences was spoken in a context of its own: ElevenLabs never opened those
+        if context_id in self._spoken_contexts and not self.served_from_cache(context_id):
+            self._spoken_contexts.discard(context_id)
             await super()._close_context(context_id)
 
 

@@ -135,6 +135,24 @@ class CallCost:
         return sum((line.usd for line in self.items), Decimal(0))
 
     @property
+    def unheard_speech_usd(self) -> Decimal:
+        """Speech paid for but never heard (cut off by the caller): each `tts.unheard` memo's
+        characters at its TTS line's price, in the share of that voice's speech that was
+        synthesized rather than served from the phrase cache. Already in the TTS lines."""
+        by_item = {line.item: line for line in self.items}
+        total = Decimal(0)
+        for line in self.items:
+            if not line.item.startswith("tts.unheard:"):
+                continue
+            model = line.item.removeprefix("tts.unheard:")
+            paid, cached = by_item.get(f"tts:{model}"), by_item.get(f"tts.avoided:{model}")
+            if paid is None or paid.unpriced:
+                continue
+            share = paid.quantity / (paid.quantity + (cached.quantity if cached else 0))
+            total += line.quantity * share * paid.unit_price_usd
+        return round_usd(total)
+
+    @property
     def unpriced_items(self) -> tuple[LineItem, ...]:
         return tuple(line for line in self.items if line.unpriced)
 

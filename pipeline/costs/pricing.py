@@ -285,6 +285,7 @@ def _tts_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         counts[0] += tts.characters
         counts[1] += tts.avoided_characters
     lines = []
+    unheard = max(0, sum(map(sum, chars.values())) - (usage.heard_characters or 0))
     for (provider, model), (sent, avoided) in chars.items():
         row = _price_or_reason(tts_row, catalog, provider, model)
         if sent and isinstance(row, str):
@@ -294,6 +295,11 @@ def _tts_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
         if avoided:  # memo: what the phrase cache saved, at no cost
             lines.append(
                 LineItem.priced(f"tts.avoided:{model}", provider, avoided, "char", Decimal(0))
+            )
+        if usage.heard_characters is not None and (never_heard := min(unheard, sent + avoided)):
+            unheard -= never_heard  # memo: synthesized (or cached), then cut off by the caller
+            lines.append(
+                LineItem.priced(f"tts.unheard:{model}", provider, never_heard, "char", Decimal(0))
             )
     return lines
 

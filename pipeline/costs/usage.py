@@ -98,7 +98,8 @@ class CallUsage:
     and the ledger reconciles it later. `recording` says the call is recorded;
     `recorded_seconds` is how much Twilio recorded, known from its recording
     status callback (the estimator assumes the whole call), and is what the
-    recording line bills.
+    recording line bills. `heard_characters` against the TTS characters tells
+    what speech was paid for (or served from the phrase cache) but never heard.
     """
 
     call_sid: str
@@ -121,6 +122,8 @@ class CallUsage:
     compute_cpu_seconds: Decimal = Decimal(0)
     ended_by: str = ""
     recorded_seconds: Decimal = Decimal(0)
+    heard_characters: int | None = None
+    """Characters of agent speech the caller heard (None: the transport cannot tell)."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("inbound", "outbound"):

@@ -33,7 +33,7 @@ def example_databases(tmp_path, monkeypatch):
 
 async def call(replay_call, tmp_path, vertical: str, name: str, **options):
     options.setdefault("speed", 2.0)
-    options.setdefault("settle_s", 2.0)
+    options.setdefault("settle_s", 4.0)  # a caller waits for a reply; a loaded machine is slower
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     result = await replay_call(
         EXAMPLES / vertical, audio=CALLS / f"{name}.wav",

@@ -64,7 +64,7 @@ async def test_a_processor_between_llm_and_tts_changes_only_what_is_spoken(repla
     for _ in range(2):  # the second call is served the greeting from the phrase cache
         calls.append(await replay_call(
             vertical, audio=CALL.with_suffix(".wav"), cassette=f"{CALL}.cassette.json",
-            speed=2.0, settle_s=2.0,
+            speed=2.0, settle_s=4.0,
         ))
     first, second = calls
     greeting, reply = first.said("agent")

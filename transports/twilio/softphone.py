@@ -34,6 +34,8 @@ from tollbridge.transports.twilio.signature import SignatureChecker
 
 FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
 FRAME_S = 0.02
+UNDERRUN_S = 1.0
+"""A pause in agent audio shorter than this is playback running dry, not a turn ending."""
 MULAW_SILENCE = b"\xff"
 
 
@@ -97,6 +99,21 @@ class SoftphoneResult:
     duration_s: float = 0.0
     first_agent_audio_s: float | None = None
     bad_messages: list[str] = field(default_factory=list)
+    lead_s: list[float] = field(default_factory=list)
+    """Agent audio queued at Twilio, unplayed, at each 20 ms tick it held any."""
+    cleared_s: float = 0.0
+    """Agent audio sent but thrown away by `clear`s: never heard."""
+    underruns: list[float] = field(default_factory=list)
+    """Pauses inside agent speech (under UNDERRUN_S) for lack of audio: stalls a caller hears."""
+
+    @property
+    def max_lead_s(self) -> float:
+        return max(self.lead_s, default=0.0)
+
+    @property
+    def p95_lead_s(self) -> float:
+        ordered = sorted(self.lead_s)
+        return ordered[int(0.95 * (len(ordered) - 1))] if ordered else 0.0
 
     @property
     def agent_audio_seconds(self) -> float:
@@ -109,6 +126,11 @@ class _PlaybackBuffer:
     def __init__(self) -> None:
         self.queue: deque[bytes | str] = deque()  # audio chunks and mark names, in order
         self.played = bytearray()
+        self.dry_ticks: int | None = None  # ticks since audio last played, once it has
+
+    @property
+    def queued_bytes(self) -> int:
+        return sum(len(item) for item in self.queue if isinstance(item, bytes))
 
     def add_audio(self, audio: bytes) -> None:
         self.queue.append(audio)
@@ -119,6 +141,7 @@ class _PlaybackBuffer:
     def clear(self) -> list[str]:
         marks = [item for item in self.queue if isinstance(item, str)]
         self.queue.clear()
+        self.dry_ticks = None  # a pause after a clear is the caller's turn
         return marks
 
     def play(self, nbytes: int) -> list[str]:
@@ -248,6 +271,7 @@ class _Call:
         elif event == "clear":
             result.clears += 1
             result.clear_times.append(time.monotonic() - self.started)
+            result.cleared_s += self.playback.queued_bytes / 8000
             await self._echo(self.playback.clear())
         else:
             result.bad_messages.append(str(raw)[:200])
@@ -269,7 +293,7 @@ class _Call:
                 break
             await self._press_keys_due(elapsed)
             await self._send_frame(elapsed)
-            await self._echo(self.playback.play(FRAME_BYTES))
+            await self._play_tick()
             if self._settled(elapsed):
                 self.result.ended_by = "caller_finished"
                 break
@@ -280,6 +304,19 @@ class _Call:
         else:
             await self.ws.send(self.message("stop", stop={"accountSid": self.account_sid,
                                                           "callSid": self.result.call_sid}))
+
+    async def _play_tick(self) -> None:
+        """Play 20 ms of agent audio; note the lead at Twilio and any stall in the speech."""
+        queued = self.playback.queued_bytes
+        if queued:
+            self.result.lead_s.append(queued / 8000)
+            playback = self.playback
+            if playback.dry_ticks and playback.dry_ticks * FRAME_S < UNDERRUN_S:
+                self.result.underruns.append(playback.dry_ticks * FRAME_S)
+            playback.dry_ticks = 0
+        elif self.playback.dry_ticks is not None:
+            self.playback.dry_ticks += 1
+        await self._echo(self.playback.play(FRAME_BYTES))
 
     def _time_is_up(self, elapsed: float) -> str | None:
         """Why the caller stops now, if the script's clock says so."""
