@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from tollbridge.costs.catalog import Catalog, CatalogError
+from tollbridge.errors import TollbridgeError
 from tollbridge.registry import Registry, default_registry
 from tollbridge.stage import (
     BRAIN_ROLES,
@@ -47,7 +48,7 @@ DEFAULT_BUDGET_FAREWELL = (
 _SECRET_OPTION = re.compile(r"(api_?key|auth_?token|secret|password)$", re.I)
 
 
-class ConfigError(Exception):
+class ConfigError(TollbridgeError):
     """One or more problems in config files, each already formatted with its location."""
 
     def __init__(self, problems: list[str]):

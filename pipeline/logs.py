@@ -1,8 +1,10 @@
 """Logging, configured in one place.
 
 structlog renders JSON lines when stderr is not a terminal and readable
-console lines when it is. pipecat logs through loguru; its records are routed
-into the same structlog stream so one call reads as one story. Every value
+console lines when it is. pipecat logs through loguru, and libraries (asyncpg,
+uvicorn) through the standard `logging`; both are routed into the same
+structlog stream so one call reads as one story, and a JSON log stays one
+object per line: a traceback is a field, never lines of its own. Every value
 passes through `redact`, so an API key or auth token never reaches a log line.
 """
 
@@ -53,20 +55,49 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    # JSON keeps a traceback as structured frames in one field; a terminal shows it as text
+    tracebacks = (
+        structlog.processors.dict_tracebacks if json else structlog.processors.format_exc_info
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
-            structlog.processors.format_exc_info,
+            tracebacks,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(level, tracebacks, renderer)
     _route_loguru(level)
+
+
+def _route_stdlib(level: str, tracebacks: Any, renderer: Any) -> None:
+    """Render the standard library's records (asyncpg, uvicorn, asyncio) like our own."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                tracebacks,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
 
 
 def _route_loguru(level: str) -> None:

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from tollbridge.config import Stage, Vertical
+from tollbridge.errors import TollbridgeError
 from tollbridge.stage import PROVIDER_ROLES, ReplayServer, Role
 
 VERSION = 1
 
 
-class CassetteError(ValueError):
+class CassetteError(TollbridgeError, ValueError):
     """A cassette file that cannot be replayed; the message says where."""
 
 

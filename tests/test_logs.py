@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -15,7 +16,11 @@ from tollbridge import logs
 @pytest.fixture(autouse=True)
 def restore_logging():
     """configure() binds the (captured) stderr of this test; put the defaults back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
+    root.handlers = handlers
+    root.setLevel(level)
     structlog.reset_defaults()
     loguru_logger.remove()
     loguru_logger.add(sys.stderr)
@@ -58,3 +63,16 @@ def test_a_logger_made_before_configure_follows_it(capsys):
         "ledger_unreachable", "bookkeeper", logs.REDACTED)
     assert line["url"] == f"postgresql://app:{logs.REDACTED}@db/ledger"
 
+
+
+def test_library_records_and_their_tracebacks_are_json_lines_too(capsys):
+    logs.configure("INFO", json=True)
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed")
+    except OSError:
+        logging.getLogger("asyncpg.pool").warning("pool retrying %s", "postgresql://a:pw@db/x",
+                                                   exc_info=True)
+    [line] = lines(capsys)
+    assert (line["logger"], line["level"]) == ("asyncpg.pool", "warning")
+    assert line["event"] == f"pool retrying postgresql://a:{logs.REDACTED}@db/x"
+    assert line["exception"][0]["exc_type"] == "ConnectionRefusedError"

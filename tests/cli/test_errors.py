@@ -1,0 +1,93 @@
+"""Every way a command can be given something wrong: one `error:` line, exit 1, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.cli.test_commands import ROOT, free_port, run
+from tests.conftest import PG_URL, connect_postgres
+
+SERVE_ENV = {"TWILIO_AUTH_TOKEN": "t", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk"}
+VERTICAL = str(ROOT / "tests" / "fixtures" / "frontdesk")
+
+
+def error_line(done: subprocess.CompletedProcess, *facts: str) -> str:
+    """The one `error:` line of a command that failed as it should; it names each fact."""
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    for fact in facts:
+        assert fact in line
+    return line
+
+
+def test_estimate_names_the_toml_error(tmp_path):
+    (tmp_path / "bad.toml").write_text("this is [not toml\n")
+    error_line(run("costs", "estimate", str(tmp_path / "bad.toml")),
+               "bad.toml: not valid TOML", "line 1")
+
+
+def test_estimate_given_a_vertical_file_says_what_it_wants():
+    line = error_line(run("costs", "estimate", "examples/salon/vertical.toml"),
+                      "vertical.toml: a vertical file, not a usage profile")
+    assert "examples/profiles/" in line
+
+
+def test_report_refuses_a_url_it_cannot_read(tmp_path):
+    error_line(run("costs", "report", "--db", "nonsense"), "unsupported ledger URL 'nonsense'")
+    error_line(run("costs", "report", "--db", "mysql://app:hunter2@db/ledger"),
+               "mysql://app:")
+    assert "hunter2" not in run("costs", "report", "--db", "mysql://app:hunter2@db/x").stderr
+
+
+def test_report_on_a_missing_ledger_says_so_and_creates_nothing(tmp_path):
+    error_line(run("costs", "report", cwd=tmp_path), "no ledger at sqlite:///tollbridge-ledger.db")
+    assert list(tmp_path.iterdir()) == []
+    missing = tmp_path / "elsewhere.db"
+    error_line(run("costs", "report", "--db", f"sqlite:///{missing}"), str(missing))
+    assert not missing.exists()
+
+
+def test_debug_shows_the_traceback():
+    done = run("--debug", "costs", "report", "--db", "nonsense")
+    assert done.returncode == 1 and "Traceback" in done.stderr
+    assert "LedgerError: unsupported ledger URL" in done.stderr
+
+
+def test_serve_refuses_a_sqlite_ledger_in_a_missing_folder(tmp_path):
+    url = f"sqlite:///{tmp_path}/nonexistent/dir/x.db"
+    done = run("serve", VERTICAL, "--port", str(free_port()), "--ledger", url,
+               env={**SERVE_ENV, "TOLLBRIDGE_SPOOL": str(tmp_path / "spool")})
+    error_line(done, url, f"folder {tmp_path}/nonexistent/dir does not exist")
+    assert "listening" not in done.stdout
+
+
+def test_serve_refuses_a_spool_it_cannot_write(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    spool = tmp_path / "a-file" / "x.spool"  # its "folder" is a file
+    done = run("serve", VERTICAL, "--port", str(free_port()),
+               "--ledger", f"sqlite:///{tmp_path / 'ledger.db'}",
+               env={**SERVE_ENV, "TOLLBRIDGE_SPOOL": str(spool)})
+    error_line(done, f"ledger spool {spool} (TOLLBRIDGE_SPOOL) cannot be written")
+    assert "listening" not in done.stdout
+
+
+async def test_serve_refuses_a_postgres_database_that_does_not_exist(tmp_path):
+    await (await connect_postgres()).close()  # skipped where no server answers
+    parts = urlsplit(PG_URL)
+    url = urlunsplit(parts._replace(
+        netloc=f"{parts.username}:s3cret@{parts.hostname}:{parts.port or 5432}",
+        path="/doesnotexist"))
+    done = run("serve", VERTICAL, "--port", str(free_port()), "--ledger", url,
+               env={**SERVE_ENV, "TOLLBRIDGE_SPOOL": str(tmp_path / "spool")})
+    error_line(done, 'database "doesnotexist" does not exist')
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+@pytest.fixture(autouse=True)
+def _no_ledger_url_from_outside(monkeypatch):
+    """A ledger URL in the environment would answer for the defaults under test."""
+    monkeypatch.delenv("TOLLBRIDGE_LEDGER_URL", raising=False)
