@@ -216,7 +216,10 @@ def serve(
 @app.command()
 def call(
     vertical: Annotated[Path, typer.Argument(help="The vertical's folder or file.")],
-    audio: Annotated[Path, typer.Option(help="Caller audio: WAV (16-bit 8 kHz mono) or .ulaw.")],
+    audio: Annotated[
+        Path,
+        typer.Option(help="Caller audio: WAV, FLAC, MP3 or OGG (any rate, converted), or .ulaw."),
+    ],
     cassette: Annotated[
         Path | None, typer.Option(help="Serve providers from this cassette (no accounts needed).")
     ] = None,
@@ -232,8 +235,10 @@ def call(
         typer.Option(help="A keypad press as SECONDS:DIGIT, e.g. 16:1 (repeatable)."),
     ] = None,
 ) -> None:
-    """Run one complete phone call on this machine and print what it cost."""
-    from tollbridge.local_call import print_call, run_local_call
+    """Run one complete phone call on this machine and print what it cost.
+
+    Exits non-zero when the call failed, strayed from its cassette or the agent said nothing."""
+    from tollbridge.local_call import CallFailed, print_call, run_local_call
 
     presses = [_press(spec) for spec in press or []]
     loaded = load_vertical(vertical, check_keys=cassette is None)
@@ -248,6 +253,8 @@ def call(
     console.print(f"agent audio written to {out}")
     if record:
         console.print(f"cassette written to {record}")
+    if result.problems:
+        raise CallFailed("; ".join(result.problems))
 
 
 @app.command()
@@ -271,7 +278,10 @@ def dial(
         finally:
             await dialer.close()
 
-    e164(to)
+    try:
+        to = e164(to)
+    except ValueError as error:
+        raise ValueError(f"--to: {error}") from None
     loaded = load_vertical(vertical)
     console.print(f"call placed: {asyncio.run(place(loaded))}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import wave
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -91,3 +92,53 @@ async def test_serve_refuses_a_postgres_database_that_does_not_exist(tmp_path):
 def _no_ledger_url_from_outside(monkeypatch):
     """A ledger URL in the environment would answer for the defaults under test."""
     monkeypatch.delenv("TOLLBRIDGE_LEDGER_URL", raising=False)
+
+
+CALLS = ROOT / "tests" / "fixtures" / "calls"
+
+
+def call(tmp_path, audio, cassette=CALLS / "salon_booking.cassette.json",
+         vertical="examples/salon") -> subprocess.CompletedProcess:
+    return run("call", vertical, "--audio", str(audio), "--cassette", str(cassette),
+               "--out", str(tmp_path / "agent.wav"), env={"COLUMNS": "200"})
+
+
+def tone_wav(path, rate: int, channels: int, seconds: float) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(b"\x10\x00" * channels * int(rate * seconds))
+
+
+def test_call_names_audio_it_cannot_use(tmp_path):
+    (tmp_path / "garbage.mp3").write_bytes(b"not an mp3 at all" * 10)
+    error_line(call(tmp_path, tmp_path / "garbage.mp3"),
+               "garbage.mp3: not audio that can be read", "WAV, FLAC, MP3 or OGG")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    error_line(call(tmp_path, tmp_path / "empty.wav"), "empty.wav: the file is empty")
+    tone_wav(tmp_path / "silent.wav", 8000, 1, 0)
+    error_line(call(tmp_path, tmp_path / "silent.wav"), "silent.wav: holds no audio")
+
+
+def test_call_names_a_cassette_that_is_not_one(tmp_path):
+    tone_wav(tmp_path / "caller.wav", 8000, 1, 1)
+    (tmp_path / "list.json").write_text("[1, 2, 3]")
+    error_line(call(tmp_path, tmp_path / "caller.wav", tmp_path / "list.json"),
+               "list.json: expected a JSON object", "got an array")
+
+
+def test_call_fails_when_the_replay_strays_and_the_agent_says_nothing(tmp_path):
+    """Another vertical's cassette: every request is refused and nothing is said."""
+    tone_wav(tmp_path / "caller.wav", 16000, 2, 1)  # converted, not refused
+    done = call(tmp_path, tmp_path / "caller.wav",
+                vertical="examples/real_estate/realtime.vertical.toml")
+    line = error_line(done, "the call did not follow its cassette",
+                      "the agent played no audio")
+    assert "replay mismatch: openai.realtime" in done.stdout and "ended by" in done.stdout
+    assert line.count("error:") == 1
+
+
+def test_dial_names_the_number_it_cannot_dial():
+    error_line(run("dial", "examples/sales", "--to", "+1555", "--public-url", "https://x.test"),
+               '--to: "+1555" is not an E.164 phone number', "too short")

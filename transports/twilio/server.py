@@ -513,7 +513,7 @@ async def dial(
     try:
         to = e164(body.to)
     except ValueError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
+        raise HTTPException(status_code=422, detail=f"to: {error}") from None
     if bridge.dialer is None:
         raise HTTPException(status_code=503, detail="outbound dialing is not configured")
     call_sid = await bridge.dialer.dial(bridge, vertical, to)
