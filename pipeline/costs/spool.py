@@ -258,5 +258,5 @@ def _check_writable(spool: Path) -> None:
             spool.unlink()
     except OSError as error:
         raise LedgerError(
-            f"ledger spool {spool} (TOLLBRIDGE_SPOOL) cannot be written: {error.strerror or error}"
+            f"ledger spool {spool} cannot be written: {error.strerror or error}"
         ) from None

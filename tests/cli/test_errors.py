@@ -72,7 +72,7 @@ def test_serve_refuses_a_spool_it_cannot_write(tmp_path):
     done = run("serve", VERTICAL, "--port", str(free_port()),
                "--ledger", f"sqlite:///{tmp_path / 'ledger.db'}",
                env={**SERVE_ENV, "TOLLBRIDGE_SPOOL": str(spool)})
-    error_line(done, f"ledger spool {spool} (TOLLBRIDGE_SPOOL) cannot be written")
+    error_line(done, f"ledger spool {spool} cannot be written")
     assert "listening" not in done.stdout
 
 
