@@ -67,12 +67,16 @@ def test_a_logger_made_before_configure_follows_it(capsys):
 
 def test_library_records_and_their_tracebacks_are_json_lines_too(capsys):
     logs.configure("INFO", json=True)
+    api_key = "sk-live-abcdef123456"  # a local of the failing frame
     try:
-        raise ConnectionRefusedError(111, "Connect call failed")
+        raise ConnectionRefusedError(111, f"Connect call failed with {api_key}")
     except OSError:
         logging.getLogger("asyncpg.pool").warning("pool retrying %s", "postgresql://a:pw@db/x",
                                                    exc_info=True)
+    logging.getLogger("httpx").info("HTTP Request: GET https://example.test")  # chatter
     [line] = lines(capsys)
     assert (line["logger"], line["level"]) == ("asyncpg.pool", "warning")
     assert line["event"] == f"pool retrying postgresql://a:{logs.REDACTED}@db/x"
-    assert line["exception"][0]["exc_type"] == "ConnectionRefusedError"
+    [error] = line["exception"]
+    assert error["exc_type"] == "ConnectionRefusedError"
+    assert api_key not in json.dumps(line) and "locals" not in error["frames"][0]

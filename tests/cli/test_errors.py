@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import wave
 from urllib.parse import urlsplit, urlunsplit
@@ -142,3 +143,25 @@ def test_call_fails_when_the_replay_strays_and_the_agent_says_nothing(tmp_path):
 def test_dial_names_the_number_it_cannot_dial():
     error_line(run("dial", "examples/sales", "--to", "+1555", "--public-url", "https://x.test"),
                '--to: "+1555" is not an E.164 phone number', "too short")
+
+
+def test_an_error_is_described_by_what_the_user_can_act_on():
+    from tollbridge.cli import describe
+
+    assert describe(FileNotFoundError(2, "No such file or directory", "a.toml")) == (
+        "a.toml: No such file or directory")
+    assert describe(ValueError("bad postgresql://app:hunter2@db/x")) == (
+        "bad postgresql://app:[redacted]@db/x")
+    assert describe(KeyError("chain")) == (
+        "unexpected KeyError: 'chain' (run with --debug for the traceback)")
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("serve", VERTICAL, "--port", str(port),
+                   "--ledger", f"sqlite:///{tmp_path / 'ledger.db'}",
+                   env={**SERVE_ENV, "TOLLBRIDGE_SPOOL": str(tmp_path / "spool")})
+    error_line(done, f"cannot listen on 127.0.0.1:{port}", "address already in use")
