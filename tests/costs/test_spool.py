@@ -5,17 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
-import structlog
-
-from tollbridge import logs
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.lineitem import CallCost
@@ -151,30 +146,3 @@ async def test_a_write_that_can_never_succeed_does_not_block_the_spool(
     assert spool.read_text() == ""
     assert "half a line" in (tmp_path / "ledger.jsonl.rejected").read_text()
 
-
-async def test_an_outage_logs_one_json_object_per_line(
-    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """asyncpg logs a dropped pool connection through stdlib logging, with a traceback:
-    it must arrive as one JSON line like ours, the traceback a field of it."""
-    port = free_port()
-    url = dead_url(port, pg_url)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    logs.configure("INFO", json=True)
-    try:
-        async with proxy(port):
-            ledger = await SpoolingLedger.open(url, tmp_path / "spool", retry_initial=0.05,
-                                               retry_max=0.1)
-        await ledger.reconcile("CA" + "5" * 32, 61, "completed")  # the outage: spooled
-        await asyncio.sleep(1.5)  # the pool tries to restore its connection; retries fail
-        await ledger.close()
-    finally:
-        structlog.reset_defaults()
-        root.handlers = handlers
-        root.setLevel(level)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    by_library = [line for line in lines if line.get("logger", "").startswith("asyncpg")]
-    assert by_library, [line["event"] for line in lines]
-    assert any(line.get("exception") for line in by_library)  # the traceback, as a field
-    assert any(line["event"] == "ledger write failed; spooling it" for line in lines)
