@@ -91,7 +91,8 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
 
 
 def _route_stdlib(level: str, tracebacks: Any, renderer: Any) -> None:
-    """Render the standard library's records (asyncpg, uvicorn, asyncio) like our own.
+    """Render the standard library's records (asyncpg, uvicorn, asyncio, and Python's
+    warnings) like our own.
 
     Their INFO chatter (a line per HTTP request) is left out unless the level is DEBUG.
     """
@@ -112,6 +113,7 @@ def _route_stdlib(level: str, tracebacks: Any, renderer: Any) -> None:
             ],
         )
     )
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers = [handler]
     wanted = logging.getLevelName(level.upper())

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def restore_logging():
     yield
     root.handlers = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
     structlog.reset_defaults()
     loguru_logger.remove()
     loguru_logger.add(sys.stderr)
@@ -106,3 +108,12 @@ async def test_an_outage_logs_one_json_object_per_line(
     assert by_library, [line["event"] for line in lines]
     assert any(line.get("exception") for line in by_library)  # the traceback, as a field
     assert any(line["event"] == "ledger write failed; spooling it" for line in lines)
+
+
+def test_python_warnings_are_json_lines_too(capsys):
+    logs.configure("WARNING", json=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("audioop is deprecated", DeprecationWarning, stacklevel=1)
+    [line] = lines(capsys)
+    assert line["logger"] == "py.warnings" and "audioop is deprecated" in line["event"]
