@@ -115,10 +115,17 @@ class _SQLite:
     async def connect(cls, path: str) -> _SQLite:
         conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
-        # busy_timeout first; each cursor is closed: `journal_mode` answers with a row,
-        # and an unread row keeps the statement open, holding a lock other connections wait on
-        for pragma in ("busy_timeout = 5000", "foreign_keys = ON", "journal_mode = WAL"):
-            await _while_locked(conn, f"PRAGMA {pragma}")
+        try:
+            # busy_timeout first; each cursor is closed: `journal_mode` answers with a row,
+            # and an unread row keeps the statement open, holding a lock other connections
+            # wait on
+            for pragma in ("busy_timeout = 5000", "foreign_keys = ON", "journal_mode = WAL"):
+                await _while_locked(conn, f"PRAGMA {pragma}")
+        except BaseException as error:
+            await conn.close()  # its thread would keep the process alive
+            if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, TRANSIENT_ERRORS):
+                raise LedgerError(f"ledger sqlite:///{path}: {error}") from None
+            raise
         return cls(conn)
 
     @asynccontextmanager

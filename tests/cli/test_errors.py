@@ -45,6 +45,12 @@ def test_report_refuses_a_url_it_cannot_read(tmp_path):
     assert "hunter2" not in run("costs", "report", "--db", "mysql://app:hunter2@db/x").stderr
 
 
+def test_report_on_a_file_that_is_no_database_says_so_and_exits(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a database, " * 100)
+    error_line(run("costs", "report", "--db", f"sqlite:///{tmp_path / 'notes.txt'}"),
+               "notes.txt: file is not a database")  # exits: its connection is closed
+
+
 def test_report_on_a_missing_ledger_says_so_and_creates_nothing(tmp_path):
     error_line(run("costs", "report", cwd=tmp_path), "no ledger at sqlite:///tollbridge-ledger.db")
     assert list(tmp_path.iterdir()) == []
