@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tollbridge.config import ConfigError, Stage, Vertical, load_vertical, load_verticals
     from tollbridge.costs.lineitem import CallCost, LineItem
     from tollbridge.costs.usage import CallUsage
+    from tollbridge.errors import TollbridgeError
     from tollbridge.local_call import LocalCall, run_local_call
     from tollbridge.meter import CostMeter
     from tollbridge.registry import Registry, default_registry
@@ -78,6 +79,8 @@ _WHERE = {
     "CallUsage": "costs.usage",
     "CostMeter": "meter",
     "LineItem": "costs.lineitem",
+    # errors a user can fix, each naming what is wrong and where
+    "TollbridgeError": "errors",
 }
 
 __all__ = [
@@ -103,6 +106,7 @@ __all__ = [
     "Stage",
     "StageKind",
     "StageOptions",
+    "TollbridgeError",
     "Tool",
     "ToolContext",
     "Vertical",

@@ -16,16 +16,40 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from tollbridge import logs
-from tollbridge.config import ConfigError, Stage, Vertical, load_vertical, load_verticals
+from tollbridge.config import Stage, Vertical, load_vertical, load_verticals
+from tollbridge.costs.database import DEFAULT_LEDGER_URL
+from tollbridge.errors import TollbridgeError
+from tollbridge.logs import redact_text
 from tollbridge.settings import Settings, load_settings
+
+
+class _Guarded(TyperGroup):
+    """The one place an error becomes an exit code: one `error:` line and exit 1.
+
+    Whatever a command (or the `costs` sub-commands) raises is caught here;
+    with `--debug` it propagates with its traceback instead.
+    """
+
+    def invoke(self, ctx: Any) -> Any:  # click's Context, as typer vendors it
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own exit and usage
+            raise
+        except Exception as error:
+            if state["debug"]:
+                raise
+            raise fail(describe(error)) from None
+
 
 app = typer.Typer(
     name="tollbridge",
     help="AI phone agents on Twilio that know what every call costs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Guarded,
 )
 console = Console()
 err = Console(stderr=True)
@@ -40,13 +64,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Tracebacks and verbose logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and verbose logs.")
+    ] = False,
     _version_flag: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     state["debug"] = debug
-    state["settings"] = guarded(load_settings)
+    state["settings"] = load_settings()
     logs.configure("DEBUG" if debug else _settings().tollbridge_log_level)
 
 
@@ -56,18 +82,25 @@ def _settings() -> Settings:
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
-def guarded(fn):
-    """Run a command body, turning expected errors into a message and exit code 1."""
-    try:
-        return fn()
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
-        if state["debug"]:
-            raise
-        raise fail(str(error)) from None
+def describe(error: Exception) -> str:
+    """What went wrong, in one message with any secret masked.
+
+    A `TollbridgeError` (or a `ValueError`) already names what and where; a file
+    the system refused is named with the reason; anything else is a bug, so it
+    is named by its type.
+    """
+    if isinstance(error, TollbridgeError | ValueError):
+        message = str(error)
+    elif isinstance(error, OSError) and error.filename is not None:
+        message = f"{error.filename}: {error.strerror or error}"
+    else:
+        message = (f"unexpected {type(error).__name__}: {error} "
+                   "(run with --debug for the traceback)")
+    return redact_text(message or type(error).__name__)
 
 
 def _chain_table(vertical: Vertical) -> Table:
@@ -113,16 +146,12 @@ def validate(
     keys: Annotated[bool, typer.Option("--keys", help="Also check the API keys are set.")] = False,
 ) -> None:
     """Validate verticals and print each resolved chain."""
-
-    def run() -> None:
-        verticals = load_verticals(path, check_keys=keys)
-        for vertical in verticals:
-            console.print(_chain_table(vertical))
-        console.print(f"[green]{len(verticals)} vertical(s) valid[/green]")
-        for warning in _warnings(verticals):
-            err.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
-
-    guarded(run)
+    verticals = load_verticals(path, check_keys=keys)
+    for vertical in verticals:
+        console.print(_chain_table(vertical))
+    console.print(f"[green]{len(verticals)} vertical(s) valid[/green]")
+    for warning in _warnings(verticals):
+        err.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
 
 
 @app.command()
@@ -142,7 +171,13 @@ def serve(
         str | None,
         typer.Option(help="URL Twilio reaches this server at (https://…); signatures use it."),
     ] = None,
-    ledger: Annotated[str, typer.Option(help="Ledger database URL.")] = "sqlite:///tollbridge.db",
+    ledger: Annotated[
+        str,
+        typer.Option(
+            envvar="TOLLBRIDGE_LEDGER_URL",
+            help="Ledger URL: sqlite:///file.db or postgresql://…",
+        ),
+    ] = DEFAULT_LEDGER_URL,
     insecure_no_signature_check: Annotated[
         bool,
         typer.Option(help="Accept unsigned requests. Local development only, never in production."),
@@ -162,29 +197,29 @@ def serve(
     grace); a second signal ends the calls at once. Every record is written first."""
     from tollbridge.serve import run_service, serve_forever
 
-    def run() -> None:
-        loaded = [v for path in verticals for v in load_verticals(path, check_keys=True)]
-        run_service(
-            serve_forever(
-                loaded,
-                host=host,
-                port=port,
-                public_url=public_url or f"http://{host}:{port}",
-                settings=_settings(),
-                ledger_url=ledger,
-                validate_signatures=not insecure_no_signature_check,
-                announce=console.print,
-                grace_s=drain_grace,
-            )
+    loaded = [v for path in verticals for v in load_verticals(path, check_keys=True)]
+    run_service(
+        serve_forever(
+            loaded,
+            host=host,
+            port=port,
+            public_url=public_url or f"http://{host}:{port}",
+            settings=_settings(),
+            ledger_url=ledger,
+            validate_signatures=not insecure_no_signature_check,
+            announce=console.print,
+            grace_s=drain_grace,
         )
-
-    guarded(run)
+    )
 
 
 @app.command()
 def call(
     vertical: Annotated[Path, typer.Argument(help="The vertical's folder or file.")],
-    audio: Annotated[Path, typer.Option(help="Caller audio: WAV (16-bit 8 kHz mono) or .ulaw.")],
+    audio: Annotated[
+        Path,
+        typer.Option(help="Caller audio: WAV, FLAC, MP3 or OGG (any rate, converted), or .ulaw."),
+    ],
     cassette: Annotated[
         Path | None, typer.Option(help="Serve providers from this cassette (no accounts needed).")
     ] = None,
@@ -200,25 +235,26 @@ def call(
         typer.Option(help="A keypad press as SECONDS:DIGIT, e.g. 16:1 (repeatable)."),
     ] = None,
 ) -> None:
-    """Run one complete phone call on this machine and print what it cost."""
-    from tollbridge.local_call import print_call, run_local_call
+    """Run one complete phone call on this machine and print what it cost.
 
-    def run() -> None:
-        presses = [_press(spec) for spec in press or []]
-        loaded = load_vertical(vertical, check_keys=cassette is None)
-        result = asyncio.run(
-            run_local_call(
-                loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record,
-                dtmf=presses,
-            )
+    Exits non-zero when the call failed, strayed from its cassette or the agent said nothing."""
+    from tollbridge.local_call import CallFailed, print_call, run_local_call
+
+    presses = [_press(spec) for spec in press or []]
+    loaded = load_vertical(vertical, check_keys=cassette is None)
+    result = asyncio.run(
+        run_local_call(
+            loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record,
+            dtmf=presses,
         )
-        result.write_agent_audio(out)
-        print_call(result, console)
-        console.print(f"agent audio written to {out}")
-        if record:
-            console.print(f"cassette written to {record}")
-
-    guarded(run)
+    )
+    result.write_agent_audio(out)
+    print_call(result, console)
+    console.print(f"agent audio written to {out}")
+    if record:
+        console.print(f"cassette written to {record}")
+    if result.problems:
+        raise CallFailed("; ".join(result.problems))
 
 
 @app.command()
@@ -242,12 +278,12 @@ def dial(
         finally:
             await dialer.close()
 
-    def run() -> None:
-        e164(to)
-        loaded = load_vertical(vertical)
-        console.print(f"call placed: {asyncio.run(place(loaded))}")
-
-    guarded(run)
+    try:
+        to = e164(to)
+    except ValueError as error:
+        raise ValueError(f"--to: {error}") from None
+    loaded = load_vertical(vertical)
+    console.print(f"call placed: {asyncio.run(place(loaded))}")
 
 
 def _press(spec: str) -> tuple[float, str]:

@@ -22,9 +22,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import phonenumbers
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from tollbridge.costs.catalog import Catalog, CatalogError
+from tollbridge.errors import TollbridgeError
 from tollbridge.registry import Registry, default_registry
 from tollbridge.stage import (
     BRAIN_ROLES,
@@ -41,7 +43,6 @@ SPEECH_LEAD_S = 1.0
 """Default speech lead: the smallest that never starved playback here under load."""
 VERTICAL_FILE = "vertical.toml"
 VERTICAL_GLOB = "*vertical.toml"
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_BUDGET_FAREWELL = (
     "I'm sorry, I have to end our call here. Thank you for calling, goodbye."
@@ -49,7 +50,7 @@ DEFAULT_BUDGET_FAREWELL = (
 _SECRET_OPTION = re.compile(r"(api_?key|auth_?token|secret|password)$", re.I)
 
 
-class ConfigError(Exception):
+class ConfigError(TollbridgeError):
     """One or more problems in config files, each already formatted with its location."""
 
     def __init__(self, problems: list[str]):
@@ -57,10 +58,40 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
+_IMPOSSIBLE = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "no country has that calling code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short",
+    phonenumbers.ValidationResult.TOO_LONG: "too long",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "a length no number of that country has",
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "dialable only locally",
+}
+
+
 def e164(number: str) -> str:
-    if not E164.match(number):
-        raise ValueError(f'"{number}" is not an E.164 phone number (like +15550100200)')
-    return number
+    """`number` in E.164 (+15550100200), or a ValueError saying why it cannot be one.
+
+    phonenumbers checks the calling code and the lengths that country's plan
+    allows, not whether the number is assigned (the examples use fictional
+    555-01xx numbers). Spaces, dashes and brackets are dropped.
+    """
+    if not number.strip().startswith("+"):
+        raise ValueError(_not_e164(number))
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as error:
+        why = str(error).split(") ", 1)[-1].rstrip(".")
+        raise ValueError(_not_e164(number, why[:1].lower() + why[1:])) from None
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason in _IMPOSSIBLE:
+        raise ValueError(_not_e164(number, _IMPOSSIBLE[reason]))
+    if parsed.extension:
+        raise ValueError(_not_e164(number, "an extension cannot be dialled"))
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _not_e164(number: str, why: str = "") -> str:
+    return f'"{number}" is not an E.164 phone number (like +15550100200)' + (
+        f": {why}" if why else "")
 
 
 PhoneNumber = Annotated[str, AfterValidator(e164)]

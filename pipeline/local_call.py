@@ -31,21 +31,22 @@ from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.spool import SpoolingLedger
 from tollbridge.costs.usage import CallUsage
+from tollbridge.errors import TollbridgeError
 from tollbridge.providers.cassette import Cassette, replay
 from tollbridge.providers.recorder import CassetteRecorder
 from tollbridge.session import CallSession
 from tollbridge.tools import shutdown as shutdown_tools
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app, running
-from tollbridge.transports.twilio.softphone import (
-    CallScript,
-    Softphone,
-    SoftphoneResult,
-    load_caller_audio,
-)
+from tollbridge.transports.twilio.softphone import CallScript, Softphone, SoftphoneResult
 from tollbridge.transports.twilio.transport import ConnectionStats, TwilioTransport
 from tollbridge.vertical_prices import price_warnings
 
 CALLER_NUMBER = "+15550109999"
+
+
+class CallFailed(TollbridgeError):
+    """A local call that ran but cannot be taken as good; the message says why."""
 
 
 @dataclass
@@ -81,6 +82,22 @@ class LocalCall:
         """Every LLM request after the first read its prefix from the provider's cache."""
         requests = self.usage.llm
         return len(requests) > 1 and all(r.cached_input_tokens > 0 for r in requests[1:])
+
+    @property
+    def problems(self) -> list[str]:
+        """Why this call cannot be taken as good (empty when it can): a replay that strayed
+        from its cassette, an agent that said nothing, a call ended by an error."""
+        found = []
+        if self.replay_failures:
+            found.append(f"the call did not follow its cassette ({len(self.replay_failures)} "
+                         "request(s) refused: see the replay mismatches above)")
+        if not self.phone.agent_audio:
+            billed = sum(tts.characters for tts in self.usage.tts)
+            found.append("the agent played no audio"
+                         + (f" ({billed} TTS characters billed)" if billed else ""))
+        if self.cost.ended_by.endswith("error"):
+            found.append(f"the call ended by {self.cost.ended_by}")
+        return found
 
     def said(self, speaker: str) -> list[str]:
         return [text for who, text in self.conversation if who == speaker]
@@ -230,7 +247,7 @@ async def run_local_call(
         await shutdown_tools()
 
     if not sessions or sessions[0].usage is None:
-        raise RuntimeError(f"the call never started (softphone ended with {phone.ended_by!r})")
+        raise CallFailed(f"the call never started (the caller's side ended: {phone.ended_by})")
     session = sessions[0]
     usage = session.usage
     assert usage is not None
@@ -263,7 +280,7 @@ def print_call(call: LocalCall, console: Console) -> None:
     for who, text in call.conversation:
         style = {"caller": "cyan", "agent": "green", "tool": "yellow"}[who]
         shown = text if who != "tool" or len(text) <= 110 else text[:107] + "…"
-        console.print(f"[{style}]{who:>6}[/{style}]  {shown}", highlight=False)
+        console.print(Text.assemble((f"{who:>6}", style), "  ", shown))  # text as said
     table = Table(title=f"cost — catalog {call.cost.catalog_version}")
     for column in ("item", "provider", "quantity", "unit", "unit price $", "$"):
         left = column in ("item", "provider", "unit")
@@ -302,4 +319,4 @@ def print_call(call: LocalCall, console: Console) -> None:
         highlight=False,
     )
     for failure in call.replay_failures:
-        console.print(f"[red]replay mismatch:[/red] {failure}", highlight=False)
+        console.print(Text.assemble(("replay mismatch: ", "red"), failure))

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 
+from tollbridge.errors import TollbridgeError
 from tollbridge.stage import StageKind
 
 ENTRY_POINT_GROUP = "tollbridge.stages"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(TollbridgeError, RuntimeError):
     """A plugin entry point that cannot be loaded; the message names it and its package."""
 
 

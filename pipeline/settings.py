@@ -14,13 +14,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, NonNegativeFloat, PositiveFloat, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tollbridge.errors import TollbridgeError
+
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
     BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
 ]
 
 
-class SettingsError(ValueError):
+class SettingsError(TollbridgeError, ValueError):
     """An environment variable holds a value tollbridge cannot use."""
 
 

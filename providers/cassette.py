@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from tollbridge.config import Stage, Vertical
+from tollbridge.errors import TollbridgeError
 from tollbridge.stage import PROVIDER_ROLES, ReplayServer, Role
 
 VERSION = 1
 
 
-class CassetteError(ValueError):
+class CassetteError(TollbridgeError, ValueError):
     """A cassette file that cannot be replayed; the message says where."""
 
 
@@ -55,13 +56,23 @@ class Cassette:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise CassetteError(f"{path}: not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise CassetteError(
+                f"{path}: expected a JSON object with version, stt, llm and tts; "
+                f"got {_json_kind(data)}"
+            )
         if data.get("version") != VERSION:
             raise CassetteError(f"{path}: version: expected {VERSION}, got {data.get('version')!r}")
         unknown = set(data) - {"version", "stt", "llm", "tts", "description"}
         if unknown:
             raise CassetteError(f"{path}: unknown keys {sorted(unknown)}")
+        for key, kind in (("stt", list), ("llm", list), ("tts", dict)):
+            if not isinstance(data.get(key, kind()), kind):
+                raise CassetteError(f"{path}: {key}: expected {_json_kind(kind())}, "
+                                    f"got {_json_kind(data[key])}")
         for index, result in enumerate(data.get("stt", [])):
-            if not isinstance(result.get("at"), int | float) or "transcript" not in result:
+            if not isinstance(result, dict) or not isinstance(result.get("at"), int | float) \
+                    or "transcript" not in result:
                 raise CassetteError(f"{path}: stt[{index}]: needs a numeric 'at' and a 'transcript'")
         return cls(
             stt=list(data.get("stt", [])),
@@ -82,6 +93,14 @@ class Cassette:
         body = {"version": VERSION, "description": self.description, "stt": self.stt,
                 "llm": self.llm, "tts": self.tts}
         Path(path).write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's own words."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    kinds: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return kinds.get(type(value), "a number")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tollbridge.config import ConfigError, load_vertical, load_verticals
+from tollbridge.config import ConfigError, e164, load_vertical, load_verticals
 from tollbridge.costs.catalog import Catalog
 from tollbridge.prompt_caching import caching_warnings, minimum_tokens
 
@@ -237,3 +237,21 @@ def test_prompt_caching_that_cannot_take_effect_is_named_per_stage(tmp_path):
     assert minimum_tokens("anthropic", "claude-sonnet-4-5") == 1024
     assert minimum_tokens("anthropic", "claude-opus-4-7") == 2048
     assert minimum_tokens("acme", "x") is None
+
+
+@pytest.mark.parametrize(("number", "why"), [
+    ("+1555", "too short"),
+    ("+1555010020000", "too long"),
+    ("+15550100200 ext. 12", "an extension cannot be dialled"),
+    ("+abc", "the string supplied did not seem to be a phone number"),
+])
+def test_phone_numbers_say_why_they_are_not_e164(number, why):
+    with pytest.raises(ValueError, match=re.escape(f'"{number}" is not an E.164 phone number '
+                                                   f"(like +15550100200): {why}")):
+        e164(number)
+
+
+def test_phone_numbers_are_stored_in_e164_whatever_the_spacing(tmp_path):
+    assert e164("+1 (555) 010-0200") == "+15550100200" == e164("+15550100200")
+    path = write(tmp_path, GOOD.replace('"+15550100200"', '"+1 555 010 0200"'))
+    assert load_vertical(path).numbers == ["+15550100200"]

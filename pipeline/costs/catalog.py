@@ -31,6 +31,8 @@ from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from tollbridge.errors import TollbridgeError
+
 Granularity = Literal["minute_ceil", "second", "unit", "month"]
 
 # (granularity, catalog unit) -> (unit of a line item's quantity, catalog units per that unit).
@@ -73,7 +75,7 @@ LLM_BILLING_RULE = (
 """How LLM tokens are billed: their prices are genai-prices', so no catalog row says it."""
 
 
-class CatalogError(ValueError):
+class CatalogError(TollbridgeError, ValueError):
     """The catalog file or an override is malformed; the message names the row and key."""
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog, disagreement_warning, stale_warning
+from tollbridge.costs.database import DEFAULT_LEDGER_URL, TRANSIENT_ERRORS, LedgerError, safe_url
 from tollbridge.costs.estimate import load_profile
 from tollbridge.costs.ledger import Ledger, Report, ReportRow
 from tollbridge.costs.lineitem import CallCost
@@ -167,7 +168,7 @@ def report_command(
             envvar="TOLLBRIDGE_LEDGER_URL",
             help="Ledger URL: sqlite:///file.db or postgresql://…",
         ),
-    ] = "sqlite:///tollbridge-ledger.db",
+    ] = DEFAULT_LEDGER_URL,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     vertical: Annotated[str | None, typer.Option(help="Only this vertical.")] = None,
     since: Annotated[
@@ -205,7 +206,11 @@ def report_command(
 async def _report(
     url: str, tenant: str | None, vertical: str | None, since: dt.datetime | None, floor: Decimal
 ) -> Report:
-    async with await Ledger.open(url) as ledger:
+    try:
+        ledger = await Ledger.open(url, create=False)  # a report never creates a ledger
+    except TRANSIENT_ERRORS as error:
+        raise LedgerError(f"ledger {safe_url(url)} is unreachable: {error}") from None
+    async with ledger:
         return await ledger.report(tenant=tenant, vertical=vertical, since=since, floor=floor)
 
 

@@ -3,23 +3,34 @@
 The ledger writes its SQL once, with `?` placeholders and `{money}` /
 `{timestamp}` column types; this module adapts it to aiosqlite or asyncpg.
 SQLite gets Decimals as exact TEXT and datetimes as UTC ISO strings;
-PostgreSQL gets NUMERIC and TIMESTAMPTZ.
+PostgreSQL gets NUMERIC and TIMESTAMPTZ. A ledger that can never work as
+given (a bad URL, a missing database or folder) is a `LedgerError` at once,
+rather than an outage to spool through for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_incrementing
+
+from tollbridge.errors import TollbridgeError
+
+DEFAULT_LEDGER_URL = "sqlite:///tollbridge-ledger.db"
+"""The ledger every command uses unless told otherwise (`--ledger`, `--db`, or
+TOLLBRIDGE_LEDGER_URL)."""
 
 # Errors that mean "the database is not reachable right now", as opposed to a bug.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,6 +43,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a replica during failover
 )
+
+
+
+
+class LedgerError(TollbridgeError):
+    """A ledger that cannot be used as given; the message names its URL (password masked)."""
 
 
 class Transaction(Protocol):
@@ -62,6 +79,10 @@ def _utc(moment: dt.datetime) -> dt.datetime:
 LOCKED_ATTEMPTS = 50
 
 
+def _locked(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
 async def _while_locked(conn: aiosqlite.Connection, statement: str) -> None:
     """Run `statement` (closing its cursor), waiting out a momentary "database is locked".
 
@@ -69,14 +90,14 @@ async def _while_locked(conn: aiosqlite.Connection, statement: str) -> None:
     pragma or a BEGIN with "locked" without going through the busy handler;
     that passes in milliseconds.
     """
-    for attempt in range(LOCKED_ATTEMPTS):
-        try:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(_locked),
+        stop=stop_after_attempt(LOCKED_ATTEMPTS),
+        wait=wait_incrementing(start=0.01, increment=0.01, max=0.1),
+        reraise=True,
+    ):
+        with attempt:
             await (await conn.execute(statement)).close()
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or attempt == LOCKED_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.01 * (1 + attempt % 10))
 
 
 class _SQLite:
@@ -94,10 +115,17 @@ class _SQLite:
     async def connect(cls, path: str) -> _SQLite:
         conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
-        # busy_timeout first; each cursor is closed: `journal_mode` answers with a row,
-        # and an unread row keeps the statement open, holding a lock other connections wait on
-        for pragma in ("busy_timeout = 5000", "foreign_keys = ON", "journal_mode = WAL"):
-            await _while_locked(conn, f"PRAGMA {pragma}")
+        try:
+            # busy_timeout first; each cursor is closed: `journal_mode` answers with a row,
+            # and an unread row keeps the statement open, holding a lock other connections
+            # wait on
+            for pragma in ("busy_timeout = 5000", "foreign_keys = ON", "journal_mode = WAL"):
+                await _while_locked(conn, f"PRAGMA {pragma}")
+        except BaseException as error:
+            await conn.close()  # its thread would keep the process alive
+            if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, TRANSIENT_ERRORS):
+                raise LedgerError(f"ledger sqlite:///{path}: {error}") from None
+            raise
         return cls(conn)
 
     @asynccontextmanager
@@ -162,7 +190,15 @@ class _Postgres:
 
     @classmethod
     async def connect(cls, dsn: str) -> _Postgres:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=5, command_timeout=10)
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=4, timeout=5, command_timeout=10
+            )
+        except asyncpg.PostgresError as error:
+            if isinstance(error, TRANSIENT_ERRORS):
+                raise
+            # a missing database or role, a wrong password: waiting will not fix it
+            raise LedgerError(f"ledger {safe_url(dsn)}: {error}") from None
         return cls(pool)
 
     @asynccontextmanager
@@ -189,13 +225,37 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def connect(url: str) -> Database:
-    """Open what a ledger URL names: `sqlite:///path.db` (aiosqlite) or `postgresql://…`."""
+async def connect(url: str, *, create: bool = True) -> Database:
+    """Open what a ledger URL names: `sqlite:///path.db` (aiosqlite) or `postgresql://…`.
+
+    With `create` false a SQLite file that does not exist is an error, not a new ledger.
+    """
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        return await _SQLite.connect(url[len("sqlite:///") :])
+        path = Path(url[len("sqlite:///") :])
+        _check_sqlite_path(url, path, create=create)
+        return await _SQLite.connect(str(path))
     if url.startswith(("postgresql://", "postgres://")):
         return await _Postgres.connect(url)
-    raise ValueError(
+    raise LedgerError(
         f"unsupported ledger URL {safe_url(url)!r}: use sqlite:///relative.db, "
         f"sqlite:////absolute/path.db or postgresql://user@host:port/db"
     )
+
+
+def _check_sqlite_path(url: str, path: Path, *, create: bool) -> None:
+    """A SQLite ledger the process can open, or a `LedgerError` saying why not.
+
+    SQLite reports a missing or read-only folder as "unable to open database
+    file", which reads like an outage; named here, it stops the command instead.
+    """
+    if path.is_dir():
+        raise LedgerError(f"ledger {url}: {path} is a folder, not a database file")
+    if path.exists():
+        return
+    if not create:
+        raise LedgerError(f"no ledger at {url}: {path} does not exist")
+    folder = path.parent
+    if not folder.is_dir():
+        raise LedgerError(f"ledger {url}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LedgerError(f"ledger {url}: folder {folder} is not writable")

@@ -17,11 +17,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
+from tollbridge.errors import TollbridgeError
 
 _Request = TypeVar("_Request", LLMRequestUsage, RealtimeUsage)
 
 
-class ProfileError(ValueError):
+class ProfileError(TollbridgeError, ValueError):
     """A profile file is malformed; the message names the file and the key."""
 
 
@@ -113,6 +114,11 @@ def load_profile(path: Path | str) -> CallUsage:
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+        if "chain" in raw:
+            raise ProfileError(
+                f"{path}: a vertical file, not a usage profile: estimate a profile such as "
+                "examples/profiles/profile_a.toml"
+            )
         profile = _Profile.model_validate(raw)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc

@@ -156,9 +156,11 @@ class Ledger:
         self._db = db
 
     @classmethod
-    async def open(cls, url: str) -> Ledger:
-        """Connect (`sqlite:///path.db` or `postgresql://…`) and apply pending migrations."""
-        db = await connect(url)
+    async def open(cls, url: str, *, create: bool = True) -> Ledger:
+        """Connect (`sqlite:///path.db` or `postgresql://…`) and apply pending migrations.
+
+        With `create` false, a SQLite ledger that does not exist yet is a `LedgerError`."""
+        db = await connect(url, create=create)
         ledger = cls(db)
         try:
             await ledger._migrate()

@@ -2,7 +2,7 @@
 
 `SpoolingLedger` fronts a `Ledger`: a write that cannot reach the database is
 appended to a JSON-lines spool file (fsynced) and replayed, in order, by a
-background task with exponential backoff once the database answers again.
+background task with exponential backoff (tenacity) once the database answers again.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_exponential,
+)
 
-from tollbridge.costs.database import TRANSIENT_ERRORS, safe_url
+from tollbridge.costs.database import TRANSIENT_ERRORS, LedgerError, safe_url
 from tollbridge.costs.ledger import Ledger, Report
 from tollbridge.costs.lineitem import CallCost
 
@@ -58,7 +65,9 @@ class SpoolingLedger:
     @classmethod
     async def open(cls, url: str, spool_path: Path | str, **options: float) -> SpoolingLedger:
         """Start: replay anything a previous run left in the spool. Never fails for an
-        unreachable database; it just keeps retrying in the background."""
+        unreachable database; it just keeps retrying in the background. A ledger that can
+        never work (`LedgerError`) or a spool that cannot be written fails here, at once."""
+        _check_writable(Path(spool_path))
         spooling = cls(url, spool_path, **options)
         if not await spooling.flush():
             spooling._schedule_retry()
@@ -201,15 +210,20 @@ class SpoolingLedger:
             self._retry = asyncio.create_task(self._retry_loop())
 
     async def _retry_loop(self) -> None:
-        delay = self._retry_initial
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                if await self.flush():
-                    return
-            except Exception:  # e.g. a broken URL: keep the spool, keep trying, keep telling
-                log.exception("ledger spool flush failed", url=safe_url(self._url))
-            delay = min(delay * 2, self._retry_max)
+        """Flush after `retry_initial`, then at doubling intervals up to `retry_max`, until
+        the spool is empty (a failure is logged and retried, never the end of the loop)."""
+        await asyncio.sleep(self._retry_initial)
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda flushed: not flushed) | retry_if_exception_type(),
+            wait=wait_exponential(multiplier=2 * self._retry_initial, max=self._retry_max),
+            before_sleep=self._flush_failed,
+        )
+        await retrying(self.flush)
+
+    def _flush_failed(self, state: RetryCallState) -> None:
+        if state.outcome is not None and state.outcome.failed:  # e.g. a broken URL
+            log.error("ledger spool flush failed", url=safe_url(self._url),
+                      exc_info=state.outcome.exception())
 
     def _read_spool(self) -> list[str]:
         try:
@@ -231,3 +245,18 @@ class SpoolingLedger:
         tmp = self._spool.with_name(self._spool.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         os.replace(tmp, self._spool)
+
+
+def _check_writable(spool: Path) -> None:
+    """Fail at start-up, not at the first outage, if writes could not be spooled."""
+    existed = spool.exists()
+    try:
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        with spool.open("a", encoding="utf-8"):
+            pass
+        if not existed:  # an empty spool is no spool: leave nothing behind
+            spool.unlink()
+    except OSError as error:
+        raise LedgerError(
+            f"ledger spool {spool} cannot be written: {error.strerror or error}"
+        ) from None

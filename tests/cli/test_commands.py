@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TOLLBRIDGE = [sys.executable, "-m", "tollbridge.cli"]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*TOLLBRIDGE, *args], capture_output=True, text=True, cwd=ROOT,
+def run(*args: str, env: dict[str, str] | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOLLBRIDGE, *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -18,8 +19,9 @@ from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.spool import SpoolingLedger
 from tollbridge.local_call import run_local_call
 from tollbridge.providers.cassette import Cassette
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.signature import SignatureChecker
-from tollbridge.transports.twilio.softphone import CallScript, load_caller_audio
+from tollbridge.transports.twilio.softphone import CallScript
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 6]
 CASSETTE = Cassette(
@@ -161,10 +163,13 @@ async def test_twilio_status_callback_reconciles_the_record(frontdesk, ledger_ur
 
 
 async def test_a_ledger_outage_during_a_call_loses_nothing(frontdesk, tmp_path: Path):
-    database = tmp_path / "not-yet" / "ledger.db"  # its folder is missing: every write fails
+    database = tmp_path / "volume" / "ledger.db"
+    database.parent.mkdir()
     url = f"sqlite:///{database}"
     ledger = await SpoolingLedger.open(url, tmp_path / "spool.jsonl", retry_initial=0.1,
                                        retry_max=0.2)
+    await ledger.close()  # between calls, the volume the ledger lives on goes away:
+    shutil.rmtree(database.parent)  # every write fails
     bookkeeper = Bookkeeper(Catalog.load(), [frontdesk], ledger)
     try:
         async with running_bridge(frontdesk, CASSETTE) as running:
@@ -180,7 +185,7 @@ async def test_a_ledger_outage_during_a_call_loses_nothing(frontdesk, tmp_path: 
             await running.finished()
             await bookkeeper.drain()
         assert ledger.pending == 1  # spooled, not lost
-        database.parent.mkdir()  # the database comes back
+        database.parent.mkdir()  # the volume comes back
         async with asyncio.timeout(10):
             while ledger.pending:
                 await asyncio.sleep(0.05)

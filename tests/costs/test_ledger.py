@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.database import LedgerError
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.lineitem import CallCost, round_usd
 from tollbridge.costs.migrations import MIGRATIONS
@@ -258,7 +259,7 @@ async def test_migrations_apply_once_and_refuse_unknown_versions(ledger_url: str
 
 
 async def test_bad_url_is_refused() -> None:
-    with pytest.raises(ValueError, match="unsupported ledger URL 'mysql://u:\\*\\*\\*@h/db'"):
+    with pytest.raises(LedgerError, match="unsupported ledger URL 'mysql://u:\\*\\*\\*@h/db'"):
         await Ledger.open("mysql://u:secret@h/db")
 
 

@@ -145,3 +145,4 @@ async def test_a_write_that_can_never_succeed_does_not_block_the_spool(
         assert await ledger.get(cost.call_sid) == cost
     assert spool.read_text() == ""
     assert "half a line" in (tmp_path / "ledger.jsonl.rejected").read_text()
+

@@ -13,7 +13,8 @@ import websockets
 
 from tests.conftest import FIXTURES, running_bridge
 from tollbridge.providers.cassette import Cassette
-from tollbridge.transports.twilio.softphone import CallScript, load_caller_audio
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
+from tollbridge.transports.twilio.softphone import CallScript
 from tollbridge.transports.twilio.transport import MERGE_BYTES
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")

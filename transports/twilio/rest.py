@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_chain, wait_fixed
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
@@ -88,13 +89,24 @@ class TwilioRest:
     ) -> Decimal | None:
         """What Twilio charged for the call (USD, positive), once it has set it; None if
         it still has not after the last wait."""
-        for wait in waits:
-            await asyncio.sleep(wait)
+
+        async def look() -> Decimal | None:
             call = await self._client.calls(call_sid).fetch_async()
-            if call.price is not None and (call.price_unit or "USD").upper() == "USD":
-                return abs(Decimal(str(call.price)))
-        log.warning("twilio_price_not_set", call_sid=call_sid)
-        return None
+            if call.price is None or (call.price_unit or "USD").upper() != "USD":
+                return None
+            return abs(Decimal(str(call.price)))
+
+        polling = AsyncRetrying(
+            retry=retry_if_result(lambda price: price is None),
+            stop=stop_after_attempt(len(waits)),
+            wait=wait_chain(*(wait_fixed(wait) for wait in waits[1:] or (0,))),
+            retry_error_callback=lambda _: None,  # still unset after the last look
+        )
+        await asyncio.sleep(waits[0])  # it is never set the moment the call ends
+        price: Decimal | None = await polling(look)
+        if price is None:
+            log.warning("twilio_price_not_set", call_sid=call_sid)
+        return price
 
     async def close(self) -> None:
         await self._client.http_client.close()

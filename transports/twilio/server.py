@@ -33,6 +33,7 @@ import contextlib
 import hmac
 import os
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -56,6 +57,7 @@ from pydantic import BaseModel, ValidationError
 from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
 from tollbridge.config import Vertical, e164
+from tollbridge.errors import TollbridgeError
 from tollbridge.logs import get_logger
 from tollbridge.session import CallSession, Pricer
 from tollbridge.stage import CallContext
@@ -513,7 +515,7 @@ async def dial(
     try:
         to = e164(body.to)
     except ValueError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
+        raise HTTPException(status_code=422, detail=f"to: {error}") from None
     if bridge.dialer is None:
         raise HTTPException(status_code=503, detail="outbound dialing is not configured")
     call_sid = await bridge.dialer.dial(bridge, vertical, to)
@@ -541,12 +543,29 @@ GRACEFUL_STOP_S = 5
 """Once calls are over, how long uvicorn waits for the last connections to close."""
 
 
+class ListenError(TollbridgeError):
+    """The bridge could not listen where it was told (the port is taken, the host unknown)."""
+
+
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: what a signal means (a drain) is the service's."""
+    """uvicorn without its signal handlers: what a signal means (a drain) is the service's.
+
+    uvicorn ends the process when it cannot listen; here that is a `ListenError` instead,
+    so the service still closes its ledger and says why in one line."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit as stopped:  # uvicorn logged the OSError it stopped on
+            cause = stopped.__context__
+            reason = getattr(cause, "strerror", None) or cause or "uvicorn could not start"
+            raise ListenError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {reason}"
+            ) from None
 
 
 @contextlib.asynccontextmanager

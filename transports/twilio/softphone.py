@@ -29,7 +29,7 @@ from pathlib import Path
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tollbridge.codec import mulaw_to_pcm16, pcm16_to_mulaw
+from tollbridge.codec import mulaw_to_pcm16
 from tollbridge.transports.twilio.signature import SignatureChecker
 
 FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
@@ -37,20 +37,6 @@ FRAME_S = 0.02
 UNDERRUN_S = 1.0
 """A pause in agent audio shorter than this is playback running dry, not a turn ending."""
 MULAW_SILENCE = b"\xff"
-
-
-def load_caller_audio(path: str | Path) -> bytes:
-    """Caller audio as μ-law 8 kHz: a `.ulaw` file as is, or a WAV (PCM16, 8 kHz mono)."""
-    path = Path(path)
-    if path.suffix in (".ulaw", ".mulaw", ".raw"):
-        return path.read_bytes()
-    with wave.open(str(path), "rb") as wav:
-        if (wav.getsampwidth(), wav.getframerate(), wav.getnchannels()) != (2, 8000, 1):
-            raise ValueError(
-                f"{path.name}: expected 16-bit 8 kHz mono WAV, got "
-                f"{8 * wav.getsampwidth()}-bit {wav.getframerate()} Hz × {wav.getnchannels()}"
-            )
-        return pcm16_to_mulaw(wav.readframes(wav.getnframes()))
 
 
 def write_wav(path: str | Path, mulaw: bytes) -> None:
