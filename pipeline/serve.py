@@ -107,6 +107,7 @@ async def _serve(
                         on_status=on_status, on_recording=on_recording,
                         pricer=bookkeeper.price, dialer=dialer)
         async with running(create_app(bridge), host, port) as url:
+            rendering = asyncio.create_task(bridge.render_phrases())  # calls need not wait
             freeze_startup_heap()
             announce(f"tollbridge listening on {url}")
             announce(f"voice webhook (paste into Twilio): {public_url.rstrip('/')}/voice")
@@ -117,6 +118,7 @@ async def _serve(
             if not validate_signatures:
                 announce("WARNING: Twilio signatures are not checked (local development only)")
             await signals.drain.wait()
+            rendering.cancel()
             await drain(bridge, grace_s=grace_s, now=signals.now)
     finally:
         if dialer:

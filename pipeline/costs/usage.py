@@ -121,6 +121,8 @@ class CallUsage:
     compute_cpu_seconds: Decimal = Decimal(0)
     ended_by: str = ""
     recorded_seconds: Decimal = Decimal(0)
+    failed_provider: str = ""
+    """The provider whose failure ended the call (e.g. "deepgram.stt/nova-3"), if one did."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("inbound", "outbound"):

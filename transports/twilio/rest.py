@@ -1,4 +1,5 @@
-"""Twilio's REST API: placing outbound calls, and reading what Twilio charged for a call.
+"""Twilio's REST API: placing outbound calls, transferring a live call, and reading what
+Twilio charged for a call.
 
 An outbound call's TwiML is inline (no extra webhook round trip) and carries
 the same `<Connect><Stream>` as an inbound call, with the same
@@ -6,7 +7,9 @@ the same `<Connect><Stream>` as an inbound call, with the same
 come back to `/status` so the ledger can reconcile the minutes. Numbers are
 checked as E.164 before anything is sent. After a call ends, Twilio fills in
 the Call resource's `price` (connectivity only) some time later; the ledger
-stores it beside our own figure so drift shows.
+stores it beside our own figure so drift shows. A live call is transferred by
+updating it with new TwiML (`<Dial>`): Twilio leaves the Media Stream and
+puts the caller through.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from decimal import Decimal
 
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
 
 from tollbridge.config import Vertical, e164
 from tollbridge.logs import get_logger
@@ -82,6 +86,13 @@ class TwilioRest:
         )
         log.info("outbound_call_placed", call_sid=call.sid, vertical=vertical.name, to=to)
         return call.sid
+
+    async def transfer(self, call_sid: str, to: str) -> None:
+        """Put live call `call_sid` through to `to`: its TwiML becomes a `<Dial>`."""
+        response = VoiceResponse()
+        response.dial(e164(to))
+        await self._client.calls(call_sid).update_async(twiml=str(response))
+        log.info("call_transfer_requested", call_sid=call_sid, to=to)
 
     async def call_price(
         self, call_sid: str, waits: tuple[float, ...] = PRICE_WAITS_S
