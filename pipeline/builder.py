@@ -69,6 +69,8 @@ class BuiltCall:
     meter: CostMeter | None
     tool_context: ToolContext
     transport: BaseTransport
+    brain: FrameProcessor
+    """The LLM or speech-to-speech service (or its switcher), past the user aggregator."""
     providers: dict[str, Stage]
     """Processor name → the provider stage (or fallback) that built it."""
     last_words: LastWords
@@ -298,6 +300,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         meter=meter,
         tool_context=tool_context,
         transport=transport,
+        brain=llm,
         providers=stages.providers,
         last_words=last_words,
     )

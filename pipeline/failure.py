@@ -18,6 +18,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     Frame,
     InterruptionFrame,
+    LLMFullResponseStartFrame,
     OutputAudioRawFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
@@ -49,8 +50,8 @@ class LastWords(FrameProcessor):
     """Stands right after the stage that speaks: tells when the caller has heard the next
     thing said after `listen()`, and plays pre-rendered audio in place of a dead TTS.
 
-    The next thing said is the next TTS context to start (a reply still
-    playing when `listen()` was called is not it); heard means its audio went
+    The next thing said is the next TTS context or reply to start (a reply
+    still playing when `listen()` was called is not it); heard means its audio went
     past and then the transport reported the line quiet again
     (`BotStoppedSpeakingFrame`, sent once Twilio has played the last mark).
     From `listen()` on nothing interrupts it: a caller talking over the last
@@ -77,7 +78,7 @@ class LastWords(FrameProcessor):
         if not isinstance(frame, InterruptionFrame):
             await self.push_frame(frame, direction)
         if direction is FrameDirection.DOWNSTREAM:
-            if isinstance(frame, TTSStartedFrame):
+            if isinstance(frame, TTSStartedFrame | LLMFullResponseStartFrame):
                 self._started = True
             elif self._started and isinstance(frame, OutputAudioRawFrame):
                 self.spoke.set()

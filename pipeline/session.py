@@ -173,6 +173,11 @@ class CallSession:
                 self.log.warning("last_words_unavailable", reason="no pre-rendered audio")
                 return
             await words.play(*cached)
+        elif self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is not None:
+            words.listen()
+            # into the brain itself: the user aggregator would take an instruction in as
+            # context without a response, once the session is under way
+            await self.built.brain.queue_frame(self._say(text))
         else:
             words.listen()
             said = self._say(text)
