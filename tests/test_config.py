@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tollbridge.config import ConfigError, load_vertical, load_verticals
+from tollbridge.config import DEFAULT_APOLOGY, ConfigError, load_vertical, load_verticals
 from tollbridge.costs.catalog import Catalog
 from tollbridge.prompt_caching import caching_warnings, minimum_tokens
 
@@ -237,3 +237,33 @@ def test_prompt_caching_that_cannot_take_effect_is_named_per_stage(tmp_path):
     assert minimum_tokens("anthropic", "claude-sonnet-4-5") == 1024
     assert minimum_tokens("anthropic", "claude-opus-4-7") == 2048
     assert minimum_tokens("acme", "x") is None
+
+
+def test_the_failure_policy_defaults_to_an_apology_and_a_hang_up(tmp_path):
+    vertical = load_vertical(write(tmp_path, GOOD))
+    assert vertical.on_failure.apology == DEFAULT_APOLOGY
+    assert vertical.on_failure.transfer_to is None
+    assert vertical.on_failure.phrase in vertical.fixed_phrases  # the phrase cache has it ready
+
+
+def test_a_transfer_number_is_checked_and_named_by_its_key(tmp_path):
+    policy = '\n[on_failure]\napology = "One moment."\ntransfer_to = "+15550107777"\n'
+    vertical = load_vertical(write(tmp_path, GOOD.replace("\n[[chain]]", policy + "\n[[chain]]", 1)))
+    assert (vertical.on_failure.transfer_to, vertical.on_failure.apology) == ("+15550107777", "One moment.")
+    assert vertical.on_failure.phrase == vertical.on_failure.transfer_message
+    bad = '\n[on_failure]\ntransfer_to = "555-0100"\napolgy = "Sorry."\n'
+    path = write(tmp_path, GOOD.replace("\n[[chain]]", bad + "\n[[chain]]", 1))
+    assert problems(path) == [
+        f'{path}: on_failure.transfer_to: "555-0100" is not an E.164 phone number (like +15550100200)',
+        f"{path}: on_failure.apolgy: unknown option",
+    ]
+
+
+def test_the_schema_describes_the_failure_policy():
+    from tollbridge.schema import vertical_schema
+
+    schema = vertical_schema()
+    assert "on_failure" in schema["properties"]
+    policy = schema["$defs"]["OnFailure"]["properties"]
+    assert set(policy) == {"apology", "transfer_to", "transfer_message"}
+    assert policy["apology"]["default"] == DEFAULT_APOLOGY
