@@ -103,6 +103,11 @@ async def _serve(
         if settings.can_dial:
             dialer = TwilioRest.from_settings(settings)
             bookkeeper.twilio_price = dialer.call_price
+        for vertical in verticals:
+            if vertical.on_failure.transfer_to and dialer is None:
+                log.warning("transfer_unavailable", vertical=vertical.name,
+                            detail="on_failure.transfer_to needs TWILIO_ACCOUNT_SID; "
+                            "a call whose provider fails is hung up instead")
         bridge = Bridge(verticals, bridge_settings, on_finished=bookkeeper.call_finished,
                         on_status=on_status, on_recording=on_recording,
                         pricer=bookkeeper.price, dialer=dialer)

@@ -10,6 +10,8 @@ its cost record.
 A provider that fails with no fallback left ends the call too, never in
 silence: the caller hears the vertical's apology (see `tollbridge.failure`),
 then the call is hung up or transferred, and the record names the provider.
+Where the call's own audio cannot carry the apology (the speaking stage died
+with nothing pre-rendered), the telephony provider says it instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from pipecat.frames.frames import (
     EndWorkerFrame,
@@ -49,8 +51,14 @@ SPEAKER_ROLES = (Role.TTS, Role.SPEECH_TO_SPEECH)
 
 UsageSink = Callable[[CallUsage], Awaitable[object]]
 Pricer = Callable[[CallUsage], CallCost]
-Transfer = Callable[[str, str], Awaitable[object]]
-"""Puts call `call_sid` through to a number (the transport's REST API)."""
+
+
+class CallControl(Protocol):
+    """The telephony provider's hold on a live call (Twilio's REST API)."""
+
+    async def redirect(self, call_sid: str, *, say: str | None, dial: str | None) -> None:
+        """Take the call off the stream: say `say` with the provider's own voice, then put
+        the caller through to `dial`, or hang up."""
 
 
 class CallSession:
@@ -71,12 +79,12 @@ class CallSession:
         on_finished: UsageSink | None = None,
         pricer: Pricer | None = None,
         observers: list[Any] | None = None,
-        transfer: Transfer | None = None,
+        control: CallControl | None = None,
     ):
         self.call = call
         self.on_finished = on_finished
         self.pricer = pricer
-        self.transfer = transfer
+        self.control = control
         self.log = get_logger(
             call_sid=call.call_sid, tenant=call.vertical.tenant, vertical=call.vertical.name
         )
@@ -148,30 +156,31 @@ class CallSession:
         self._ending = asyncio.ensure_future(self._fail(failure))
 
     async def _fail(self, failure: ProviderFailure) -> None:
-        """Apologize, then transfer the call if the vertical names someone, and hang up."""
+        """Apologize, transfer the call if the vertical names someone, and hang up."""
         policy = self.call.vertical.on_failure
-        await self._last_words(policy.phrase, speaker_failed=failure.role in SPEAKER_ROLES)
-        if policy.transfer_to and self.transfer is None:
-            self.log.error("transfer_unavailable", to=policy.transfer_to,
+        heard = await self._last_words(policy.phrase, speaker_failed=failure.role in SPEAKER_ROLES)
+        say, dial = (None if heard else policy.phrase), policy.transfer_to
+        if self.control is None and dial:
+            self.log.error("transfer_unavailable", to=dial,
                            reason="no Twilio REST account (TWILIO_ACCOUNT_SID)")
-        elif policy.transfer_to and self.transfer is not None:
+        elif self.control is not None and (say or dial):
             try:
-                await self.transfer(self.call.call_sid, policy.transfer_to)
-                self.log.warning("call_transferred", to=policy.transfer_to)
+                await self.control.redirect(self.call.call_sid, say=say, dial=dial)
+                self.log.warning("call_redirected", transferred_to=dial, apology_by_twilio=bool(say))
             except Exception as error:  # the caller must not stay on a dead line
-                self.log.error("transfer_failed", to=policy.transfer_to, error=repr(error))
+                self.log.error("redirect_failed", to=dial, error=repr(error))
         self.hang_up_now(PROVIDER_FAILED)
 
-    async def _last_words(self, text: str, *, speaker_failed: bool = False) -> None:
+    async def _last_words(self, text: str, *, speaker_failed: bool = False) -> bool:
         """Have the caller hear `text` before the hang-up: said by the stage that speaks, or
         played from its pre-rendered audio when that stage is the one that failed. Gives up
-        (the caller is hung up on without it) when it cannot start or play in time."""
+        when it cannot start or play in time: False."""
         words = self.built.last_words
         if speaker_failed:
             cached = cached_phrase(self.call.vertical, text)
             if cached is None:
                 self.log.warning("last_words_unavailable", reason="no pre-rendered audio")
-                return
+                return False
             await words.play(*cached)
         elif self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is not None:
             words.listen()
@@ -190,6 +199,8 @@ class CallSession:
                 await words.heard.wait()
         except TimeoutError:
             self.log.warning("last_words_not_heard", spoke=words.spoke.is_set())
+            return False
+        return True
 
     def hang_up_now(self, reason: str) -> None:
         """End the call at once, with no farewell (the server must stop now); the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -248,46 +248,77 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
         assert spoken(said[0]) in result.agent_audio
 
 
-# --- Transfer to a person ---------------------------------------------------------------------
+# --- Twilio takes the call over: a transfer, or an apology in its own voice ----------------------
 
 ACCOUNT = "AC" + "6" * 32
 PERSON = "+15550107777"
 
 
 class FakeTwilioCallUpdates:
-    """Twilio's `POST /Accounts/{sid}/Calls/{CallSid}.json`: updates to live calls."""
+    """Twilio's `POST /Accounts/{sid}/Calls/{CallSid}.json`: new TwiML for a live call."""
 
     def __init__(self) -> None:
-        self.updates: list[tuple[str, dict[str, list[str]]]] = []
+        self.updates: list[tuple[str, ElementTree.Element]] = []
 
     async def update(self, request: web.Request) -> web.Response:
         form = parse_qs(await request.text())
-        self.updates.append((request.match_info["call_sid"], form))
+        self.updates.append((request.match_info["call_sid"], ElementTree.fromstring(form["Twiml"][0])))
         return web.json_response({"sid": request.match_info["call_sid"], "status": "in-progress",
                                   "account_sid": ACCOUNT})
 
 
-async def test_with_transfer_to_the_caller_hears_why_and_is_put_through(frontdesk):
-    vertical = replace(frontdesk, on_failure=OnFailure(transfer_to=PERSON))
-    twilio = FakeTwilioCallUpdates()
+@pytest.fixture
+async def twilio() -> AsyncIterator[tuple[FakeTwilioCallUpdates, TwilioRest]]:
+    """A fake of Twilio's REST API, and the real client pointed at it."""
+    fake = FakeTwilioCallUpdates()
     app = web.Application()
-    app.router.add_post(f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{{call_sid}}.json", twilio.update)
+    app.router.add_post(f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{{call_sid}}.json", fake.update)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     rest = TwilioRest(ACCOUNT, AUTH_TOKEN, api_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
-        async with running_bridge(vertical, CASSETTE) as running:
-            running.bridge.dialer = rest
-            failed = await call_and_kill(running, running.fakes.fakes["deepgram.stt"].kill)
-            [usage] = await running.finished()
+        yield fake, rest
     finally:
         await rest.close()
         await runner.cleanup()
 
+
+async def test_with_transfer_to_the_caller_hears_why_and_is_put_through(frontdesk, twilio):
+    fake, rest = twilio
+    vertical = replace(frontdesk, on_failure=OnFailure(transfer_to=PERSON))
+    async with running_bridge(vertical, CASSETTE) as running:
+        running.bridge.dialer = rest
+        failed = await call_and_kill(running, running.fakes.fakes["deepgram.stt"].kill)
+        [usage] = await running.finished()
+
     assert_apology_then_hang_up(failed, spoken(OnFailure().transfer_message + " "))
-    [(call_sid, form)] = twilio.updates
+    [(call_sid, twiml)] = fake.updates
     assert call_sid == failed.phone.call_sid == usage.call_sid
-    dial = ElementTree.fromstring(form["Twiml"][0]).find("Dial")
-    assert dial is not None and dial.text == PERSON
+    assert [(child.tag, child.text) for child in twiml] == [("Dial", PERSON)]  # already heard
     assert (usage.ended_by, usage.failed_provider) == ("provider_failed", "deepgram.stt/nova-3")
+
+
+async def test_a_dead_speech_to_speech_brain_has_twilio_say_the_apology(twilio):
+    fake, rest = twilio
+    realtime = load_vertical(FIXTURES.parents[1] / "examples" / "real_estate" / "realtime.vertical.toml")
+    greeting = "Hi, OneRoof here."
+    vertical = replace(realtime, greeting=greeting)
+    cassette = Cassette(llm=[{"match": "Open the call by saying exactly", "text": greeting}])
+    async with running_bridge(vertical, cassette) as running:
+        running.bridge.dialer = rest
+        brain = running.fakes.fakes["openai.realtime"]
+        phone = asyncio.create_task(running.softphone().call(CallScript(
+            audio=b"\xff" * 8000, parameters={"vertical": vertical.name}, settle_s=20, max_s=30)))
+        await until(heard(running, greeting))
+        died_at = time.monotonic()
+        await brain.stop()  # its socket closes, and nobody answers again
+        result = await phone
+        hung_up_s = time.monotonic() - died_at
+        [usage] = await running.finished()
+
+    assert result.ended_by == "agent_hung_up" and hung_up_s < 1.0
+    [(call_sid, twiml)] = fake.updates
+    assert call_sid == usage.call_sid
+    assert [(child.tag, child.text) for child in twiml] == [("Say", APOLOGY), ("Hangup", None)]
+    assert (usage.ended_by, usage.failed_provider) == ("provider_failed", "openai.realtime/gpt-realtime")

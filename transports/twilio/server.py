@@ -216,6 +216,7 @@ class Bridge:
         self.pricer = pricer
         """Prices a call's usage so far, for per-call budgets."""
         self.dialer = dialer
+        """Twilio's REST API: places outbound calls, redirects live ones a provider failed."""
         self.sessions: dict[str, CallSession] = {}
         """Live calls by call SID: one each, however many streams claim it."""
         self.draining = False
@@ -340,7 +341,7 @@ class Bridge:
                 on_session=track,
                 admit=admit,
                 idle_timeout_s=self.settings.idle_timeout_s,
-                transfer=getattr(self.dialer, "transfer", None),
+                control=self.dialer,
             )
         except asyncio.CancelledError:
             raise
