@@ -50,6 +50,7 @@ from tollbridge.stage import (
     BRAIN_ROLES,
     MULAW_8K,
     PROVIDER_ROLES,
+    AudioFormat,
     BrainOptions,
     CallContext,
     Role,
@@ -193,8 +194,8 @@ def phrase_stage(stage: Stage) -> str:
     return f"{stage.name} {stage.options.model_dump_json()}"
 
 
-def cached_phrase(vertical: Vertical, text: str) -> tuple[tuple[bytes, ...], int] | None:
-    """`text` as the vertical's TTS stage (or a fallback) recorded it, with its sample rate."""
+def cached_phrase(vertical: Vertical, text: str) -> tuple[tuple[bytes, ...], AudioFormat] | None:
+    """`text` as the vertical's TTS stage (or a fallback) recorded it, and in what format."""
     tts = vertical.stage(Role.TTS)
     if tts is None or not vertical.phrase_cache:
         return None
@@ -202,7 +203,7 @@ def cached_phrase(vertical: Vertical, text: str) -> tuple[tuple[bytes, ...], int
         chunks = PHRASES.get(PhraseKey(phrase_stage(stage), text.strip()))
         audio = stage.kind.audio_out(stage.options)
         if chunks and audio is not None:
-            return chunks, audio.sample_rate
+            return chunks, audio
     return None
 
 

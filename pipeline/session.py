@@ -45,7 +45,8 @@ CANCEL_TIMEOUT_S = 5.0
 LAST_WORDS_START_S = 4.0
 """Words said before a hang-up must be on their way within this, or the call ends without."""
 LAST_WORDS_HEARD_S = 20.0
-"""...and heard within this."""
+"""...and heard within this (recorded audio: within its length and `PLAYBACK_GRACE_S`)."""
+PLAYBACK_GRACE_S = 3.0
 PROVIDER_FAILED = "provider_failed"
 SPEAKER_ROLES = (Role.TTS, Role.SPEECH_TO_SPEECH)
 
@@ -175,13 +176,16 @@ class CallSession:
         """Have the caller hear `text` before the hang-up: said by the stage that speaks, or
         played from its pre-rendered audio when that stage is the one that failed. Gives up
         when it cannot start or play in time: False."""
-        words = self.built.last_words
+        words, heard_within = self.built.last_words, LAST_WORDS_HEARD_S
         if speaker_failed:
             cached = cached_phrase(self.call.vertical, text)
             if cached is None:
                 self.log.warning("last_words_unavailable", reason="no pre-rendered audio")
                 return False
-            await words.play(*cached)
+            chunks, audio = cached
+            bytes_per_second = audio.sample_rate * (1 if audio.encoding == "mulaw" else 2)
+            heard_within = sum(map(len, chunks)) / bytes_per_second + PLAYBACK_GRACE_S
+            await words.play(chunks, audio.sample_rate)
         elif self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is not None:
             words.listen()
             # into the brain itself: the user aggregator would take an instruction in as
@@ -189,13 +193,13 @@ class CallSession:
             await self.built.brain.queue_frame(self._say(text))
         else:
             words.listen()
-            said = self._say(text)
+            said = TTSSpeakFrame(text)
             said.interruptible = False  # the TTS keeps it through a caller talking over it
             await self.worker.queue_frame(said)
         try:
             async with asyncio.timeout(LAST_WORDS_START_S):
                 await words.spoke.wait()
-            async with asyncio.timeout(LAST_WORDS_HEARD_S):
+            async with asyncio.timeout(heard_within):
                 await words.heard.wait()
         except TimeoutError:
             self.log.warning("last_words_not_heard", spoke=words.spoke.is_set())

@@ -177,6 +177,20 @@ async def test_tts_dying_mid_call_plays_the_pre_rendered_apology_and_ends(frontd
     print(f"\nTTS died: pre-rendered apology after {failed.first_audio_after_s:.2f}s, "
           f"hung up after {failed.hang_up_after_s:.2f}s")
 
+async def test_a_tts_refusing_from_the_start_still_gets_the_apology_heard(frontdesk):
+    async with running_bridge(frontdesk, CASSETTE) as running:
+        await running.bridge.render_phrases()
+        running.fakes.fakes["deepgram.tts"].fail_connect = True  # an outage since start-up
+        started = time.monotonic()
+        phone = await running.softphone().call(
+            CallScript(audio=SPEECH, parameters=PARAMS, settle_s=20, max_s=40))
+        [usage] = await running.finished()
+
+    assert phone.ended_by == "agent_hung_up" and phone.agent_audio == spoken(APOLOGY + " ")
+    assert time.monotonic() - started < 5
+    assert usage.failed_provider == "deepgram.tts/aura-2-thalia-en"
+
+
 # --- With a fallback: the call goes on, mid-call ----------------------------------------------
 
 BACKED_UP = """
