@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 
 import pytest
 from aiohttp import web
+from pipecat.pipeline.service_switcher import ServiceSwitcher
 
 from tests.conftest import AUTH_TOKEN, FIXTURES, RunningBridge, running_bridge
 from tollbridge.builder import phrase_stage
@@ -260,6 +261,32 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
                 if m.get("type") == "Speak"]
         assert said == [LATER_REPLY + " "]
         assert spoken(said[0]) in result.agent_audio
+
+
+async def test_when_the_fallback_dies_too_the_caller_hears_the_apology_and_is_hung_up(tmp_path):
+    vertical = backed_up(tmp_path / "frontdesk")
+    async with running_bridge(vertical, CASSETTE) as running:
+        await running.bridge.render_phrases()  # in both voices
+        eleven, aura = running.fakes.fakes["elevenlabs.tts"], running.fakes.fakes["deepgram.tts"]
+
+        def speaking() -> str:
+            """The stage kind the call's TTS switcher has active now."""
+            built = running.sessions[0].built
+            return next(failure.stage for p in built.processors if isinstance(p, ServiceSwitcher)
+                        if (failure := built.failure(p, "")) and failure.role is Role.TTS)
+
+        async def both() -> None:
+            await eleven.kill()
+            await until(lambda: speaking() == "deepgram.tts")
+            await aura.kill()
+
+        failed = await call_and_kill(running, both)
+        [usage] = await running.finished()
+
+    [primary_voice] = [chunks for stage in (vertical.stage(Role.TTS),)
+                       if (chunks := PHRASES.get(PhraseKey(phrase_stage(stage), APOLOGY)))]
+    assert_apology_then_hang_up(failed, b"".join(primary_voice))
+    assert (usage.ended_by, usage.failed_provider) == ("provider_failed", "deepgram.tts/aura-2-thalia-en")
 
 
 # --- Twilio takes the call over: a transfer, or an apology in its own voice ----------------------
