@@ -128,8 +128,6 @@ async def test_stt_dying_mid_call_gets_the_apology_spoken_and_the_call_ended(fro
     assert failed.first_audio_after_s < 1.0
     assert usage.ended_by == "provider_failed"
     assert usage.failed_provider == "deepgram.stt/nova-3"
-    print(f"\nSTT died: apology after {failed.first_audio_after_s:.2f}s, "
-          f"hung up after {failed.hang_up_after_s:.2f}s")
 
 
 async def test_an_llm_answering_500_gets_the_apology_and_the_call_ended(frontdesk, tmp_path):
@@ -153,8 +151,6 @@ async def test_an_llm_answering_500_gets_the_apology_and_the_call_ended(frontdes
         await ledger.record(price_call(usage, Catalog.load()))
         stored = await ledger.get(usage.call_sid)
     assert stored is not None and stored.failed_provider == "openai.llm/gpt-4o-mini"
-    print(f"\nLLM 500s: apology {failed.first_audio_after_s:.2f}s after the first failed "
-          f"request, hung up after {failed.hang_up_after_s:.2f}s")
 
 
 async def test_tts_dying_mid_call_plays_the_pre_rendered_apology_and_ends(frontdesk):
@@ -175,8 +171,6 @@ async def test_tts_dying_mid_call_plays_the_pre_rendered_apology_and_ends(frontd
     assert failed.first_audio_after_s < 0.5
     assert usage.ended_by == "provider_failed"
     assert usage.failed_provider == "deepgram.tts/aura-2-thalia-en"
-    print(f"\nTTS died: pre-rendered apology after {failed.first_audio_after_s:.2f}s, "
-          f"hung up after {failed.hang_up_after_s:.2f}s")
 
 async def test_a_tts_refusing_from_the_start_still_gets_the_apology_heard(frontdesk):
     async with running_bridge(frontdesk, CASSETTE) as running:
