@@ -143,7 +143,7 @@ async def test_an_llm_answering_500_gets_the_apology_and_the_call_ended(frontdes
         tries = len(chat.requests) - answered
 
     assert tries >= 1, "the caller's next turn reached the failing model"
-    # the SDK retries a 500 twice with back-off before pipecat reports it
+    # the SDK retries a 500 with back-off before pipecat reports it: about 4 s here
     assert_apology_then_hang_up(failed, spoken(APOLOGY + " "), within_s=6.0)
     assert usage.ended_by == "provider_failed"
     assert usage.failed_provider == "openai.llm/gpt-4o-mini"
@@ -171,6 +171,7 @@ async def test_tts_dying_mid_call_plays_the_pre_rendered_apology_and_ends(frontd
     assert failed.first_audio_after_s < 0.5
     assert usage.ended_by == "provider_failed"
     assert usage.failed_provider == "deepgram.tts/aura-2-thalia-en"
+
 
 async def test_a_tts_refusing_from_the_start_still_gets_the_apology_heard(frontdesk):
     async with running_bridge(frontdesk, CASSETTE) as running:
