@@ -201,9 +201,9 @@ use = "deepgram.stt"
 model = "nova-3"
 fallback = { use = "deepgram.stt", model = "nova-3-general" }
 [[chain]]
-use = "anthropic.llm"
+use = "openai.llm"
 prompt = "prompt.md"
-fallback = { use = "openai.llm", model = "gpt-4o-mini" }
+fallback = { use = "anthropic.llm" }
 [[chain]]
 use = "elevenlabs.tts"
 fallback = { use = "deepgram.tts" }
@@ -226,7 +226,7 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
     async with running_bridge(vertical, CASSETTE) as running:
         fakes = running.fakes.fakes
         anthropic, openai, listen = fakes["anthropic.llm"], fakes["openai.llm"], fakes["deepgram.stt"]
-        openai.script = Script([{"match": "weekends", "text": LATER_REPLY}])  # from turn two on
+        anthropic.script = Script([{"match": "weekends", "text": LATER_REPLY}])  # turn two on
         phone = asyncio.create_task(running.softphone().call(
             CallScript(audio=SPEECH, parameters=PARAMS, hang_up_at=8.5, max_s=20)))
         await until(heard(running, REPLY))
@@ -235,7 +235,7 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
             listen.use_script([final(1.0, SECOND)])
             await listen.kill(query={"model": "nova-3"})
         elif dying == "llm":
-            anthropic.fail_status = 500
+            openai.fail_status = 500
         else:
             await fakes["elevenlabs.tts"].kill()
         await until(heard(running, LATER_REPLY))
@@ -246,11 +246,13 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
     assert usage.failed_provider == ""
     models = {"stt": [s.model for s in usage.stt], "llm": [r.provider for r in usage.llm],
               "tts": [t.provider for t in usage.tts]}
-    expected = {"stt": ["nova-3", "nova-3-general"], "llm": ["anthropic", "openai"],
+    expected = {"stt": ["nova-3", "nova-3-general"], "llm": ["openai", "anthropic"],
                 "tts": ["deepgram", "elevenlabs"]}
     assert models[dying] == expected[dying], "both billed: the primary, then its fallback"
     for other in {"stt", "llm", "tts"} - {dying}:
         assert len(set(models[other])) == 1, f"the {other} stage kept its provider"
+    if dying == "llm":
+        assert len(openai.requests) == 2, "one answered, one failed: no retry's back-off"
     if dying == "tts":
         said = [m["text"] for r in fakes["deepgram.tts"].requests for m in r.messages
                 if m.get("type") == "Speak"]
