@@ -51,8 +51,8 @@ class LastWords(FrameProcessor):
     thing said after `listen()`, and plays pre-rendered audio in place of a dead TTS.
 
     The next thing said is the next TTS context or reply to start (a reply
-    still playing when `listen()` was called is not it); heard means its audio went
-    past and then the transport reported the line quiet again
+    still playing when `listen()` was called is not it); heard means its audio
+    went past and then the transport reported the line quiet again
     (`BotStoppedSpeakingFrame`, sent once Twilio has played the last mark).
     From `listen()` on nothing interrupts it: a caller talking over the last
     words would otherwise have the transport clear them from Twilio's buffer.
@@ -75,9 +75,10 @@ class LastWords(FrameProcessor):
         if not self._listening:
             await self.push_frame(frame, direction)
             return
-        if not isinstance(frame, InterruptionFrame):
+        downstream = direction is FrameDirection.DOWNSTREAM
+        if not (downstream and isinstance(frame, InterruptionFrame)):
             await self.push_frame(frame, direction)
-        if direction is FrameDirection.DOWNSTREAM:
+        if downstream:
             if isinstance(frame, TTSStartedFrame | LLMFullResponseStartFrame):
                 self._started = True
             elif self._started and isinstance(frame, OutputAudioRawFrame):
