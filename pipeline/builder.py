@@ -4,8 +4,10 @@ The chain runs in the file's order. The config says what the agent is; the
 builder adds what pipecat needs around it so the file stays about intent:
 the LLM context and its user/assistant aggregators, telephony turn-taking,
 the tools, keypad presses, fallbacks, the meter's billing identities, the
-phrase cache, and a codec only where two neighbours disagree on audio format
-(none on a μ-law chain such as Deepgram + Aura-2).
+phrase cache, what a failure policy needs (which processor is which provider,
+and a way to the caller past a dead TTS), and a codec only where two
+neighbours disagree on audio format (none on a μ-law chain such as Deepgram +
+Aura-2).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import LLMRunFrame, MetricsFrame
+from pipecat.frames.frames import EndFrame, LLMRunFrame, MetricsFrame, TTSSpeakFrame
 from pipecat.pipeline.llm_switcher import LLMSwitcher
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.service_switcher import ServiceSwitcher
@@ -34,16 +36,27 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
 
 from tollbridge.codec import codec_between
 from tollbridge.config import Stage, Vertical
 from tollbridge.failover import FailOverOnAnyError
+from tollbridge.failure import LastWords, ProviderFailure
 from tollbridge.hangup import HangUpAfterReply
 from tollbridge.logs import get_logger
 from tollbridge.meter import CostMeter
 from tollbridge.pacing import SpeechPacer, sentences
-from tollbridge.phrase_cache import PHRASES, PhraseCaching
-from tollbridge.stage import BRAIN_ROLES, MULAW_8K, BrainOptions, CallContext, Playback, Role
+from tollbridge.phrase_cache import PHRASES, PhraseCaching, PhraseKey
+from tollbridge.stage import (
+    BRAIN_ROLES,
+    MULAW_8K,
+    PROVIDER_ROLES,
+    AudioFormat,
+    BrainOptions,
+    CallContext,
+    Playback,
+    Role,
+)
 from tollbridge.tools import Tool, ToolContext
 
 __all__ = ["BuiltCall", "CallContext", "build_call"]
@@ -61,6 +74,22 @@ class BuiltCall:
     transport: BaseTransport
     playback: Playback | None
     """The transport's account of what the caller heard, where it keeps one."""
+    brain: FrameProcessor
+    """The LLM or speech-to-speech service (or its switcher), past the user aggregator."""
+    providers: dict[str, Stage]
+    """Processor name → the provider stage (or fallback) that built it."""
+    last_words: LastWords
+    """Right after the stage that speaks."""
+
+    def failure(self, processor: FrameProcessor | None, error: str) -> ProviderFailure | None:
+        """The provider `processor` stands for, if it is one (a switcher: its active one)."""
+        if isinstance(processor, ServiceSwitcher):
+            processor = processor.strategy.active_service
+        stage = self.providers.get(processor.name) if processor is not None else None
+        if stage is None:
+            return None
+        billing = stage.kind.billing(stage.options)
+        return ProviderFailure(stage.kind.role, stage.name, billing.model if billing else "", error)
 
 
 class StageBuildError(RuntimeError):
@@ -120,6 +149,7 @@ class _StageBuilder:
         self.log = log
         self.on_llm_fallback: Callable[[], Awaitable[None]] | None = None
         """Run when an LLM stage fails over (to answer the turn that failed)."""
+        self.providers: dict[str, Stage] = {}
 
     def build(self, stage: Stage) -> list[FrameProcessor]:
         primary = self._one(stage)
@@ -155,10 +185,84 @@ class _StageBuilder:
             if isinstance(processor, PhraseCaching) and vertical.phrase_cache:
                 processor.use_phrase_cache(
                     PHRASES,
-                    stage=f"{stage.name} {stage.options.model_dump_json()}",
-                    phrases=[s for phrase in vertical.fixed_phrases for s in sentences(phrase)],
+                    stage=phrase_stage(stage),
+                    phrases=_phrase_texts(vertical),
                 )
+            if stage.kind.role in PROVIDER_ROLES:
+                self.providers[processor.name] = stage
         return processors
+
+
+def _phrase_texts(vertical: Vertical) -> list[str]:
+    """The texts the phrase cache serves: each fixed phrase a sentence at a time, as the
+    pacer speaks it, and whole, as it is spoken when the vertical does not pace speech."""
+    return [*vertical.fixed_phrases, *(s for text in vertical.fixed_phrases for s in sentences(text))]
+
+
+def phrase_stage(stage: Stage) -> str:
+    """A TTS stage as the phrase cache keys it: kind and options (voice, format, endpoint…)."""
+    return f"{stage.name} {stage.options.model_dump_json()}"
+
+
+def cached_phrase(vertical: Vertical, text: str) -> tuple[tuple[bytes, ...], AudioFormat] | None:
+    """`text` as the vertical's TTS stage (or a fallback) recorded it, and in what format."""
+    tts = vertical.stage(Role.TTS)
+    if tts is None or not vertical.phrase_cache:
+        return None
+    for _, stage in tts.with_fallbacks():  # stored a sentence at a time, as the pacer speaks
+        parts = [PHRASES.get(PhraseKey(phrase_stage(stage), part)) for part in sentences(text)]
+        audio = stage.kind.audio_out(stage.options)
+        if parts and all(parts) and audio is not None:
+            return tuple(chunk for part in parts if part for chunk in part), audio
+    return None
+
+
+RENDER_TIMEOUT_S = 10.0
+
+
+async def render_phrases(call: CallContext, phrases: list[str]) -> int:
+    """Synthesize `phrases` into the phrase cache with each voice of the vertical's TTS stage,
+    before any call needs them; returns the characters the provider was sent.
+
+    For what a call must say when its own TTS cannot: the audio has to exist
+    before the TTS fails. No call is billed for it (there is none yet); the
+    caller logs the characters.
+    """
+    tts = call.vertical.stage(Role.TTS)
+    if tts is None or not call.vertical.phrase_cache:
+        return 0
+    sent = 0
+    for _, stage in tts.with_fallbacks():
+        key = phrase_stage(stage)
+        wanted = [part for text in phrases for part in sentences(text)]  # as the pacer speaks
+        missing = [text for text in wanted if PHRASES.get(PhraseKey(key, text)) is None]
+        service = stage.kind.build(stage.options, call) if missing else None
+        if not isinstance(service, PhraseCaching):
+            continue
+        service.use_phrase_cache(PHRASES, stage=key, phrases=missing)
+        worker = PipelineWorker(
+            Pipeline([service]),
+            params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+            idle_timeout_secs=None, enable_rtvi=False, enable_turn_tracking=False,
+            check_dangling_tasks=False,
+        )
+        runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
+        await runner.add_workers(worker)
+        running = asyncio.create_task(runner.run())
+        try:
+            async with asyncio.timeout(RENDER_TIMEOUT_S):
+                await worker.queue_frames([TTSSpeakFrame(text) for text in missing])
+                # the service stores each phrase once its provider has sent all of it
+                while any(PHRASES.get(PhraseKey(key, text)) is None for text in missing):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                await worker.queue_frame(EndFrame())
+                await running
+        finally:
+            if not running.done():
+                await worker.cancel()
+                await asyncio.wait({running}, timeout=RENDER_TIMEOUT_S)
+        sent += sum(map(len, missing))
+    return sent
 
 
 def _brain(built: list[FrameProcessor], stage: Stage) -> LLMService | LLMSwitcher:
@@ -195,10 +299,13 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         await aggregators.user().queue_frame(LLMRunFrame())
 
     stages.on_llm_fallback = answer_again
+    last_words = LastWords()
     processors = [transport.input()]
     output = transport.output()
     playback = output if isinstance(output, Playback) else None
-    processors += _chain(vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup])
+    processors += _chain(
+        vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup], last_words
+    )
     processors += [transport.output(), aggregators.assistant()]
     return BuiltCall(
         worker=_worker(processors, call, observers, meter),
@@ -208,6 +315,9 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         tool_context=tool_context,
         transport=transport,
         playback=playback,
+        brain=llm,
+        providers=stages.providers,
+        last_words=last_words,
     )
 
 
@@ -240,14 +350,16 @@ def _chain(
     stages: _StageBuilder,
     playback: Playback | None,
     brain: list[FrameProcessor],
+    last_words: LastWords,
 ) -> list[FrameProcessor]:
     """The processors between the transport's input and output, in the file's order.
 
     The caller's audio is converted (if at all) right before the stage that
-    listens, the agent's right after the stage that speaks; a processor stage
-    before the listener sees the audio as the transport delivers it. Where the
-    transport knows what the caller has heard, text reaches the TTS through a
-    pacer, only a little ahead of playback.
+    listens, the agent's right after the stage that speaks (and `last_words`,
+    which speaks in its format when it cannot); a processor stage before the
+    listener sees the audio as the transport delivers it. Where the transport
+    knows what the caller has heard, text reaches the TTS through a pacer, only
+    a little ahead of playback.
     """
     wire = transport.kind.audio_out(transport.options) or MULAW_8K
     listener = vertical.stage(Role.STT) or vertical.stage(Role.SPEECH_TO_SPEECH)
@@ -270,6 +382,7 @@ def _chain(
         else:
             processors += stages.build(stage)
         if stage is speaker:
+            processors.append(last_words)
             processors += codec_between(stage.kind.audio_out(stage.options), wire, inbound=False)
     return processors
 

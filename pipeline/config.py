@@ -47,6 +47,10 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_BUDGET_FAREWELL = (
     "I'm sorry, I have to end our call here. Thank you for calling, goodbye."
 )
+DEFAULT_APOLOGY = "Sorry, we're having technical trouble. Please call back in a few minutes."
+DEFAULT_TRANSFER_MESSAGE = (
+    "Sorry, we're having technical trouble. Let me put you through to a colleague."
+)
 _SECRET_OPTION = re.compile(r"(api_?key|auth_?token|secret|password)$", re.I)
 
 
@@ -108,6 +112,24 @@ class Telephony(BaseModel):
     """The number outbound calls come from (defaults to the first of `numbers`)."""
 
 
+class OnFailure(BaseModel):
+    """What the caller hears when a provider fails mid-call and its stage has no fallback
+    left: the apology, then a hang-up, or with `transfer_to` the transfer message, then
+    the call is put through to that number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    apology: str = Field(DEFAULT_APOLOGY, min_length=1)
+    transfer_to: PhoneNumber | None = None
+    """A human to take the call over (E.164), through Twilio's REST API."""
+    transfer_message: str = Field(DEFAULT_TRANSFER_MESSAGE, min_length=1)
+
+    @property
+    def phrase(self) -> str:
+        """What is said before the call ends or moves on."""
+        return self.transfer_message if self.transfer_to else self.apology
+
+
 class PriceOverride(BaseModel):
     """A negotiated rate replacing (or adding) one price-catalog row for this vertical."""
 
@@ -162,6 +184,8 @@ class VerticalFile(BaseModel):
     speech_lead_s: float = Field(SPEECH_LEAD_S, ge=0, le=30)
     """How far ahead of what the caller hears text is sent to the TTS (0: all at once)."""
     telephony: Telephony = Field(default_factory=lambda: Telephony())
+    on_failure: OnFailure = Field(default_factory=lambda: OnFailure())
+    """A provider failing mid-call with no fallback left: apologize, then hang up or transfer."""
     prices: list[PriceOverride] = Field(default_factory=list)
     chain: list[dict[str, Any]] = Field(min_length=1)
 
@@ -183,11 +207,13 @@ class Vertical:
     phrase_cache: bool = True
     speech_lead_s: float = SPEECH_LEAD_S
     prices: list[PriceOverride] = field(default_factory=list)
+    on_failure: OnFailure = field(default_factory=OnFailure)
 
     @property
     def fixed_phrases(self) -> list[str]:
         """What the agent says word for word on many calls: the TTS phrase cache's candidates."""
-        return [text for text in (self.greeting, self.budget_farewell) if text]
+        phrases = (self.greeting, self.budget_farewell, self.on_failure.phrase)
+        return [text for text in phrases if text]
 
     @property
     def folder(self) -> Path:
@@ -453,6 +479,7 @@ def load_vertical(
         phrase_cache=top.phrase_cache,
         speech_lead_s=top.speech_lead_s,
         prices=top.prices,
+        on_failure=top.on_failure,
     )
     if check_keys and not problems:
         for name, where in vertical.required_env().items():

@@ -16,7 +16,9 @@ class FailOverOnAnyError(ServiceSwitcherStrategyFailover):
     WebSocket TTS services and the LLM services report a refused connection
     or an overloaded API as recoverable and retry on the next sentence or
     turn. On a phone call those retries are silence, so the first error hands
-    the stage to its fallback.
+    the stage to its fallback, and the provider it leaves is written off for
+    the rest of the call: a fallback that fails in turn never hands the stage
+    back to it. Its error then travels on, for the call's failure policy.
     """
 
     async def handle_error(self, error: ErrorFrame) -> FrameProcessor | None:
@@ -27,5 +29,6 @@ class FailOverOnAnyError(ServiceSwitcherStrategyFailover):
         for step in range(1, len(self.services)):
             candidate = self.services[(here + step) % len(self.services)]
             if candidate.is_usable:
+                await failed.set_usable(False)
                 return await pipecat_internals.activate(self, candidate)
         return None

@@ -135,14 +135,11 @@ class SpeechPacer(FrameProcessor):
             self._hold(frame)
             return
         alone = not self._in_response and frame.append_to_context
-        if alone:
-            self._hold(LLMFullResponseStartFrame())
-        for part in parts:
-            spoken = TTSSpeakFrame(part, append_to_context=frame.append_to_context)
-            spoken.interruptible = frame.interruptible
-            self._hold(spoken)
-        if alone:
-            self._hold(LLMFullResponseEndFrame())
+        bracket = (LLMFullResponseStartFrame(), LLMFullResponseEndFrame()) if alone else ()
+        spoken = [TTSSpeakFrame(part, append_to_context=frame.append_to_context) for part in parts]
+        for each in [*bracket[:1], *spoken, *bracket[1:]]:
+            each.interruptible = frame.interruptible  # last words stay through a barge-in
+            self._hold(each)
 
     def _drop_unspoken(self) -> None:
         """Barge-in: text not yet released is never synthesized; what must survive goes on."""

@@ -10,6 +10,9 @@ model, output format, speed, endpoint…) and the exact text, so two voices or
 formats never share audio. Only a phrase spoken on its own (a
 `TTSSpeakFrame`) and received whole from the provider is stored: not one cut
 short by the caller talking over it, nor one the provider went quiet in.
+The failure apology cannot wait for a first call to say it (it is needed
+exactly when the TTS cannot speak): `builder.render_phrases` records it
+before any call.
 """
 
 from __future__ import annotations

@@ -103,10 +103,16 @@ async def _serve(
         if settings.can_dial:
             dialer = TwilioRest.from_settings(settings)
             bookkeeper.twilio_price = dialer.call_price
+        for vertical in verticals:
+            if vertical.on_failure.transfer_to and dialer is None:
+                log.warning("transfer_unavailable", vertical=vertical.name,
+                            detail="on_failure.transfer_to needs TWILIO_ACCOUNT_SID; "
+                            "a call whose provider fails is hung up instead")
         bridge = Bridge(verticals, bridge_settings, on_finished=bookkeeper.call_finished,
                         on_status=on_status, on_recording=on_recording,
                         pricer=bookkeeper.price, dialer=dialer)
         async with running(create_app(bridge), host, port) as url:
+            rendering = asyncio.create_task(bridge.render_phrases())  # calls need not wait
             freeze_startup_heap()
             announce(f"tollbridge listening on {url}")
             announce(f"voice webhook (paste into Twilio): {public_url.rstrip('/')}/voice")
@@ -117,6 +123,7 @@ async def _serve(
             if not validate_signatures:
                 announce("WARNING: Twilio signatures are not checked (local development only)")
             await signals.drain.wait()
+            rendering.cancel()
             await drain(bridge, grace_s=grace_s, now=signals.now)
     finally:
         if dialer:

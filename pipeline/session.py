@@ -6,6 +6,12 @@ dropping cancels the pipeline at once; the agent ending the call (a tool, the
 budget) closes the socket after the last words were played. Either way the
 meter's usage reaches `on_finished` exactly once — a dropped call still gets
 its cost record.
+
+A provider that fails with no fallback left ends the call too, never in
+silence: the caller hears the vertical's apology (see `tollbridge.failure`),
+then the call is hung up or transferred, and the record names the provider.
+Where the call's own audio cannot carry the apology (the speaking stage died
+with nothing pre-rendered), the telephony provider says it instead.
 """
 
 from __future__ import annotations
@@ -16,22 +22,44 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from pipecat.frames.frames import EndWorkerFrame, Frame, LLMMessagesAppendFrame, TTSSpeakFrame
+from pipecat.frames.frames import (
+    EndWorkerFrame,
+    ErrorFrame,
+    Frame,
+    LLMMessagesAppendFrame,
+    TTSSpeakFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
 
-from tollbridge.builder import BuiltCall, build_call
+from tollbridge.builder import BuiltCall, build_call, cached_phrase
 from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.usage import CallUsage
+from tollbridge.failure import ProviderFailure
 from tollbridge.logs import get_logger
 from tollbridge.stage import CallContext, Role
 
 CANCEL_TIMEOUT_S = 5.0
+LAST_WORDS_START_S = 4.0
+"""Words said before a hang-up must be on their way within this, or the call ends without."""
+LAST_WORDS_HEARD_S = 20.0
+"""...and heard within this (recorded audio: within its length and `PLAYBACK_GRACE_S`)."""
+PLAYBACK_GRACE_S = 3.0
+PROVIDER_FAILED = "provider_failed"
+SPEAKER_ROLES = (Role.TTS, Role.SPEECH_TO_SPEECH)
 
 UsageSink = Callable[[CallUsage], Awaitable[object]]
 Pricer = Callable[[CallUsage], CallCost]
+
+
+class CallControl(Protocol):
+    """The telephony provider's hold on a live call (Twilio's REST API)."""
+
+    async def redirect(self, call_sid: str, *, say: str | None, dial: str | None) -> None:
+        """Take the call off the stream: say `say` with the provider's own voice, then put
+        the caller through to `dial`, or hang up."""
 
 
 class CallSession:
@@ -52,16 +80,21 @@ class CallSession:
         on_finished: UsageSink | None = None,
         pricer: Pricer | None = None,
         observers: list[Any] | None = None,
+        control: CallControl | None = None,
     ):
         self.call = call
         self.on_finished = on_finished
         self.pricer = pricer
+        self.control = control
         self.log = get_logger(
             call_sid=call.call_sid, tenant=call.vertical.tenant, vertical=call.vertical.name
         )
         self.built: BuiltCall = build_call(call, observers=observers)
         self.ended_by = ""
+        self.failed_provider = ""
         self.usage: CallUsage | None = None
+        self._ending: asyncio.Task | None = None
+        """The last words being said before a hang-up (a failure, a speech-to-speech farewell)."""
         self._caller_side: asyncio.Future | None = None
         self._hang_up_now = False
         self._unpriced_noted: set[str] = set()
@@ -69,6 +102,10 @@ class CallSession:
         meter = self.built.meter
         if meter and pricer and call.vertical.budget_usd is not None:
             meter.on_usage = self._check_budget
+
+        @self.worker.event_handler("on_pipeline_error")
+        async def on_error(_worker: Any, frame: ErrorFrame) -> None:
+            self._provider_error(frame)
 
     async def _check_budget(self) -> None:
         """At the budget, the agent wraps up politely and hangs up (once).
@@ -97,9 +134,77 @@ class CallSession:
     async def end(self, *, farewell: str | None = None, reason: str = "agent") -> None:
         """End the call from the agent's side: say `farewell`, let it play, hang up."""
         self.ended_by = self.ended_by or reason
+        if farewell and self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is not None:
+            # the brain says it as a reply of its own, which an EndFrame right behind would cut off
+            self._ending = asyncio.ensure_future(self._say_then_hang_up(farewell))
+            return
         if farewell:
             await self.worker.queue_frame(TTSSpeakFrame(farewell))
         await self.built.transport.input().push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+    async def _say_then_hang_up(self, text: str) -> None:
+        await self._last_words(text)
+        self.hang_up_now(self.ended_by)
+
+    def _provider_error(self, frame: ErrorFrame) -> None:
+        """An error that reached the worker: from a provider, its stage has no fallback left."""
+        failure = self.built.failure(frame.processor, frame.error)
+        if self.ended_by or failure is None:
+            return
+        self.ended_by, self.failed_provider = PROVIDER_FAILED, failure.provider
+        self.log.error("provider_failed", stage=str(failure.role), provider=failure.stage,
+                       model=failure.model, error=failure.error)
+        self._ending = asyncio.ensure_future(self._fail(failure))
+
+    async def _fail(self, failure: ProviderFailure) -> None:
+        """Apologize, transfer the call if the vertical names someone, and hang up."""
+        policy = self.call.vertical.on_failure
+        heard = await self._last_words(policy.phrase, speaker_failed=failure.role in SPEAKER_ROLES)
+        say, dial = (None if heard else policy.phrase), policy.transfer_to
+        if self.control is None and dial:
+            self.log.error("transfer_unavailable", to=dial,
+                           reason="no Twilio REST account (TWILIO_ACCOUNT_SID)")
+        elif self.control is not None and (say or dial):
+            try:
+                await self.control.redirect(self.call.call_sid, say=say, dial=dial)
+                self.log.warning("call_redirected", transferred_to=dial, apology_by_twilio=bool(say))
+            except Exception as error:  # the caller must not stay on a dead line
+                self.log.error("redirect_failed", to=dial, error=repr(error))
+        self.hang_up_now(PROVIDER_FAILED)
+
+    async def _last_words(self, text: str, *, speaker_failed: bool = False) -> bool:
+        """Have the caller hear `text` before the hang-up: said by the stage that speaks, or
+        played from its pre-rendered audio when that stage is the one that failed. Gives up
+        when it cannot start or play in time: False."""
+        words, heard_within = self.built.last_words, LAST_WORDS_HEARD_S
+        if speaker_failed:
+            cached = cached_phrase(self.call.vertical, text)
+            if cached is None:
+                self.log.warning("last_words_unavailable", reason="no pre-rendered audio")
+                return False
+            chunks, audio = cached
+            bytes_per_second = audio.sample_rate * (1 if audio.encoding == "mulaw" else 2)
+            heard_within = sum(map(len, chunks)) / bytes_per_second + PLAYBACK_GRACE_S
+            await words.play(chunks, audio.sample_rate)
+        elif self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is not None:
+            words.listen()
+            # into the brain itself: the user aggregator would take an instruction in as
+            # context without a response, once the session is under way
+            await self.built.brain.queue_frame(self._say(text))
+        else:
+            words.listen()
+            said = TTSSpeakFrame(text)
+            said.interruptible = False  # the TTS keeps it through a caller talking over it
+            await self.worker.queue_frame(said)
+        try:
+            async with asyncio.timeout(LAST_WORDS_START_S):
+                await words.spoke.wait()
+            async with asyncio.timeout(heard_within):
+                await words.heard.wait()
+        except TimeoutError:
+            self.log.warning("last_words_not_heard", spoke=words.spoke.is_set())
+            return False
+        return True
 
     def hang_up_now(self, reason: str) -> None:
         """End the call at once, with no farewell (the server must stop now); the
@@ -122,7 +227,7 @@ class CallSession:
         self.log.info("call_started", caller=self.call.caller, callee=self.call.callee)
         try:
             if self.call.vertical.greeting:
-                await self.worker.queue_frame(self._greeting(self.call.vertical.greeting))
+                await self.worker.queue_frame(self._say(self.call.vertical.greeting, opening=True))
             done, _ = await asyncio.wait({pipeline, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 self.ended_by = self.ended_by or _result(reader, "transport_error")
@@ -138,8 +243,8 @@ class CallSession:
             self.ended_by = self.ended_by or "server_shutdown"
             raise
         finally:
-            for task in (pipeline, reader):
-                if not task.done():
+            for task in (pipeline, reader, self._ending):
+                if task is not None and not task.done():
                     task.cancel()
             self._cpu_seconds = (time.process_time() - self._cpu_start) / (
                 (self._active_start + CallSession.active) / 2
@@ -148,11 +253,13 @@ class CallSession:
             await self._finish()
         return self.usage
 
-    def _greeting(self, text: str) -> Frame:
-        """The cascade's TTS says it as written; a speech-to-speech brain is asked to."""
+    def _say(self, text: str, *, opening: bool = False) -> Frame:
+        """The cascade's TTS says it as written; a speech-to-speech brain (which has no
+        TTS to take a `TTSSpeakFrame`) is asked to."""
         if self.call.vertical.stage(Role.SPEECH_TO_SPEECH) is None:
             return TTSSpeakFrame(text)
-        instruction = f'Open the call by saying exactly this, and nothing else: "{text}"'
+        when = "Open the call" if opening else "Now end the call"
+        instruction = f'{when} by saying exactly this, and nothing else: "{text}"'
         return LLMMessagesAppendFrame([{"role": "developer", "content": instruction}], run_llm=True)
 
     async def _finish(self) -> None:
@@ -161,6 +268,7 @@ class CallSession:
         if meter is None:
             return
         self.usage = meter.usage(ended_at=datetime.now(UTC), ended_by=self.ended_by)
+        self.usage.failed_provider = self.failed_provider
         self.usage.compute_cpu_seconds = Decimal(str(round(self._cpu_seconds, 4)))
         if self.built.playback is not None:
             heard = self.built.playback.heard()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tollbridge.config import ConfigError, e164, load_vertical, load_verticals
+from tollbridge.config import DEFAULT_APOLOGY, ConfigError, e164, load_vertical, load_verticals
 from tollbridge.costs.catalog import Catalog
 from tollbridge.prompt_caching import caching_warnings, minimum_tokens
 
@@ -255,3 +255,33 @@ def test_phone_numbers_are_stored_in_e164_whatever_the_spacing(tmp_path):
     assert e164("+1 (555) 010-0200") == "+15550100200" == e164("+15550100200")
     path = write(tmp_path, GOOD.replace('"+15550100200"', '"+1 555 010 0200"'))
     assert load_vertical(path).numbers == ["+15550100200"]
+
+
+def test_the_failure_policy_defaults_to_an_apology_and_a_hang_up(tmp_path):
+    vertical = load_vertical(write(tmp_path, GOOD))
+    assert vertical.on_failure.apology == DEFAULT_APOLOGY
+    assert vertical.on_failure.transfer_to is None
+    assert vertical.on_failure.phrase in vertical.fixed_phrases  # the phrase cache has it ready
+
+
+def test_a_transfer_number_is_checked_and_named_by_its_key(tmp_path):
+    policy = '\n[on_failure]\napology = "One moment."\ntransfer_to = "+15550107777"\n'
+    vertical = load_vertical(write(tmp_path, GOOD.replace("\n[[chain]]", policy + "\n[[chain]]", 1)))
+    assert (vertical.on_failure.transfer_to, vertical.on_failure.apology) == ("+15550107777", "One moment.")
+    assert vertical.on_failure.phrase == vertical.on_failure.transfer_message
+    bad = '\n[on_failure]\ntransfer_to = "555-0100"\napolgy = "Sorry."\n'
+    path = write(tmp_path, GOOD.replace("\n[[chain]]", bad + "\n[[chain]]", 1))
+    assert problems(path) == [
+        f'{path}: on_failure.transfer_to: "555-0100" is not an E.164 phone number (like +15550100200)',
+        f"{path}: on_failure.apolgy: unknown option",
+    ]
+
+
+def test_the_schema_describes_the_failure_policy():
+    from tollbridge.schema import vertical_schema
+
+    schema = vertical_schema()
+    assert "on_failure" in schema["properties"]
+    policy = schema["$defs"]["OnFailure"]["properties"]
+    assert set(policy) == {"apology", "transfer_to", "transfer_message"}
+    assert policy["apology"]["default"] == DEFAULT_APOLOGY

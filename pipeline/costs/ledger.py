@@ -49,6 +49,7 @@ _CALL_COLUMNS = (
     "status",
     "recorded_seconds",
     "unpriced_items",
+    "failed_provider",
 )
 _ITEM_COLUMNS = (
     "call_sid",
@@ -377,6 +378,7 @@ class Ledger:
             twilio_price_usd=_dec_or_none(row["twilio_price_usd"]),
             drift_usd=_dec_or_none(row["drift_usd"]),
             recorded_seconds=row["recorded_seconds"],
+            failed_provider=row["failed_provider"],
         )
 
     async def _store(self, tx: Transaction, cost: CallCost) -> None:
@@ -401,6 +403,7 @@ class Ledger:
             cost.status,
             cost.recorded_seconds,
             len(cost.unpriced_items),
+            cost.failed_provider,
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS[1:])
         await tx.execute(

@@ -115,6 +115,8 @@ class CallCost:
     twilio_price_usd: Decimal | None = None
     drift_usd: Decimal | None = None
     recorded_seconds: int | None = None
+    failed_provider: str = ""
+    """The provider whose failure ended the call, if one did."""
 
     @property
     def seconds(self) -> Decimal:
@@ -188,6 +190,7 @@ class CallCost:
             "twilio_price_usd": _str_or_none(self.twilio_price_usd),
             "drift_usd": _str_or_none(self.drift_usd),
             "recorded_seconds": self.recorded_seconds,
+            "failed_provider": self.failed_provider,
             "total_usd": f"{self.total_usd:f}",
             "complete": self.complete,
             "usd_per_minute": _str_or_none(self.usd_per_minute),
@@ -215,6 +218,7 @@ class CallCost:
             twilio_price_usd=_decimal_or_none(data.get("twilio_price_usd")),
             drift_usd=_decimal_or_none(data.get("drift_usd")),
             recorded_seconds=data.get("recorded_seconds"),
+            failed_provider=data.get("failed_provider", ""),
         )
 
 

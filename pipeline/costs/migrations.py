@@ -105,4 +105,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX pending_callbacks_received ON pending_callbacks (received_at)",
         ),
     ),
+    Migration(
+        5,
+        "the provider whose failure ended a call",
+        # e.g. 'deepgram.stt/nova-3'; '' when no provider failure ended the call
+        ("ALTER TABLE calls ADD COLUMN failed_provider TEXT NOT NULL DEFAULT ''",),
+    ),
 )

@@ -77,6 +77,7 @@ def price_call(usage: CallUsage, catalog: Catalog) -> CallCost:
         catalog_version=f"{catalog.version} genai-prices/{genai_prices.__version__}",
         items=tuple(items),
         ended_by=usage.ended_by,
+        failed_provider=usage.failed_provider,
     )
 
 

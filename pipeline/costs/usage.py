@@ -124,6 +124,8 @@ class CallUsage:
     recorded_seconds: Decimal = Decimal(0)
     heard_characters: int | None = None
     """Characters of agent speech the caller heard (None: the transport cannot tell)."""
+    failed_provider: str = ""
+    """The provider whose failure ended the call (e.g. "deepgram.stt/nova-3"), if one did."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("inbound", "outbound"):

@@ -195,7 +195,8 @@ class FakeDeepgramListen(DeepgramFakeServer[ListenRecord]):
             results: Scripted results, each ``{"at": seconds of audio, "transcript",
                 "is_final", "speech_final"}`` plus optional ``start``, ``duration``
                 (seconds) and ``words`` (Deepgram word dicts). Every connection
-                replays the whole script.
+                replays the whole script, as it is when the connection's first
+                audio arrives (see `use_script`).
             idle_timeout: Seconds without audio or any message before the fake
                 closes the socket (1011, NET-0001), as Deepgram does after 10 s.
             fail_connect: Refuse every handshake with 503.
@@ -206,6 +207,11 @@ class FakeDeepgramListen(DeepgramFakeServer[ListenRecord]):
         )
         self.script = _script(results)
         self.idle_timeout = idle_timeout
+
+    def use_script(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Replay `results` on connections whose audio starts from now on (e.g. a fallback
+        model's connection that sat idle until its primary died)."""
+        self.script = _script(results)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/listen", self._listen)]
@@ -244,7 +250,8 @@ class _ListenSession:
         self._model_uuid = str(uuid.uuid4())
         self._sha256 = hashlib.sha256()
         self._finalized_until = 0.0
-        self._due = self._timeline()
+        self._due: list[_Due] | None = None
+        """Built when the first audio arrives: the script as it is then."""
 
     def _timeline(self) -> list[_Due]:
         """Every message the script will produce, in the order the audio clock releases them."""
@@ -281,6 +288,7 @@ class _ListenSession:
     async def _on_audio(self, audio: bytes) -> None:
         """Count the audio, then release every message its arrival makes due."""
         self._sha256.update(audio)
+        self._due = self._timeline() if self._due is None else self._due
         received = self._record.binary_bytes
         bytes_per_second = self._params.bytes_per_second
         while self._due and received >= math.ceil(round(self._due[0].at * bytes_per_second, 6)):
@@ -329,6 +337,7 @@ class _ListenSession:
         which is what Deepgram answers to a Finalize after silence.
         """
         heard = self._received_seconds
+        self._due = self._timeline() if self._due is None else self._due
         finals: list[ScriptedResult] = []
         pending: list[_Due] = []
         for item in self._due:

@@ -578,11 +578,12 @@ class RealtimeSession:
         await self._cancel_response("client_cancelled")
 
     def _last_user_or_tool_text(self) -> str:
-        """The text a scripted turn's ``match`` is checked against."""
+        """The text a scripted turn's ``match`` is checked against: the last thing the model
+        was told, by the caller, a tool or the client (a system message mid-session)."""
         for item in reversed(self.items):
             if item["type"] == "function_call_output":
                 return str(item.get("output") or "")
-            if item["type"] == "message" and item.get("role") == "user":
+            if item["type"] == "message" and item.get("role") in ("user", "system"):
                 if item["id"] in self._heard:
                     return self._heard[item["id"]]
                 return " ".join(

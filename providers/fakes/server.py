@@ -10,7 +10,7 @@ socket mid-stream, or dying outright, for failure and billing tests.
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Self, TypeVar
 
@@ -93,7 +93,8 @@ class FakeServer(Generic[R]):
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._sockets: set[web.WebSocketResponse] = set()
-        self._transports: set[asyncio.Transport] = set()
+        self._transports: dict[asyncio.Transport, RequestRecord] = {}
+        self._dead: list[Mapping[str, str]] = []
 
     def routes(self) -> list[web.RouteDef]:
         """The provider's endpoints."""
@@ -127,10 +128,20 @@ class FakeServer(Generic[R]):
             await self._runner.cleanup()
             self._runner = None
 
-    async def kill(self) -> None:
+    async def kill(self, query: Mapping[str, str] | None = None) -> None:
         """Die as a crashed server does: every socket dropped without a close frame, and
         the port closed, so a client that reconnects is refused. What each socket took
-        before stays in its record."""
+        before stays in its record.
+
+        With `query`, only the clients whose request had those query parameters lose
+        their server (e.g. one model of two on the same endpoint): their sockets are
+        dropped and their reconnections refused with 503, the others carry on."""
+        if query is not None:
+            self._dead.append(query)
+            for transport, record in list(self._transports.items()):
+                if _matches(record.query, query):
+                    transport.abort()
+            return
         for transport in list(self._transports):
             transport.abort()
         if self._runner is not None:
@@ -183,6 +194,8 @@ class FakeServer(Generic[R]):
         """Refuse like the real service would before looking at parameters: outage, then auth."""
         if self.fail_connect:
             raise Rejection(503, "SERVICE_UNAVAILABLE", "Injected outage (fail_connect).")
+        if any(_matches(request.query, dead) for dead in self._dead):
+            raise Rejection(503, "SERVICE_UNAVAILABLE", "Injected outage (kill).")
         if not self.authorized(request):
             raise Rejection(401, "INVALID_AUTH", "Invalid credentials.")
 
@@ -199,7 +212,7 @@ class FakeServer(Generic[R]):
         record.status = 101
         self._sockets.add(ws)
         if request.transport is not None:
-            self._transports.add(request.transport)
+            self._transports[request.transport] = record
         return ws
 
     async def serve(
@@ -246,7 +259,7 @@ class FakeServer(Generic[R]):
         finally:
             self._sockets.discard(ws)
             if request.transport is not None:
-                self._transports.discard(request.transport)
+                self._transports.pop(request.transport, None)
             record.ended.set()
 
     async def send_json(
@@ -262,6 +275,10 @@ class FakeServer(Generic[R]):
         """Send a binary audio message and count it."""
         record.audio_bytes_sent += len(audio)
         await ws.send_bytes(audio)
+
+
+def _matches(query: Mapping[str, str | list[str]], wanted: Mapping[str, str]) -> bool:
+    return all(query.get(name) == value for name, value in wanted.items())
 
 
 class DeepgramFakeServer(FakeServer[R]):

@@ -238,6 +238,7 @@ async def test_a_ledger_of_the_first_schema_is_upgraded_with_its_records_complet
         stored = await ledger.get(old.call_sid)
         report = await ledger.report()
     assert stored is not None and stored.complete and stored.items == (line,)
+    assert stored.failed_provider == ""
     assert report.tenants[0].incomplete_calls == 0
 
 
@@ -341,3 +342,17 @@ async def test_a_ledger_with_only_the_first_migration_gets_the_later_ones(ledger
         await ledger.set_recording("CA" + "a" * 32, 5)  # the column migration 4 adds
     assert [row["version"] for row in versions] == sorted(m.version for m in MIGRATIONS)
     assert 4 in [row["version"] for row in versions]
+
+
+async def test_the_provider_whose_failure_ended_a_call_is_stored(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    failed = priced(ended_by="provider_failed", failed_provider="deepgram.stt/nova-3")
+    fine = priced(ended_by="caller_hung_up")
+    async with await Ledger.open(ledger_url) as ledger:
+        for cost in (failed, fine):
+            await ledger.record(cost)
+        stored_failed, stored_fine = await ledger.get(failed.call_sid), await ledger.get(fine.call_sid)
+    assert stored_failed == failed and stored_failed.failed_provider == "deepgram.stt/nova-3"
+    assert stored_fine is not None and stored_fine.failed_provider == ""
+    assert CallCost.from_dict(failed.to_dict()) == failed  # as the spool keeps it

@@ -382,3 +382,29 @@ async def test_a_second_live_stream_for_a_call_sid_is_refused_and_the_first_goes
     assert [u.ended_by for u in usages] == ["caller_hung_up"]
     assert usages[0].measured_seconds >= Decimal("2.4")  # the first call's own, whole record
     assert phone.ended_by == "caller_hung_up"
+
+
+async def test_a_realtime_call_reaching_its_budget_hears_the_farewell_before_the_hang_up():
+    """A speech-to-speech brain has no TTS: it is asked to say the farewell, as the greeting."""
+    from dataclasses import replace
+
+    from tollbridge.config import load_vertical
+    from tollbridge.providers.fakes.openai_realtime import MS_PER_CHARACTER, speech
+
+    greeting, farewell = "Hi, OneRoof here.", "Time is up. Goodbye."
+    realtime = load_vertical(FIXTURES.parents[1] / "examples" / "real_estate" / "realtime.vertical.toml")
+    vertical = replace(realtime, greeting=greeting, budget_usd=Decimal("0.0001"),
+                       budget_farewell=farewell)
+    cassette = Cassette(llm=[{"match": "Open the call by saying exactly", "text": greeting},
+                             {"match": f'end the call by saying exactly this, and nothing else: "{farewell}"',
+                              "text": farewell}])
+    async with running_bridge(vertical, cassette) as running:
+        phone = await running.softphone().call(CallScript(
+            audio=b"\xff" * 8000, parameters={"vertical": vertical.name}, settle_s=8, max_s=20))
+        [usage] = await running.finished()
+        assert running.fakes.failures == []
+    assert usage.ended_by == "budget"
+    assert phone.ended_by == "agent_hung_up"
+    assert phone.agent_audio == speech(greeting, "audio/pcmu") + speech(farewell, "audio/pcmu")
+    heard_s = (len(greeting) + len(farewell)) * MS_PER_CHARACTER / 1000
+    assert phone.duration_s < heard_s + 3, "hung up once the farewell was heard"

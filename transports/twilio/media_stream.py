@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tollbridge.config import Vertical
 from tollbridge.logs import get_logger
-from tollbridge.session import CallSession, Pricer, UsageSink
+from tollbridge.session import CallControl, CallSession, Pricer, UsageSink
 from tollbridge.stage import CallContext
 from tollbridge.transports.twilio import protocol
 from tollbridge.transports.twilio.transport import MediaStreamConnection, TwilioTransport
@@ -82,6 +82,7 @@ async def serve_media_stream(
     on_session: Callable[[CallSession], Awaitable[None]] | None = None,
     admit: Callable[[protocol.Start], str | None] | None = None,
     idle_timeout_s: float | None = None,
+    control: CallControl | None = None,
 ) -> None:
     """Serve one accepted Media Streams socket until the call ends.
 
@@ -112,7 +113,8 @@ async def serve_media_stream(
 
     connection = MediaStreamConnection(ws.send_text, ws.close, start.stream_sid)
     session = CallSession(
-        make_call(vertical, start, connection), on_finished=on_finished, pricer=pricer
+        make_call(vertical, start, connection), on_finished=on_finished, pricer=pricer,
+        control=control,
     )
     if on_session:
         await on_session(session)

@@ -1,4 +1,5 @@
-"""Twilio's REST API: placing outbound calls, and reading what Twilio charged for a call.
+"""Twilio's REST API: placing outbound calls, redirecting a live call, and reading what
+Twilio charged for a call.
 
 An outbound call's TwiML is inline (no extra webhook round trip) and carries
 the same `<Connect><Stream>` as an inbound call, with the same
@@ -6,7 +7,9 @@ the same `<Connect><Stream>` as an inbound call, with the same
 come back to `/status` so the ledger can reconcile the minutes. Numbers are
 checked as E.164 before anything is sent. After a call ends, Twilio fills in
 the Call resource's `price` (connectivity only) some time later; the ledger
-stores it beside our own figure so drift shows.
+stores it beside our own figure so drift shows. A live call is redirected by
+updating it with new TwiML: Twilio leaves the Media Stream, says what it is
+given with its own voice, then puts the caller through (`<Dial>`) or hangs up.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from decimal import Decimal
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_chain, wait_fixed
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
 
 from tollbridge.config import Vertical, e164
 from tollbridge.logs import get_logger
@@ -83,6 +87,19 @@ class TwilioRest:
         )
         log.info("outbound_call_placed", call_sid=call.sid, vertical=vertical.name, to=to)
         return call.sid
+
+    async def redirect(self, call_sid: str, *, say: str | None, dial: str | None) -> None:
+        """Take live call `call_sid` off its stream: `<Say>` `say`, then `<Dial>` `dial`
+        or `<Hangup>` (see `tollbridge.session.CallControl`)."""
+        response = VoiceResponse()
+        if say:
+            response.say(say)
+        if dial:
+            response.dial(e164(dial))
+        else:
+            response.hangup()
+        await self._client.calls(call_sid).update_async(twiml=str(response))
+        log.info("call_redirected", call_sid=call_sid, dial=dial, say=bool(say))
 
     async def call_price(
         self, call_sid: str, waits: tuple[float, ...] = PRICE_WAITS_S

@@ -56,6 +56,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
+from tollbridge.builder import render_phrases
 from tollbridge.config import Vertical, e164
 from tollbridge.errors import TollbridgeError
 from tollbridge.logs import get_logger
@@ -217,6 +218,7 @@ class Bridge:
         self.pricer = pricer
         """Prices a call's usage so far, for per-call budgets."""
         self.dialer = dialer
+        """Twilio's REST API: places outbound calls, redirects live ones a provider failed."""
         self.sessions: dict[str, CallSession] = {}
         """Live calls by call SID: one each, however many streams claim it."""
         self.draining = False
@@ -289,6 +291,22 @@ class Bridge:
             user_speech_timeout=self.settings.user_speech_timeout,
         )
 
+    async def render_phrases(self) -> None:
+        """Pre-render each vertical's failure apology into the phrase cache, so a call whose
+        TTS dies can still play it. No call pays for it: the characters are logged."""
+        for vertical in self.verticals.values():
+            call = CallContext(
+                vertical=vertical, call_sid="", base_urls=self.settings.base_urls,
+                env=os.environ if self.settings.env is None else self.settings.env,
+            )
+            try:
+                characters = await render_phrases(call, [vertical.on_failure.phrase])
+            except Exception as error:  # the calls still run; a dead TTS then means no apology
+                log.warning("phrase_not_rendered", vertical=vertical.name, error=repr(error))
+                continue
+            if characters:
+                log.info("phrases_rendered", vertical=vertical.name, characters=characters)
+
     def admission(self, call_sid: str) -> str | None:
         """Why a stream starting call `call_sid` may not run here now, or None."""
         if self.closing:
@@ -325,6 +343,7 @@ class Bridge:
                 on_session=track,
                 admit=admit,
                 idle_timeout_s=self.settings.idle_timeout_s,
+                control=self.dialer,
             )
         except asyncio.CancelledError:
             raise

@@ -84,6 +84,8 @@ class SoftphoneResult:
     ended_by: str = ""
     duration_s: float = 0.0
     first_agent_audio_s: float | None = None
+    media_at: list[float] = field(default_factory=list)
+    """When each media message arrived (`time.monotonic()`)."""
     bad_messages: list[str] = field(default_factory=list)
     lead_s: list[float] = field(default_factory=list)
     """Agent audio queued at Twilio, unplayed, at each 20 ms tick it held any."""
@@ -250,6 +252,7 @@ class _Call:
             if result.first_agent_audio_s is None:
                 result.first_agent_audio_s = time.monotonic() - self.started
             result.media_received += 1
+            result.media_at.append(time.monotonic())
             self.playback.add_audio(audio)
         elif event == "mark":
             result.marks_received.append(data["mark"]["name"])
