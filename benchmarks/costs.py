@@ -3,6 +3,7 @@
     python -m benchmarks.costs                  # fixture calls, then profiles
     python -m benchmarks.costs --calls-only --speed 2.0
     python -m benchmarks.costs --profiles-only
+    python -m benchmarks.costs --calls-only --only salon_barge_in_dtmf
 
 Every recorded fixture call in tests/fixtures/calls (each `*.cassette.json`
 with its caller audio) is replayed through `run_local_call`: the real bridge,
@@ -34,6 +35,13 @@ calls their $/min is above the list rate.
 A call replayed faster than real time (`--speed`, default 2, as the tests
 run them) has its seconds restated on the caller's clock by `run_local_call`
 (how long it would have lasted on a real line).
+
+A fixture call the caller barges in on (Twilio got at least one `clear`) is
+replayed twice more with `speech_lead_s = 0`: every reply sent to the TTS at
+once, as before speech pacing. Its "barge-ins" table sets that ("before")
+against the vertical's own lead ("after"): TTS characters billed, heard and
+never heard, the "speech paid but not heard" dollars
+(`CallCost.unheard_speech_usd`) and the call's total and $/min.
 
 Prints markdown tables and writes results/costs.json (money as strings).
 """
@@ -180,16 +188,21 @@ class Replayed:
     usage: CallUsage
     catalog: Catalog
     speed: float
+    clears: int = 0
+    """`clear`s Twilio got: barge-ins that cut the agent off."""
+    speech_lead_s: float = 0.0
+    """The vertical's, as the call ran."""
 
 
-async def replay(call: FixtureCall, speed: float) -> Replayed:
+async def replay(call: FixtureCall, speed: float, speech_lead_s: float | None = None) -> Replayed:
     """A fixture call as a warm process serves it: the second of two identical replays.
 
     The first leaves the vertical's greeting in the TTS phrase cache, as every
-    call after the first does in a long-running bridge.
+    call after the first does in a long-running bridge. `speech_lead_s`
+    overrides the vertical's (0: the whole reply to the TTS at once).
     """
-    await replay_once(call, speed)
-    return await replay_once(call, speed)
+    await replay_once(call, speed, speech_lead_s)
+    return await replay_once(call, speed, speech_lead_s)
 
 
 def gate_silence(usage: CallUsage, vertical: Vertical, caller_audio: bytes) -> CallUsage:
@@ -212,7 +225,8 @@ def gate_silence(usage: CallUsage, vertical: Vertical, caller_audio: bytes) -> C
     return replace(usage, stt=stt)
 
 
-async def replay_once(call: FixtureCall, speed: float) -> Replayed:
+async def replay_once(call: FixtureCall, speed: float,
+                      speech_lead_s: float | None = None) -> Replayed:
     """One fixture call through the real bridge, checked against its ledger record."""
     from tollbridge.local_call import run_local_call
 
@@ -225,6 +239,8 @@ async def replay_once(call: FixtureCall, speed: float) -> Replayed:
         check_env(call, env)
         with environment(env):
             vertical = load_vertical(call.vertical_file)
+            if speech_lead_s is not None:
+                vertical = replace(vertical, speech_lead_s=speech_lead_s)
             ledger = f"sqlite:///{folder / 'ledger.db'}"
             result = await run_local_call(  # closes the tools' databases when done
                 vertical, audio=call.audio, cassette=call.cassette, ledger_url=ledger,
@@ -242,7 +258,7 @@ async def replay_once(call: FixtureCall, speed: float) -> Replayed:
         raise RuntimeError(f"fixture call {call.name}: re-pricing its usage does not give "
                            "the ledger's record")
     usage = gate_silence(result.usage, vertical, result.phone.caller_audio)
-    return Replayed(usage, catalog, options["speed"])
+    return Replayed(usage, catalog, options["speed"], result.phone.clears, vertical.speech_lead_s)
 
 
 def per_minute(usd: Decimal, seconds: Decimal) -> Decimal | None:
@@ -356,15 +372,67 @@ def as_json(value: Any) -> Any:
     return value
 
 
-async def run_calls(speed: float) -> list[dict[str, Any]]:
-    rows = []
+def heard(done: Replayed) -> dict[str, Any]:
+    """TTS characters billed, heard and never heard, their price, and the call's $/min."""
+    cost = price_call(done.usage, done.catalog)
+    return {
+        "speech_lead_s": done.speech_lead_s,
+        "billed_characters": sum((line.quantity for line in cost.items
+                                 if line.item.startswith("tts:")), Decimal(0)),
+        "cached_characters": sum((line.quantity for line in cost.items
+                                 if line.item.startswith("tts.avoided:")), Decimal(0)),
+        "heard_characters": done.usage.heard_characters,
+        "unheard_characters": sum((line.quantity for line in cost.items
+                                  if line.item.startswith("tts.unheard:")), Decimal(0)),
+        "unheard_speech_usd": cost.unheard_speech_usd,
+        "tts_usd": sum((line.usd for line in cost.items if line.item.startswith("tts:")),
+                       Decimal(0)),
+        "total_usd": cost.total_usd,
+        "usd_per_minute": cost.usd_per_minute,
+    }
+
+
+async def run_calls(speed: float, only: set[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every fixture call priced with and without its savings; and, for each the caller
+    barged in on (Twilio got a `clear`), what the caller heard paced (the vertical's
+    `speech_lead_s`) against unpaced (`speech_lead_s = 0`, the whole reply synthesized at
+    once): "before" and "after" speech pacing."""
+    rows, barge_ins = [], []
     for call in fixture_calls():
+        if only and call.name not in only:
+            continue
         print(f"replaying {call.name} …", file=sys.stderr, flush=True)
         done = await replay(call, speed)
         basis = "measured" if done.speed == 1 else f"caller's clock, {done.speed:g}x replay"
         row = compare(call.name, "call", done.usage, done.catalog, basis)
-        rows.append({**row, "speed": done.speed})
-    return rows
+        rows.append({**row, "speed": done.speed, "clears": done.clears})
+        if done.clears:
+            print(f"replaying {call.name} unpaced …", file=sys.stderr, flush=True)
+            unpaced = await replay(call, speed, speech_lead_s=0)
+            barge_ins.append({"name": call.name, "vertical": done.usage.vertical,
+                              "clears": done.clears, "before": heard(unpaced),
+                              "after": heard(done)})
+    return rows, barge_ins
+
+
+def barge_in_table(barge_ins: list[dict[str, Any]]) -> str:
+    lines = [
+        "| call | speech_lead_s | TTS chars billed | cached | heard | unheard "
+        "| speech paid but not heard $ | TTS $ | total $ | $/min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in barge_ins:
+        for when in ("before", "after"):
+            row = entry[when]
+            lead = "0 (before: unpaced)" if when == "before" else f"{row['speech_lead_s']:g} (after)"
+            lines.append(
+                f"| {entry['name']} | {lead} | {row['billed_characters']:f} "
+                f"| {row['cached_characters']:f} | {row['heard_characters']} "
+                f"| {row['unheard_characters']:f} | {money(row['unheard_speech_usd'])} "
+                f"| {money(row['tts_usd'])} | {money(row['total_usd'])} "
+                f"| {money(row['usd_per_minute'], 4)} |"
+            )
+    return "\n".join(lines)
 
 
 def run_profiles() -> list[dict[str, Any]]:
@@ -383,6 +451,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     only.add_argument("--profiles-only", action="store_true", help="profiles, no fixture calls")
     parser.add_argument("--speed", type=float, default=2.0,
                         help="caller audio speed for calls whose test does not pin one")
+    parser.add_argument("--only", help="just these fixture calls (comma-separated names)")
     parser.add_argument("--out", type=Path, default=RESULTS / "costs.json")
     return parser.parse_args(argv)
 
@@ -396,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()  # pipecat logs every pipeline it links
     logs.configure("ERROR")
     try:
-        rows = [] if args.profiles_only else asyncio.run(run_calls(args.speed))
+        rows, barge_ins = ([], []) if args.profiles_only else asyncio.run(
+            run_calls(args.speed, set(args.only.split(",")) if args.only else None))
         rows += [] if args.calls_only else run_profiles()
     except Missing as missing:
         print(f"error: {missing}", file=sys.stderr)
@@ -411,10 +481,17 @@ def main(argv: list[str] | None = None) -> int:
         print(call_table(row) + "\n")
     print("## Summary\n")
     print(summary_table(rows))
+    if barge_ins:
+        print("\n## Barge-ins: speech paid but not heard, before and after speech pacing\n")
+        print("Before: `speech_lead_s = 0`, the whole reply sent to the TTS at once. After: the "
+              "vertical's speech lead. Priced as recorded (\"with\"); unheard characters "
+              "include any served from the phrase cache, their $ only the synthesized share.\n")
+        print(barge_in_table(barge_ins))
     report = {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "speed": args.speed,
         "rows": rows,
+        "barge_ins": barge_ins,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(as_json(report), indent=1) + "\n")

@@ -238,6 +238,8 @@ def _write_csv(report: Report) -> None:
             "usd_per_minute",
             "above_floor",
             "incomplete_calls",
+            "unheard_characters",
+            "unheard_speech_usd",
             *(f"share:{kind}" for kind in kinds),
         ]
     )
@@ -252,6 +254,8 @@ def _write_csv(report: Report) -> None:
                 "" if row.usd_per_minute is None else f"{row.usd_per_minute:f}",
                 _above(row, report.floor),
                 row.incomplete_calls,
+                f"{row.unheard_characters:f}",
+                f"{row.unheard_speech_usd:f}",
                 *(f"{row.shares[kind]:f}" if kind in row.shares else "" for kind in kinds),
             ]
         )
@@ -260,7 +264,8 @@ def _write_csv(report: Report) -> None:
 def _print_report(report: Report) -> None:
     for title, rows in (("Tenants", report.tenants), ("Verticals", report.verticals)):
         table = Table(title=f"{title} (floor ${report.floor}/min)")
-        for column in ("key", "calls", "minutes", "total $", "$/min", "largest shares"):
+        for column in ("key", "calls", "minutes", "total $", "$/min", "paid, not heard $",
+                       "largest shares"):
             table.add_column(
                 column, justify="left" if column in ("key", "largest shares") else "right"
             )
@@ -273,6 +278,7 @@ def _print_report(report: Report) -> None:
                 f"{row.minutes:f}",
                 _total(row.total_usd, row.incomplete_calls),
                 _money(row.usd_per_minute) + flag,
+                f"{row.unheard_speech_usd:f} ({row.unheard_characters:f} chars)",
                 ", ".join(f"{kind} {share:.0%}" for kind, share in top),
             )
         _console.print(table)

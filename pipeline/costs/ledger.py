@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from tollbridge.costs.database import Database, Transaction, connect
-from tollbridge.costs.lineitem import CallCost, LineItem, round_usd
+from tollbridge.costs.lineitem import CallCost, LineItem, round_usd, unheard_speech_usd
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
 from tollbridge.costs.pricing import rebill, with_recording, with_twilio_price
 
@@ -91,6 +91,10 @@ class ReportRow:
     shares: dict[str, Decimal] = field(default_factory=dict)
     incomplete_calls: int = 0
     """Calls with usage no price was known for: the totals count only their priced lines."""
+    unheard_characters: Decimal = Decimal(0)
+    """TTS characters synthesized (or cached) but never heard: the `tts.unheard` memos."""
+    unheard_speech_usd: Decimal = Decimal(0)
+    """Speech paid but not heard: each call's `CallCost.unheard_speech_usd`, summed."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +102,8 @@ class ReportRow:
             "key": self.key,
             "calls": self.calls,
             "incomplete_calls": self.incomplete_calls,
+            "unheard_characters": f"{self.unheard_characters:f}",
+            "unheard_speech_usd": f"{self.unheard_speech_usd:f}",
             "minutes": f"{self.minutes:f}",
             "total_usd": f"{self.total_usd:f}",
             "usd_per_minute": None if self.usd_per_minute is None else f"{self.usd_per_minute:f}",
@@ -327,7 +333,8 @@ class Ledger:
             args.append(since)
         sql = (
             "SELECT c.call_sid, c.tenant, c.vertical, c.started_at, c.measured_seconds, "
-            "c.billed_seconds, c.total_usd, c.unpriced_items, l.item, l.usd FROM calls c "
+            "c.billed_seconds, c.total_usd, c.unpriced_items, l.item, l.provider, l.quantity, "
+            "l.unit, l.unit_price_usd, l.usd, l.unpriced FROM calls c "
             "LEFT JOIN line_items l ON l.call_sid = c.call_sid"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.started_at, c.call_sid, l.position"
@@ -448,6 +455,7 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
     calls: dict[str, CallRow] = {}
     seconds: dict[str, Decimal] = {}
     kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    speech: dict[str, list[LineItem]] = defaultdict(list)
     for row in rows:
         sid = row["call_sid"]
         if sid not in calls:
@@ -467,6 +475,11 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
             )
         if row["item"] is not None:
             kinds[sid][row["item"].partition(":")[0]] += _dec(row["usd"])
+            if row["item"].startswith("tts"):  # what unheard speech is priced from
+                speech[sid].append(LineItem(
+                    row["item"], row["provider"], _dec(row["quantity"]), row["unit"],
+                    _dec(row["unit_price_usd"]), _dec(row["usd"]), row["unpriced"],
+                ))
 
     def group(name: str) -> list[ReportRow]:
         members: dict[str, list[str]] = defaultdict(list)
@@ -494,6 +507,11 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
                         for k, v in sorted(by_kind.items())
                     },
                     incomplete_calls=sum(not calls[s].complete for s in sids),
+                    unheard_characters=sum(
+                        (line.quantity for s in sids for line in speech[s]
+                         if line.item.startswith("tts.unheard:")), Decimal(0)),
+                    unheard_speech_usd=sum(
+                        (unheard_speech_usd(speech[s]) for s in sids), Decimal(0)),
                 )
             )
         return out

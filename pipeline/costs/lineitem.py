@@ -8,6 +8,7 @@ columns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -141,18 +142,7 @@ class CallCost:
         """Speech paid for but never heard (cut off by the caller): each `tts.unheard` memo's
         characters at its TTS line's price, in the share of that voice's speech that was
         synthesized rather than served from the phrase cache. Already in the TTS lines."""
-        by_item = {line.item: line for line in self.items}
-        total = Decimal(0)
-        for line in self.items:
-            if not line.item.startswith("tts.unheard:"):
-                continue
-            model = line.item.removeprefix("tts.unheard:")
-            paid, cached = by_item.get(f"tts:{model}"), by_item.get(f"tts.avoided:{model}")
-            if paid is None or paid.unpriced:
-                continue
-            share = paid.quantity / (paid.quantity + (cached.quantity if cached else 0))
-            total += line.quantity * share * paid.unit_price_usd
-        return round_usd(total)
+        return unheard_speech_usd(self.items)
 
     @property
     def unpriced_items(self) -> tuple[LineItem, ...]:
@@ -228,3 +218,20 @@ def _str_or_none(value: Decimal | None) -> str | None:
 
 def _decimal_or_none(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
+
+
+def unheard_speech_usd(items: Iterable[LineItem]) -> Decimal:
+    """`CallCost.unheard_speech_usd` of one call's line items (as the ledger stores them)."""
+    lines = tuple(items)
+    by_item = {line.item: line for line in lines}
+    total = Decimal(0)
+    for line in lines:
+        if not line.item.startswith("tts.unheard:"):
+            continue
+        model = line.item.removeprefix("tts.unheard:")
+        paid, cached = by_item.get(f"tts:{model}"), by_item.get(f"tts.avoided:{model}")
+        if paid is None or paid.unpriced:
+            continue
+        share = paid.quantity / (paid.quantity + (cached.quantity if cached else 0))
+        total += line.quantity * share * paid.unit_price_usd
+    return round_usd(total)

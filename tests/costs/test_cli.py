@@ -121,3 +121,44 @@ def test_report_marks_incomplete_totals_and_warns_about_prices(
     as_csv = runner.invoke(costs_app, ["report", "--db", url, "--csv"]).stdout
     rows = {r["key"]: r for r in csv.DictReader(io.StringIO(as_csv))}
     assert rows["acme"]["incomplete_calls"] == "1"
+
+
+def test_report_shows_speech_paid_for_but_not_heard(
+    tmp_path: Path, make_usage, catalog: Catalog
+) -> None:
+    from tollbridge.costs.usage import TTSUsage
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    # 300 characters synthesized, 100 more from the phrase cache, 250 heard: 150 never heard,
+    # of which 300/400 were paid for
+    cut_off = make_usage(tenant="acme", tts=[TTSUsage("deepgram", "aura-2-thalia-en", 300, 100)],
+                         heard_characters=250)
+    all_heard = make_usage(tenant="acme", tts=[TTSUsage("deepgram", "aura-2-thalia-en", 40)],
+                           heard_characters=40)
+    priced = price_call(cut_off, catalog)
+    tts = next(line for line in priced.items if line.item == "tts:aura-2-thalia-en")
+    expected = (Decimal(150) * Decimal(300) / Decimal(400) * tts.unit_price_usd).quantize(
+        Decimal("1e-6"))
+    assert expected > 0 and priced.unheard_speech_usd == expected
+
+    async def seed() -> None:
+        async with await Ledger.open(url) as ledger:
+            await ledger.record(priced)
+            await ledger.record(price_call(all_heard, catalog))
+            await ledger.record(price_call(make_usage(tenant="glambook"), catalog))
+
+    asyncio.run(seed())
+    table = runner.invoke(costs_app, ["report", "--db", url], env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    assert "paid, not heard $" in table.output
+    acme = next(line for line in table.output.splitlines() if "acme" in line)
+    assert f"{expected:f} (150 chars)" in acme
+    glambook = next(line for line in table.output.splitlines() if "glambook" in line)
+    assert "0 (0 chars)" in glambook
+    as_json = json.loads(runner.invoke(costs_app, ["report", "--db", url, "--json"]).stdout)
+    acme_row = next(row for row in as_json["tenants"] if row["key"] == "acme")
+    assert (acme_row["unheard_characters"], acme_row["unheard_speech_usd"]) == (
+        "150", f"{expected:f}")
+    as_csv = runner.invoke(costs_app, ["report", "--db", url, "--csv"]).stdout
+    rows = {(r["group"], r["key"]): r for r in csv.DictReader(io.StringIO(as_csv))}
+    assert rows[("vertical", "salon")]["unheard_speech_usd"] == f"{expected:f}"
