@@ -3,12 +3,11 @@
 A TTS synthesizes — and bills — every character it is sent, faster than
 real time. Sent a whole reply at once, it is paid for in full even when the
 caller talks over the first sentence. The pacer sits in front of the TTS and
-lets text through a sentence at a time, the next once the agent speech the
-caller has yet to hear is under the lead: the audio at Twilio or waiting to
-be sent, plus what released text still has to become (its characters at the
-voice's measured speaking rate, less the audio it has already brought). The
-lead is what the next sentence's first audio needs to arrive in time, so
-speech never stalls. A barge-in drops the text still held: never
+lets text through a sentence at a time: the next once the TTS has ended the
+last (one utterance in flight, so a provider that does not tag its audio with
+its request never mixes two up) and the agent audio the caller has yet to
+hear — at Twilio or waiting to be sent — is under the lead: what the next
+sentence's first audio needs to arrive in time, so speech never stalls. A barge-in drops the text still held: never
 synthesized, never billed.
 
 Each sentence goes to the TTS as a speak frame of its own, inside the reply:
@@ -42,13 +41,10 @@ from pipecat.utils.string import match_endofsentence
 
 from tollbridge.stage import Playback
 
-SECONDS_PER_CHARACTER = 1 / 20
-"""How long speech lasts per character before the call's own voice has been measured:
-faster than any voice we know of, so a sentence is never released late for want of one."""
-QUIET_S = 0.25
-"""Once the TTS has sent audio for released text and then nothing for this long, it is done."""
 FIRST_AUDIO_TIMEOUT_S = 2.0
-"""Released text with no audio after this long counts as done (e.g. a TTS that failed)."""
+QUIET_S = 1.0
+"""A sentence with no audio after FIRST_AUDIO_TIMEOUT_S, or whose audio stopped QUIET_S ago
+with no end reported, counts as ended (a TTS that failed, or never reports an end)."""
 POLL_S = 0.05
 
 
@@ -74,9 +70,8 @@ class SpeechPacer(FrameProcessor):
         self._in_response = False
         self._more = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._seconds_per_char = SECONDS_PER_CHARACTER
-        self._pending_chars = 0  # released text whose audio is still coming
-        self._pending_audio_s = 0.0  # what it has brought so far
+        self._in_flight = 0  # sentences released whose synthesis has not ended
+        self._ended = 0  # utterances the transport had seen end when last looked
         self._received_s = 0.0
         self._released_at = 0.0
         self._audio_at = 0.0
@@ -146,7 +141,7 @@ class SpeechPacer(FrameProcessor):
         self._text = ""
         self._in_response = False
         self._held = deque((f, d) for f, d in self._held if not f.interruptible)
-        self._pending_chars, self._pending_audio_s = 0, 0.0
+        self._in_flight = 0
         if not self._held:
             self._more.clear()
 
@@ -162,29 +157,28 @@ class SpeechPacer(FrameProcessor):
                     await asyncio.sleep(POLL_S)
                 if not self._held or self._held[0][0] is not frame:
                     continue  # dropped by a barge-in meanwhile
-                self._pending_chars += len(_text(frame))
+                self._in_flight += 1
                 self._released_at = asyncio.get_running_loop().time()
             self._held.popleft()
             await self.push_frame(frame, direction)
 
     def _room(self) -> bool:
-        """Whether the next sentence may go: what the caller has yet to hear, counting what
-        released text still has to become, is under the lead."""
+        """Whether the next sentence may go: the last one's synthesis has ended, and what
+        the caller has yet to hear is under the lead."""
         now = asyncio.get_running_loop().time()
+        ended = self._playback.utterances_ended()
+        self._in_flight = max(0, self._in_flight - (ended - self._ended))
+        self._ended = ended
         received = self._playback.received_seconds()
         if received > self._received_s:
-            self._pending_audio_s += received - self._received_s
             self._received_s, self._audio_at = received, now
-        if self._pending_chars:
+        if self._in_flight:
             answered = self._audio_at > self._released_at
-            if answered and now - self._audio_at >= QUIET_S:  # the TTS said it all: learn its pace
-                measured = self._pending_audio_s / self._pending_chars
-                self._seconds_per_char = min(max(measured, 1 / 40), 1 / 8)
-                self._pending_chars, self._pending_audio_s = 0, 0.0
-            elif now - self._released_at >= FIRST_AUDIO_TIMEOUT_S and not answered:
-                self._pending_chars, self._pending_audio_s = 0, 0.0
-        coming = max(0.0, self._pending_chars * self._seconds_per_char - self._pending_audio_s)
-        return self._playback.unplayed_seconds() + coming <= self._lead_s
+            if (answered and now - self._audio_at >= QUIET_S) or (
+                not answered and now - self._released_at >= FIRST_AUDIO_TIMEOUT_S
+            ):
+                self._in_flight = 0
+        return not self._in_flight and self._playback.unplayed_seconds() <= self._lead_s
 
     async def _stop(self) -> None:
         if self._task:
@@ -202,6 +196,3 @@ def _is_speech(frame: Frame) -> bool:
         return not frame.skip_tts
     return isinstance(frame, TTSSpeakFrame)
 
-
-def _text(frame: Frame) -> str:
-    return frame.text if isinstance(frame, TTSSpeakFrame | AggregatedTextFrame) else ""

@@ -237,6 +237,10 @@ class Playback(Protocol):
 
     def received_seconds(self) -> float: ...
 
+    def utterances_ended(self) -> int:
+        """TTS utterances whose synthesis has ended (their TTSStoppedFrame arrived)."""
+        ...
+
     def heard(self) -> Heard: ...
 
 

@@ -139,9 +139,9 @@ def events(log: list[dict]) -> list[str]:
 
 
 async def test_sigterm_drains_calls_in_flight_then_ends_the_rest_with_a_farewell(tmp_path):
-    async with serving(tmp_path, "--drain-grace", "3") as served:
+    async with serving(tmp_path, "--drain-grace", "4") as served:
         phone = served.softphone()
-        leaving = [asyncio.create_task(phone.call(script(hang_up_at=2.0))) for _ in range(2)]
+        leaving = [asyncio.create_task(phone.call(script(hang_up_at=3.0))) for _ in range(2)]
         staying = [asyncio.create_task(phone.call(script(max_s=40))) for _ in range(3)]
         await served.live_calls(5)
         signalled = time.monotonic()
@@ -173,7 +173,7 @@ async def test_sigterm_drains_calls_in_flight_then_ends_the_rest_with_a_farewell
         assert abs(call.agent_audio_seconds - greeting_s) < 0.2
     for call in ended:  # the greeting, then the whole farewell, then the hang-up
         assert abs(call.agent_audio_seconds - (greeting_s + farewell_s)) < 0.2
-        assert call.duration_s >= 3.0  # they had the whole grace
+        assert call.duration_s >= 4.0  # they had the whole grace
     assert time.monotonic() - signalled < 20
     records = served.records()
     assert sorted(records.values()) == ["caller_hung_up"] * 2 + ["server_shutdown"] * 3

@@ -3,6 +3,7 @@ and an interrupted reply remembered, and paid, only as far as it was played."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -89,8 +90,9 @@ async def test_the_bound_is_the_transport_option(tmp_path):
 
 
 async def test_a_barge_in_pays_only_for_the_sentences_synthesized_before_it(frontdesk):
-    paced = await barge_in_call(frontdesk)
-    at_once = await barge_in_call(replace(frontdesk, speech_lead_s=0))
+    paced, at_once = await asyncio.gather(  # two bridges, side by side
+        barge_in_call(frontdesk), barge_in_call(replace(frontdesk, speech_lead_s=0))
+    )
 
     for phone, usage, _session, billed_by_fake in (paced, at_once):
         assert phone.clears == 1 and phone.underruns == []

@@ -230,6 +230,7 @@ class TwilioOutput(FrameProcessor):
         self._watchdog: asyncio.Task | None = None
         self._wake: asyncio.TimerHandle | None = None
         self._pump_lock = asyncio.Lock()
+        self._utterances_ended = 0
 
     # What the caller hears, for the speech pacer (see tollbridge.stage.Playback).
 
@@ -239,6 +240,9 @@ class TwilioOutput(FrameProcessor):
 
     def received_seconds(self) -> float:
         return self._connection.stats.audio_bytes_out / MULAW_BYTES_PER_S
+
+    def utterances_ended(self) -> int:
+        return self._utterances_ended
 
     def heard(self) -> Heard:
         stats = self._connection.stats
@@ -253,6 +257,8 @@ class TwilioOutput(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
+        if isinstance(frame, TTSStoppedFrame) and direction is FrameDirection.DOWNSTREAM:
+            self._utterances_ended += 1
         if direction is FrameDirection.UPSTREAM:
             await self.push_frame(frame, direction)
         elif isinstance(frame, OutputAudioRawFrame):
