@@ -12,6 +12,7 @@ then hangs up or transfers the call.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from pipecat.frames.frames import (
@@ -44,6 +45,16 @@ class ProviderFailure:
     def provider(self) -> str:
         """E.g. "deepgram.stt/nova-3": the `failed_provider` of the call's record."""
         return f"{self.stage}/{self.model}" if self.model else self.stage
+
+
+PASSING_ERRORS = (re.compile(r"TTS context \S+ completed with no audio"),)
+"""Errors pipecat reports that say nothing of whether the provider will work again: one
+utterance that came back silent (many in a row are reported otherwise, as a failure)."""
+
+
+def is_passing(error: str) -> bool:
+    """An error to log and live with, rather than end the call for."""
+    return any(pattern.fullmatch(error) for pattern in PASSING_ERRORS)
 
 
 class LastWords(FrameProcessor):

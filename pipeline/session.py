@@ -37,7 +37,7 @@ from pipecat.workers.runner import WorkerRunner
 from tollbridge.builder import BuiltCall, build_call, cached_phrase
 from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.usage import CallUsage
-from tollbridge.failure import ProviderFailure
+from tollbridge.failure import ProviderFailure, is_passing
 from tollbridge.logs import get_logger
 from tollbridge.stage import CallContext, Role
 
@@ -150,6 +150,9 @@ class CallSession:
         """An error that reached the worker: from a provider, its stage has no fallback left."""
         failure = self.built.failure(frame.processor, frame.error)
         if self.ended_by or failure is None:
+            return
+        if is_passing(frame.error):
+            self.log.warning("provider_warning", provider=failure.provider, error=frame.error)
             return
         self.ended_by, self.failed_provider = PROVIDER_FAILED, failure.provider
         self.log.error("provider_failed", stage=str(failure.role), provider=failure.stage,

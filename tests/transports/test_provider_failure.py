@@ -22,6 +22,7 @@ from tollbridge.config import OnFailure, Stage, Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.pricing import price_call
+from tollbridge.failure import is_passing
 from tollbridge.pacing import sentences
 from tollbridge.phrase_cache import PHRASES, PhraseKey
 from tollbridge.providers.cassette import Cassette
@@ -375,3 +376,10 @@ async def test_a_dead_speech_to_speech_brain_has_twilio_say_the_apology(twilio):
     assert call_sid == usage.call_sid
     assert [(child.tag, child.text) for child in twiml] == [("Say", APOLOGY), ("Hangup", None)]
     assert (usage.ended_by, usage.failed_provider) == ("provider_failed", "openai.realtime/gpt-realtime")
+
+
+def test_one_silent_utterance_is_lived_with_and_many_in_a_row_are_a_failure():
+    # pipecat's own words for each (tts_service.TTSService._record_context_audio_outcome)
+    assert is_passing("TTS context 0b5c1e2a-77f4-4c55-9d0e-1f3a2b4c5d6e completed with no audio")
+    assert not is_passing("3 consecutive TTS contexts completed with no audio")
+    assert not is_passing("MulawDeepgramTTS#1 error: no close frame received or sent")
