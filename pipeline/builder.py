@@ -253,7 +253,7 @@ async def render_phrases(call: CallContext, phrases: list[str]) -> int:
             async with asyncio.timeout(RENDER_TIMEOUT_S):
                 await worker.queue_frames([TTSSpeakFrame(text) for text in missing])
                 # the service stores each phrase once its provider has sent all of it
-                while any(PHRASES.get(PhraseKey(key, text)) is None for text in missing):  # noqa: ASYNC110
+                while any(PHRASES.get(PhraseKey(key, text)) is None for text in missing):  # noqa: ASYNC110 - the store has no event to wait on
                     await asyncio.sleep(0.02)
                 await worker.queue_frame(EndFrame())
                 await running

@@ -218,6 +218,7 @@ class TwilioOutput(FrameProcessor):
         self._names = (f"m{n}" for n in itertools.count(1))
         self._outbox: deque[bytes | _Mark] = deque()  # audio and marks not yet sent
         self._waiting = 0  # audio bytes in the outbox
+        self._marks_waiting = 0  # marks in the outbox
         self._pending: deque[_Mark] = deque()  # marks sent, not yet played
         self._open: list[tuple[Frame, FrameDirection]] = []  # the segment being received
         self._unmarked_audio = False
@@ -318,6 +319,7 @@ class TwilioOutput(FrameProcessor):
         self._segment_start = self._received
         self._unmarked_audio = False
         self._outbox.append(mark)
+        self._marks_waiting += 1
         await self._pump()
 
     async def _pump(self) -> None:
@@ -327,11 +329,12 @@ class TwilioOutput(FrameProcessor):
                 head = self._outbox[0]
                 if isinstance(head, _Mark):
                     self._outbox.popleft()
+                    self._marks_waiting -= 1
                     await self._send_mark(head)
                     continue
                 now = time.monotonic()
                 queued = self._sent - self._played(now)
-                mark_follows = any(isinstance(item, _Mark) for item in self._outbox)
+                mark_follows = self._marks_waiting > 0
                 want = min(MERGE_BYTES, self._waiting)
                 if queued + want > self._limit:
                     if self._sent - self._last_mark_at >= PACING_BYTES:  # its echo says when to go on
@@ -426,7 +429,7 @@ class TwilioOutput(FrameProcessor):
             segments.append(_Mark("", self._segment_start, self._received, self._open))
         self._pending.clear()
         self._outbox.clear()
-        self._waiting = 0
+        self._waiting = self._marks_waiting = 0
         self._open = []
         self._unmarked_audio = False
         self._received = self._segment_start = self._sent
