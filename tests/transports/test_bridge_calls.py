@@ -307,7 +307,7 @@ async def test_a_stream_without_parameters_goes_to_the_only_vertical(frontdesk):
 async def test_two_concurrent_calls_keep_their_own_state(frontdesk):
     """Two calls at once on one bridge: separate pipelines, contexts, usage and audio."""
     cassette = Cassette(
-        stt=[final(3.5, "what are your opening hours")],
+        stt=[final(4.5, "what are your opening hours")],  # the greeting is over by then
         llm=[
             {"match": "opening hours", "text": "Monday to Friday, eight to six."},
             {"match": "opening hours", "text": "Monday to Friday, eight to six."},
@@ -315,8 +315,8 @@ async def test_two_concurrent_calls_keep_their_own_state(frontdesk):
     )
     async with running_bridge(frontdesk, cassette) as running:
         short, long = await asyncio.gather(
-            running.softphone().call(script(audio=SPEECH[: 8000 * 5])),
-            running.softphone().call(script(audio=SPEECH[: 8000 * 8])),
+            running.softphone().call(script(audio=SPEECH[: 8000 * 6])),
+            running.softphone().call(script(audio=SPEECH[: 8000 * 9])),
         )
         usages = {u.call_sid: u for u in await running.finished(2)}
         sessions = {s.call.call_sid: s for s in running.sessions}
