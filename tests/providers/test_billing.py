@@ -191,7 +191,9 @@ async def test_a_call_whose_stt_dies_bills_the_seconds_deepgram_received(frontde
     took = sum(record.audio_seconds for record in listen.requests)
     assert 1.0 <= took < 2.0, "the socket died a second into a four-second call"
     [stt] = usage.stt
-    assert stt.audio_seconds == Decimal(str(round(took, 6)))
+    # a frame the socket accepted just as the server died is billed but never read: at most one
+    received = Decimal(str(round(took, 6)))
+    assert received <= stt.audio_seconds <= received + Decimal("0.02")
 
 
 async def test_a_call_whose_tts_dies_bills_the_characters_aura_took(frontdesk: Vertical) -> None:
