@@ -228,7 +228,7 @@ def gate_silence(usage: CallUsage, vertical: Vertical, caller_audio: bytes) -> C
 async def replay_once(call: FixtureCall, speed: float,
                       speech_lead_s: float | None = None) -> Replayed:
     """One fixture call through the real bridge, checked against its ledger record."""
-    from tollbridge.local_call import run_local_call
+    from tollbridge.testing.local_call import run_local_call
 
     options = dict(call.options)
     strict = options.pop("strict", True)

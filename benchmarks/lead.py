@@ -105,7 +105,7 @@ class _EveryCallScript:
         return self._turns[0]
 
     def check(self, last_message: str) -> dict[str, str]:
-        from tollbridge.providers.fakes.script import ScriptMismatch
+        from tollbridge.testing.fakes.script import ScriptMismatch
 
         for turn in self._turns:
             if turn["match"] in last_message:
@@ -118,7 +118,7 @@ class _EveryCallScript:
 
 def _delay_tts(delay_s: float) -> None:
     """Hold each flushed sentence's audio back `delay_s` in the TTS fake (time to first audio)."""
-    from tollbridge.providers.fakes import deepgram_speak
+    from tollbridge.testing.fakes import deepgram_speak
 
     original = deepgram_speak._SpeakSession.on_message
 
@@ -139,8 +139,8 @@ async def _serve(lead_s: float, rungs: list[Rung], tts_delay_s: float, conn: Con
     from tollbridge.costs.catalog import Catalog
     from tollbridge.costs.pricing import price_call
     from tollbridge.costs.usage import CallUsage
-    from tollbridge.providers.cassette import Cassette, replay
     from tollbridge.session import CallSession
+    from tollbridge.testing.cassette import Cassette, replay
     from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app, running
 
     logger.remove()
@@ -212,7 +212,7 @@ def _server_main(lead_s: float, rungs: list[Rung], tts_delay_s: float, conn: Con
 
 
 async def _calls(url: str, count: int) -> list[Any]:
-    from tollbridge.transports.twilio.softphone import CallScript, Softphone
+    from tollbridge.testing.softphone import CallScript, Softphone
 
     script = CallScript(audio=b"\xff" * int(8000 * CALLER_S), parameters=PARAMS, settle_s=1.5,
                         max_s=30)

@@ -1,11 +1,14 @@
 """tollbridge: AI phone agents on Twilio and pipecat that know what every call costs.
 
-The public API. Load a vertical, build or run one call, write a stage kind:
+The public API: load a vertical, build one call, write a stage kind.
 
-    from tollbridge import load_vertical, run_local_call
+    from tollbridge import load_vertical
     vertical = load_vertical("examples/salon")
-    call = await run_local_call(vertical, audio="caller.wav", cassette="caller.cassette.json")
-    print(call.cost.total_usd, call.cost.usd_per_minute)
+    print([stage.name for stage in vertical.chain])
+
+Running a whole call on this machine (recorded caller audio, local fakes of the
+providers) is the testing layer's job: `tollbridge.testing`, installed with the
+``tollbridge[testing]`` extra.
 
 Names are imported on first use, so ``import tollbridge`` stays cheap
 (pipecat and the provider SDKs load only when a call needs them).
@@ -22,7 +25,6 @@ if TYPE_CHECKING:
     from tollbridge.costs.lineitem import CallCost, LineItem
     from tollbridge.costs.usage import CallUsage
     from tollbridge.errors import TollbridgeError
-    from tollbridge.local_call import LocalCall, run_local_call
     from tollbridge.meter import CostMeter
     from tollbridge.registry import Registry, default_registry
     from tollbridge.session import CallSession
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
         CallContext,
         ConfigFile,
         ProviderOptions,
-        ReplayServer,
         Role,
         StageKind,
         StageOptions,
@@ -53,9 +54,7 @@ _WHERE = {
     "BuiltCall": "builder",
     "CallContext": "stage",
     "CallSession": "session",
-    "LocalCall": "local_call",
     "build_call": "builder",
-    "run_local_call": "local_call",
     # tools
     "Tool": "tools",
     "ToolContext": "tools",
@@ -69,7 +68,6 @@ _WHERE = {
     "ConfigFile": "stage",
     "ProviderOptions": "stage",
     "Registry": "registry",
-    "ReplayServer": "stage",
     "Role": "stage",
     "StageKind": "stage",
     "StageOptions": "stage",
@@ -98,10 +96,8 @@ __all__ = [
     "ConfigFile",
     "CostMeter",
     "LineItem",
-    "LocalCall",
     "ProviderOptions",
     "Registry",
-    "ReplayServer",
     "Role",
     "Stage",
     "StageKind",
@@ -115,7 +111,6 @@ __all__ = [
     "default_registry",
     "load_vertical",
     "load_verticals",
-    "run_local_call",
 ]
 
 

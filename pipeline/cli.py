@@ -238,7 +238,7 @@ def call(
     """Run one complete phone call on this machine and print what it cost.
 
     Exits non-zero when the call failed, strayed from its cassette or the agent said nothing."""
-    from tollbridge.local_call import CallFailed, print_call, run_local_call
+    from tollbridge.testing.local_call import CallFailed, print_call, run_local_call
 
     presses = [_press(spec) for spec in press or []]
     loaded = load_vertical(vertical, check_keys=cassette is None)

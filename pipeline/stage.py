@@ -14,8 +14,11 @@ before any call runs:
   it causes is priced as (never guessed from the kind's name);
 * the audio it consumes and produces (`audio_in` / `audio_out`), so a codec
   is inserted only where two neighbours disagree;
-* optional hooks: `with_fallback` (options for a stage that has a fallback),
-  `replay_fake` (the local fake a cassette is replayed through).
+* optional hook: `with_fallback` (options for a stage that has a fallback).
+
+A kind's replay fake (the local fake of its provider a cassette is replayed
+through) lives in the testing layer, registered under the
+``tollbridge.replay_fakes`` entry-point group, so production never imports it.
 
 A processor may also report work it saved (a phrase cache, a silence gate)
 by implementing `AvoidedUsage`; the meter shows it as an avoided line.
@@ -35,7 +38,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -191,31 +193,6 @@ def _read_prompt(path: str) -> str:
     return Path(path).read_text(encoding="utf-8").strip()
 
 
-@runtime_checkable
-class ReplayServer(Protocol):
-    """A local fake of a provider, speaking its real wire protocol (an async context
-    manager: serving while entered)."""
-
-    api_key: str
-    """The key the fake accepts (replay needs no account)."""
-    failures: list[str]
-    """Requests it refused or did not expect: empty for a faithful replay."""
-
-    @property
-    def client_url(self) -> str:
-        """Where the stage's real client connects, once entered."""
-        ...
-
-    async def __aenter__(self) -> Any: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any: ...
-
-
 @dataclass(frozen=True)
 class Heard:
     """What the caller heard of the agent, by the transport's account."""
@@ -289,11 +266,6 @@ class StageKind(ABC):
         """Options for this stage when it has a fallback (e.g. fail over instead of
         retrying with back-off: on a phone call a retry is silence)."""
         return options
-
-    def replay_fake(self, options: Any, script: Any) -> ReplayServer | None:
-        """A local fake that replays a cassette's `script` for this role (its `stt`,
-        `llm` or `tts` section, as recorded), or None when the kind has none."""
-        return None
 
     def __repr__(self) -> str:
         return f"<stage kind {self.name!r} ({self.role})>"

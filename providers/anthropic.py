@@ -17,9 +17,7 @@ from pipecat.services.llm_service import FunctionCallFromLLM
 from pydantic import Field, field_validator
 
 from tollbridge.providers.options import LLMOptions, check_llm_model
-from tollbridge.stage import Billing, CallContext, ReplayServer, Role, StageKind
-
-REPLAY_KEY = "sk-ant-replay-key"
+from tollbridge.stage import Billing, CallContext, Role, StageKind
 
 
 class AnthropicLLMOptions(LLMOptions):
@@ -168,8 +166,3 @@ class AnthropicLLM(StageKind):
         if options.retries is None:  # fail over at once rather than back off and retry
             return options.model_copy(update={"retries": 0})
         return options
-
-    def replay_fake(self, options: AnthropicLLMOptions, script: Any) -> ReplayServer:
-        from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
-
-        return AnthropicMessagesFake(script or [], api_key=REPLAY_KEY)

@@ -8,7 +8,7 @@ runs on this chain at all.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any, Literal
+from typing import Literal
 
 from pipecat.frames.frames import ErrorFrame, Frame
 from pipecat.services.deepgram.stt import DeepgramSTTService
@@ -25,14 +25,10 @@ from tollbridge.stage import (
     Billing,
     CallContext,
     ProviderOptions,
-    ReplayServer,
     Role,
     StageKind,
     did_you_mean,
 )
-
-REPLAY_KEY = "dg-replay-key"
-
 
 STT_MODELS = [
     "nova-3", "nova-3-general", "nova-3-medical", "nova-2", "nova-2-general",
@@ -198,11 +194,6 @@ class DeepgramSTT(StageKind):
     def audio_in(self, options: DeepgramSTTOptions) -> AudioFormat:
         return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
 
-    def replay_fake(self, options: DeepgramSTTOptions, script: Any) -> ReplayServer:
-        from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
-
-        return FakeDeepgramListen(REPLAY_KEY, script or [])
-
 
 class DeepgramTTS(StageKind):
     name = "deepgram.tts"
@@ -225,9 +216,3 @@ class DeepgramTTS(StageKind):
 
     def audio_out(self, options: DeepgramTTSOptions) -> AudioFormat:
         return AudioFormat("pcm16" if options.encoding == "linear16" else "mulaw", options.sample_rate)
-
-    def replay_fake(self, options: DeepgramTTSOptions, script: Any) -> ReplayServer:
-        from tollbridge.providers.fakes.audio import speaking_rate
-        from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
-
-        return FakeDeepgramSpeak(REPLAY_KEY, chars_per_second=speaking_rate(script))

@@ -7,7 +7,7 @@ serializer; we ask for `ulaw_8000`, which Twilio plays as is.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any, Literal
+from typing import Literal
 
 from pipecat.frames.frames import Frame
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
@@ -22,12 +22,9 @@ from tollbridge.stage import (
     Billing,
     CallContext,
     ProviderOptions,
-    ReplayServer,
     Role,
     StageKind,
 )
-
-REPLAY_KEY = "xi-replay-key"
 
 
 class ElevenLabsTTSOptions(ProviderOptions):
@@ -106,9 +103,3 @@ class ElevenLabsTTS(StageKind):
         if options.output == "ulaw_8000":
             return MULAW_8K
         return AudioFormat("pcm16", int(options.output.split("_")[1]))
-
-    def replay_fake(self, options: ElevenLabsTTSOptions, script: Any) -> ReplayServer:
-        from tollbridge.providers.fakes.audio import speaking_rate
-        from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
-
-        return FakeElevenLabs(REPLAY_KEY, chars_per_second=speaking_rate(script))

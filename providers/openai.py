@@ -15,9 +15,7 @@ from pipecat.services.openai.llm import OpenAILLMService
 from pydantic import Field, field_validator
 
 from tollbridge.providers.options import LLMOptions, check_llm_model
-from tollbridge.stage import Billing, CallContext, ReplayServer, Role, StageKind
-
-REPLAY_KEY = "sk-replay-key"
+from tollbridge.stage import Billing, CallContext, Role, StageKind
 
 
 class OpenAILLMOptions(LLMOptions):
@@ -75,8 +73,3 @@ class OpenAILLM(StageKind):
         if options.retries is None:  # fail over at once rather than back off and retry
             return options.model_copy(update={"retries": 0})
         return options
-
-    def replay_fake(self, options: OpenAILLMOptions, script: Any) -> ReplayServer:
-        from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
-
-        return OpenAIChatFake(script or [], api_key=REPLAY_KEY)

@@ -10,7 +10,7 @@ labels replies as μ-law 8 kHz and measures truncation in μ-law bytes.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Literal
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, TTSAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection
@@ -24,12 +24,10 @@ from tollbridge.stage import (
     AudioFormat,
     Billing,
     CallContext,
-    ReplayServer,
     Role,
     StageKind,
 )
 
-REPLAY_KEY = "sk-replay-key"
 MULAW_RATE = 8000
 
 
@@ -107,8 +105,3 @@ class OpenAIRealtime(StageKind):
 
     def audio_out(self, options: OpenAIRealtimeOptions) -> AudioFormat:
         return MULAW_8K
-
-    def replay_fake(self, options: OpenAIRealtimeOptions, script: Any) -> ReplayServer:
-        from tollbridge.providers.fakes.openai_realtime import OpenAIRealtimeFake
-
-        return OpenAIRealtimeFake(script or [], api_key=REPLAY_KEY)

@@ -19,8 +19,9 @@ from tollbridge.config import Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.usage import CallUsage
 from tollbridge.phrase_cache import PHRASES
-from tollbridge.providers.cassette import Cassette, Replay, replay
 from tollbridge.session import CallSession
+from tollbridge.testing.cassette import Cassette, Replay, replay
+from tollbridge.testing.softphone import Softphone
 from tollbridge.transports.twilio.server import (
     Bridge,
     BridgeSettings,
@@ -28,7 +29,6 @@ from tollbridge.transports.twilio.server import (
     create_app,
     running,
 )
-from tollbridge.transports.twilio.softphone import Softphone
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"

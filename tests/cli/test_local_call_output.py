@@ -12,8 +12,8 @@ from rich.console import Console
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.pricing import price_call
 from tollbridge.costs.usage import CallUsage, TTSUsage
-from tollbridge.local_call import LocalCall, print_call
-from tollbridge.transports.twilio.softphone import SoftphoneResult
+from tollbridge.testing.local_call import LocalCall, print_call
+from tollbridge.testing.softphone import SoftphoneResult
 from tollbridge.transports.twilio.transport import ConnectionStats
 
 STARTED = dt.datetime(2026, 11, 20, 15, 30, tzinfo=dt.UTC)

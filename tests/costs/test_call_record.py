@@ -17,11 +17,11 @@ from tollbridge.config import Vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.spool import SpoolingLedger
-from tollbridge.local_call import run_local_call
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.local_call import run_local_call
+from tollbridge.testing.softphone import CallScript
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.signature import SignatureChecker
-from tollbridge.transports.twilio.softphone import CallScript
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 6]
 CASSETTE = Cassette(

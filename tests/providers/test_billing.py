@@ -21,7 +21,6 @@ from tests.conftest import RunningBridge, running_bridge
 from tests.providers.harness import RunningPipeline, run_pipeline
 from tollbridge.config import Vertical
 from tollbridge.meter import CostMeter
-from tollbridge.providers.cassette import Cassette
 from tollbridge.providers.deepgram import (
     DeepgramSTT,
     DeepgramSTTOptions,
@@ -29,11 +28,12 @@ from tollbridge.providers.deepgram import (
     DeepgramTTSOptions,
 )
 from tollbridge.providers.elevenlabs import ElevenLabsTTS, ElevenLabsTTSOptions
-from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
-from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
-from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
 from tollbridge.stage import CallContext, StageKind
-from tollbridge.transports.twilio.softphone import CallScript
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.fakes.deepgram_listen import FakeDeepgramListen
+from tollbridge.testing.fakes.deepgram_speak import FakeDeepgramSpeak
+from tollbridge.testing.fakes.elevenlabs import FakeElevenLabs
+from tollbridge.testing.softphone import CallScript
 
 KEY = "billing-test-key"
 ENV = {"DEEPGRAM_API_KEY": KEY, "ELEVENLABS_API_KEY": KEY}

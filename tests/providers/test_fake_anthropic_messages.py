@@ -19,7 +19,7 @@ from pipecat.services.anthropic.llm import AnthropicLLMService
 from pipecat.services.llm_service import FunctionCallParams
 
 from tests.providers.harness import RunningPipeline, run_pipeline
-from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
+from tollbridge.testing.fakes.anthropic_messages import AnthropicMessagesFake
 
 KEY = "sk-ant-test-tollbridge"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}

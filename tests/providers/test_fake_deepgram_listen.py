@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import RunningPipeline, run_pipeline
-from tollbridge.providers.fakes.deepgram_listen import FakeDeepgramListen
+from tollbridge.testing.fakes.deepgram_listen import FakeDeepgramListen
 
 KEY = "dg-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}

@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.providers.harness import RunningPipeline, run_pipeline
-from tollbridge.providers.fakes.audio import alaw_encode, ulaw_encode
-from tollbridge.providers.fakes.deepgram_speak import FakeDeepgramSpeak
+from tollbridge.testing.fakes.audio import alaw_encode, ulaw_encode
+from tollbridge.testing.fakes.deepgram_speak import FakeDeepgramSpeak
 
 KEY = "dg-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import run_pipeline
 from tollbridge.providers.elevenlabs import MulawBytesElevenLabsTTS, MulawElevenLabsTTS
-from tollbridge.providers.fakes.elevenlabs import FakeElevenLabs
+from tollbridge.testing.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "xi-test-key"
 VOICE = "voice-1"

@@ -17,7 +17,7 @@ from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.llm import OpenAILLMService
 
 from tests.providers.harness import RunningPipeline, run_pipeline
-from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
+from tollbridge.testing.fakes.openai_chat import OpenAIChatFake
 
 KEY = "sk-test-tollbridge"
 # About 1,500 tokens by the fakes' count: enough for OpenAI to cache.

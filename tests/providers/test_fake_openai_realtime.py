@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.providers.harness import RunningPipeline, run_pipeline
-from tollbridge.providers.fakes.openai_realtime import MS_PER_CHARACTER, OpenAIRealtimeFake
+from tollbridge.testing.fakes.openai_realtime import MS_PER_CHARACTER, OpenAIRealtimeFake
 
 KEY = "sk-test-tollbridge"
 # About 1,500 tokens by the fakes' count: enough for OpenAI to cache.

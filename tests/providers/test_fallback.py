@@ -6,9 +6,9 @@ import pytest
 
 from tests.conftest import FIXTURES, running_bridge
 from tollbridge.config import load_vertical
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.softphone import CallScript
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
-from tollbridge.transports.twilio.softphone import CallScript
 
 SALES = FIXTURES.parents[1] / "examples" / "sales"
 NOT_INTERESTED = FIXTURES / "calls" / "sales_not_interested"

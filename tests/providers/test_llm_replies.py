@@ -27,12 +27,12 @@ from tests.providers.harness import RunningPipeline, run_pipeline
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.meter import CostMeter
 from tollbridge.providers.anthropic import AnthropicLLM, AnthropicLLMOptions
-from tollbridge.providers.cassette import Cassette
-from tollbridge.providers.fakes.anthropic_messages import AnthropicMessagesFake
-from tollbridge.providers.fakes.openai_chat import OpenAIChatFake
 from tollbridge.providers.openai import OpenAILLM, OpenAILLMOptions
 from tollbridge.stage import CallContext, StageKind
-from tollbridge.transports.twilio.softphone import CallScript
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.fakes.anthropic_messages import AnthropicMessagesFake
+from tollbridge.testing.fakes.openai_chat import OpenAIChatFake
+from tollbridge.testing.softphone import CallScript
 
 KEY = "sk-test-replies"
 ENV = {"ANTHROPIC_API_KEY": KEY, "OPENAI_API_KEY": KEY}

@@ -9,7 +9,7 @@ from tests.conftest import FIXTURES, running_bridge
 from tests.transports.test_bridge_calls import GREETING, assistant_messages, final, script
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.phrase_cache import PhraseKey, PhraseStore
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
 
 REPLY = "We are open Monday to Friday, eight to six."
 # pipecat sends each sentence with a trailing space, and the provider bills it

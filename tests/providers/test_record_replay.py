@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import FIXTURES
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 9]

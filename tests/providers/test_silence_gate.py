@@ -9,9 +9,9 @@ from decimal import Decimal
 from tests.conftest import FIXTURES, running_bridge
 from tests.transports.test_bridge_calls import SPEECH, assistant_messages, final, script
 from tollbridge.config import load_vertical
-from tollbridge.providers.cassette import Cassette
 from tollbridge.providers.silence_gate import SilenceGate, audioop
 from tollbridge.stage import Role
+from tollbridge.testing.cassette import Cassette
 
 FRAME = 160  # 20 ms of μ-law
 THRESHOLD = 32768 * 10 ** (-45 / 20)

@@ -12,9 +12,9 @@ import pytest
 import websockets
 
 from tests.conftest import FIXTURES, running_bridge
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.softphone import CallScript
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
-from tollbridge.transports.twilio.softphone import CallScript
 from tollbridge.transports.twilio.transport import MERGE_BYTES
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
@@ -265,7 +265,7 @@ async def test_audio_crosses_the_bridge_bit_exact_with_no_conversion(frontdesk):
     import hashlib
 
     from tollbridge.codec import AudioConverter
-    from tollbridge.providers.fakes.audio import synthesize
+    from tollbridge.testing.fakes.audio import synthesize
 
     reply = "We are open Monday to Friday, eight to six."
     cassette = Cassette(stt=[final(4.0, "what are your opening hours")],
@@ -389,7 +389,7 @@ async def test_a_realtime_call_reaching_its_budget_hears_the_farewell_before_the
     from dataclasses import replace
 
     from tollbridge.config import load_vertical
-    from tollbridge.providers.fakes.openai_realtime import MS_PER_CHARACTER, speech
+    from tollbridge.testing.fakes.openai_realtime import MS_PER_CHARACTER, speech
 
     greeting, farewell = "Hi, OneRoof here.", "Time is up. Goodbye."
     realtime = load_vertical(FIXTURES.parents[1] / "examples" / "real_estate" / "realtime.vertical.toml")

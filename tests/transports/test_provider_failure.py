@@ -25,12 +25,12 @@ from tollbridge.costs.pricing import price_call
 from tollbridge.failure import is_passing
 from tollbridge.pacing import sentences
 from tollbridge.phrase_cache import PHRASES, PhraseKey
-from tollbridge.providers.cassette import Cassette
-from tollbridge.providers.fakes.audio import synthesize
-from tollbridge.providers.fakes.script import Script
 from tollbridge.stage import Role
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.fakes.audio import synthesize
+from tollbridge.testing.fakes.script import Script
+from tollbridge.testing.softphone import CallScript, SoftphoneResult
 from tollbridge.transports.twilio.rest import TwilioRest
-from tollbridge.transports.twilio.softphone import CallScript, SoftphoneResult
 
 CPS = 40.0
 """The fake voices' speaking rate: fast, so each call is short."""

@@ -29,11 +29,11 @@ import websockets
 
 from tests.conftest import AUTH_TOKEN, FIXTURES
 from tollbridge.config import Vertical, load_vertical
-from tollbridge.providers.cassette import Cassette, replay
+from tollbridge.testing.cassette import Cassette, replay
+from tollbridge.testing.softphone import CallScript, Softphone
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.server import SHUTDOWN_FAREWELL
 from tollbridge.transports.twilio.signature import SignatureChecker
-from tollbridge.transports.twilio.softphone import CallScript, Softphone
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 2]

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AUTH_TOKEN, running_bridge
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
 from tollbridge.transports.twilio.rest import TwilioRest
 from tollbridge.transports.twilio.signature import SignatureChecker
 

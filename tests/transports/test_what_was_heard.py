@@ -14,7 +14,7 @@ from tollbridge.config import Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.pricing import price_call
 from tollbridge.pacing import sentences
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
 
 CHARS_PER_SECOND = 14.0
 REPLY = (

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tollbridge.providers.fakes.audio import BYTES_PER_SAMPLE, synthesize
-from tollbridge.providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
+from tollbridge.testing.fakes.audio import BYTES_PER_SAMPLE, synthesize
+from tollbridge.testing.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
 
 #: Sample rates Aura accepts per encoding; the first is its default.
 SAMPLE_RATES = {

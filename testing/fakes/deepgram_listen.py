@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tollbridge.providers.fakes.audio import BYTES_PER_SAMPLE
-from tollbridge.providers.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
+from tollbridge.testing.fakes.audio import BYTES_PER_SAMPLE
+from tollbridge.testing.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
 
 #: Model families that stream; anything else is refused like an unknown model.
 MODEL_PREFIXES = ("nova-3", "nova-2", "nova", "enhanced", "base")

@@ -27,7 +27,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import STTService
 
-from tollbridge.providers.cassette import Cassette
+from tollbridge.testing.cassette import Cassette
 
 DOWNSTREAM = FrameDirection.DOWNSTREAM  # pipecat announces function calls both ways
 MATCH_CHARS = 60

@@ -1,6 +1,6 @@
 """pytest plugin: whole phone calls as test fixtures, with their cost.
 
-Installed with tollbridge (entry point `pytest11`), so a project's own tests
+Registered with tollbridge (entry point `pytest11`), so a project's own tests
 can replay a recorded call through the real bridge and assert on behaviour
 and money alike:
 
@@ -9,29 +9,41 @@ and money alike:
                                  cassette="calls/booking.cassette.json")
         assert call.tools[0].name == "find_slots"
         assert call.cost.usd_per_minute <= Decimal("0.035")
-        assert call.prompt_cache_hit_after_first_turn
 
 A cassette the call does not follow (a prompt or tool change that alters the
 conversation) fails the test with the fakes' diff.
+
+Every pytest run in an environment with tollbridge installed loads this
+module, so it imports nothing beyond pytest until a fixture is used; the
+testing extra is needed only then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tollbridge.config import Vertical, load_vertical
-from tollbridge.local_call import LocalCall, run_local_call
+if TYPE_CHECKING:
+    from tollbridge.config import Vertical
+    from tollbridge.testing.local_call import LocalCall
 
-ReplayCall = Callable[..., Awaitable[LocalCall]]
+ReplayCall = Callable[..., Awaitable["LocalCall"]]
 
 
 @pytest.fixture
-def replay_call(tmp_path: Path) -> ReplayCall:
-    """`await replay_call(vertical, audio=…, cassette=…, **options)` → a finished LocalCall."""
+def replay_call(tmp_path: Path) -> Iterator[ReplayCall]:
+    """`await replay_call(vertical, audio=…, cassette=…, **options)` → a finished LocalCall.
+
+    Each test's calls start as a fresh process's would: the phrase cache (the
+    recorded greeting) is emptied before and after, so what a call is billed
+    does not depend on which tests ran before it.
+    """
+    from tollbridge.config import Vertical, load_vertical
+    from tollbridge.phrase_cache import PHRASES
+    from tollbridge.testing.local_call import run_local_call
 
     async def replay(
         vertical: str | Path | Vertical, *, audio: Any, cassette: Any, strict: bool = True,
@@ -45,4 +57,6 @@ def replay_call(tmp_path: Path) -> ReplayCall:
             pytest.fail("the call did not follow its cassette:\n" + "\n".join(call.replay_failures))
         return call
 
-    return replay
+    PHRASES.clear()
+    yield replay
+    PHRASES.clear()

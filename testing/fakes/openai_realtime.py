@@ -20,7 +20,7 @@ Stand-ins, chosen to be deterministic:
   session's output format: ``audio/pcm`` (24 kHz PCM16), ``audio/pcmu`` (8 kHz μ-law)
   or ``audio/pcma`` (8 kHz A-law), sent in 100 ms deltas.
 - **Usage**, per response, with the whole conversation as input each time (tokens from
-  `tollbridge.providers.fakes.tokens`): instructions, each tool and each text item count as text;
+  `tollbridge.testing.fakes.tokens`): instructions, each tool and each text item count as text;
   caller audio counts 1 token per 100 ms and assistant audio 1 per 50 ms, as input and
   as output. Cached input follows OpenAI's automatic caching (longest prefix shared
   with an earlier response, from 1024 tokens, in steps of 128), split into text and
@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tollbridge.providers.fakes.http_sse import FakeHTTPServer
-from tollbridge.providers.fakes.openai_chat import masked_key, openai_error
-from tollbridge.providers.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
-from tollbridge.providers.fakes.tokens import (
+from tollbridge.testing.fakes.http_sse import FakeHTTPServer
+from tollbridge.testing.fakes.openai_chat import masked_key, openai_error
+from tollbridge.testing.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
+from tollbridge.testing.fakes.tokens import (
     AutomaticPrefixCache,
     CachedTokens,
     Segment,

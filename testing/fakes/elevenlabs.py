@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tollbridge.providers.fakes.audio import synthesize
-from tollbridge.providers.fakes.server import FakeServer, Rejection, RequestRecord
+from tollbridge.testing.fakes.audio import synthesize
+from tollbridge.testing.fakes.server import FakeServer, Rejection, RequestRecord
 
 #: Output formats the fake produces: (encoding, sample rate).
 OUTPUT_FORMATS = {

@@ -4,7 +4,7 @@ It answers from a `Script` with Anthropic's named SSE events (or one JSON messag
 not streaming), so pipecat's ``AnthropicLLMService`` and the ``anthropic`` SDK, beta
 client included, run unchanged against it. It rejects what Anthropic rejects, in
 Anthropic's error shape, and reports usage with Anthropic's explicit prompt caching,
-tokens counted by `tollbridge.providers.fakes.tokens`:
+tokens counted by `tollbridge.testing.fakes.tokens`:
 
 - The prompt is a list of blocks in cache order: each tool, each system block, then each
   message content block (a string content counts as one text block).
@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tollbridge.providers.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
-from tollbridge.providers.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
-from tollbridge.providers.fakes.tokens import Segment, count_tokens, prefix_hashes, text_segment
+from tollbridge.testing.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
+from tollbridge.testing.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
+from tollbridge.testing.fakes.tokens import Segment, count_tokens, prefix_hashes, text_segment
 
 API_VERSIONS = frozenset({"2023-06-01", "2023-01-01"})
 TURN_OPENER = text_segment({"role": "assistant"})

@@ -32,15 +32,18 @@ from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.spool import SpoolingLedger
 from tollbridge.costs.usage import CallUsage
 from tollbridge.errors import TollbridgeError
-from tollbridge.providers.cassette import Cassette, replay
-from tollbridge.providers.recorder import CassetteRecorder
 from tollbridge.session import CallSession
+from tollbridge.testing import require_extra
+from tollbridge.testing.cassette import Cassette, replay
+from tollbridge.testing.recorder import CassetteRecorder
+from tollbridge.testing.softphone import CallScript, Softphone, SoftphoneResult
 from tollbridge.tools import shutdown as shutdown_tools
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app, running
-from tollbridge.transports.twilio.softphone import CallScript, Softphone, SoftphoneResult
 from tollbridge.transports.twilio.transport import ConnectionStats, TwilioTransport
 from tollbridge.vertical_prices import price_warnings
+
+require_extra()
 
 CALLER_NUMBER = "+15550109999"
 
@@ -103,7 +106,7 @@ class LocalCall:
         return [text for who, text in self.conversation if who == speaker]
 
     def write_agent_audio(self, path: str | Path) -> None:
-        from tollbridge.transports.twilio.softphone import write_wav
+        from tollbridge.testing.softphone import write_wav
 
         write_wav(path, self.phone.agent_audio)
 

@@ -17,29 +17,65 @@ tool message must contain, so a prompt or tool change that alters the
 conversation fails loudly at the request that went wrong. TTS audio is
 synthesized deterministically from the text, so it needs no storage.
 
-`replay(cassette, vertical)` starts the fake each provider stage's kind
-supplies (`StageKind.replay_fake`) and returns the URLs to point the real
-clients at, so a plugin's kind replays like a built-in one.
+`replay(cassette, vertical)` starts each provider stage's replay fake and
+returns the URLs to point the real clients at. A kind's replay fake is
+registered under the ``tollbridge.replay_fakes`` entry-point group with the
+kind's name, naming a factory ``(options, script) -> ReplayServer``; a kind
+that extends another (a subclass) replays through its parent's fake unless it
+registers its own. tollbridge's own kinds register exactly as a plugin's do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 from tollbridge.config import Stage, Vertical
 from tollbridge.errors import TollbridgeError
-from tollbridge.stage import PROVIDER_ROLES, ReplayServer, Role
+from tollbridge.stage import PROVIDER_ROLES, Role, StageKind
 
 VERSION = 1
+REPLAY_FAKES_GROUP = "tollbridge.replay_fakes"
 
 
 class CassetteError(TollbridgeError, ValueError):
     """A cassette file that cannot be replayed; the message says where."""
+
+
+@runtime_checkable
+class ReplayServer(Protocol):
+    """A local fake of a provider, speaking its real wire protocol (an async context
+    manager: serving while entered)."""
+
+    api_key: str
+    """The key the fake accepts (replay needs no account)."""
+    failures: list[str]
+    """Requests it refused or did not expect: empty for a faithful replay."""
+
+    @property
+    def client_url(self) -> str:
+        """Where the stage's real client connects, once entered."""
+        ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any: ...
+
+
+ReplayFake = Callable[[Any, Any], ReplayServer]
+"""A kind's replay fake factory: (the stage's options, its role's cassette script) → a fake."""
 
 
 @dataclass
@@ -132,6 +168,25 @@ def _provider_stages(vertical: Vertical) -> list[Stage]:
     return found
 
 
+@functools.cache
+def _registered_fakes() -> dict[str, Any]:
+    return {entry.name: entry for entry in entry_points(group=REPLAY_FAKES_GROUP)}
+
+
+def replay_fake(kind: StageKind) -> ReplayFake:
+    """The replay fake factory registered for `kind`, or for the nearest kind it extends."""
+    registered = _registered_fakes()
+    for cls in type(kind).__mro__:
+        name = getattr(cls, "name", None)
+        if isinstance(cls, type) and issubclass(cls, StageKind) and name in registered:
+            factory: ReplayFake = registered[name].load()
+            return factory
+    raise CassetteError(
+        f"stage kind {kind.name!r} has no replay fake: register a factory for it under the "
+        f"{REPLAY_FAKES_GROUP!r} entry-point group"
+    )
+
+
 @contextlib.asynccontextmanager
 async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay]:
     """Start each provider stage's own replay fake, serving its role's part of `cassette`."""
@@ -142,9 +197,7 @@ async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay
         for stage in _provider_stages(vertical):
             if stage.name in fakes:
                 continue
-            fake = stage.kind.replay_fake(stage.options, cassette.script(stage.kind.role))
-            if fake is None:
-                raise CassetteError(f"stage kind {stage.name!r} has no replay fake (StageKind.replay_fake)")
+            fake = replay_fake(stage.kind)(stage.options, cassette.script(stage.kind.role))
             await stack.enter_async_context(fake)
             fakes[stage.name] = fake
             if name := stage.kind.api_key_env(stage.options):

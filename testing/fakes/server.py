@@ -169,7 +169,7 @@ class FakeServer(Generic[R]):
 
     @property
     def client_url(self) -> str:
-        """Where the provider's real client connects (see `tollbridge.stage.ReplayServer`)."""
+        """Where the provider's real client connects (see `tollbridge.testing.cassette.ReplayServer`)."""
         return self.base_url
 
     @property

@@ -101,7 +101,7 @@ class FakeHTTPServer:
 
     @property
     def client_url(self) -> str:
-        """Where the provider's real client connects (see `tollbridge.stage.ReplayServer`)."""
+        """Where the provider's real client connects (see `tollbridge.testing.cassette.ReplayServer`)."""
         return self.base_url
 
     def record(self, request: web.Request, body: Any) -> RecordedRequest:

@@ -4,7 +4,7 @@ It answers from a `Script` over the real wire format, streaming or not, so pipec
 ``OpenAILLMService`` and the ``openai`` SDK run unchanged against it. It rejects what
 OpenAI rejects (bad key, missing model, a tool result with no matching tool call), in
 OpenAI's error shape, and reports usage the way OpenAI does, including automatic prompt
-caching, with tokens counted by `tollbridge.providers.fakes.tokens`:
+caching, with tokens counted by `tollbridge.testing.fakes.tokens`:
 
 - ``prompt_tokens`` covers the tools then the messages, one serialized piece each, and
   is gross: it includes the cached tokens.
@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tollbridge.providers.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
-from tollbridge.providers.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
-from tollbridge.providers.fakes.tokens import (
+from tollbridge.testing.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
+from tollbridge.testing.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
+from tollbridge.testing.fakes.tokens import (
     AutomaticPrefixCache,
     Segment,
     count_tokens,
