@@ -234,22 +234,32 @@ def call(
         list[str] | None,
         typer.Option(help="A keypad press as SECONDS:DIGIT, e.g. 16:1 (repeatable)."),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(help="No accounts: recognise the caller locally; the LLM and TTS are "
+                          "local fakes (replying from --cassette in order, else improvising)."),
+    ] = False,
 ) -> None:
     """Run one complete phone call on this machine and print what it cost.
 
     Exits non-zero when the call failed, strayed from its cassette or the agent said nothing."""
-    from tollbridge.testing.local_call import CallFailed, print_call, run_local_call
+    from tollbridge.testing import require_extra
+
+    require_extra()
+    from tollbridge.testing.local_call import CallFailed, print_call, print_line, run_local_call
 
     presses = [_press(spec) for spec in press or []]
-    loaded = load_vertical(vertical, check_keys=cassette is None)
+    loaded = load_vertical(vertical, check_keys=cassette is None and not offline)
+    console.rule(f"{loaded.name} — {'offline ' if offline else ''}call from {audio.name}")
     result = asyncio.run(
         run_local_call(
             loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record,
-            dtmf=presses,
+            dtmf=presses, offline=offline,
+            on_line=lambda who, text: print_line(console, who, text),
         )
     )
     result.write_agent_audio(out)
-    print_call(result, console)
+    print_call(result, console, conversation=False)
     console.print(f"agent audio written to {out}")
     if record:
         console.print(f"cassette written to {record}")

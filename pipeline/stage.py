@@ -240,6 +240,9 @@ class StageKind(ABC):
     role: Role
     options: type[StageOptions] = StageOptions
     description: str = ""
+    local: bool = False
+    """Runs on the bridge's own CPU: no provider account, nothing to replay (e.g. an
+    offline recogniser)."""
 
     @abstractmethod
     def build(self, options: Any, call: CallContext) -> Any:

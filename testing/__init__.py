@@ -17,7 +17,6 @@ test run nothing until one of its fixtures is used.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from tollbridge.errors import TollbridgeError
@@ -45,7 +44,12 @@ class MissingExtra(TollbridgeError, ImportError):
 
 def require_extra() -> None:
     """Fail with the install command when the testing extra's packages are missing."""
-    missing = [name for name in EXTRA_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in EXTRA_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise MissingExtra(
             f"tollbridge's testing layer needs {', '.join(missing)}, which is not installed: "

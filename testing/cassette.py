@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from tollbridge.config import Stage, Vertical
 from tollbridge.errors import TollbridgeError
-from tollbridge.stage import PROVIDER_ROLES, Role, StageKind
+from tollbridge.stage import BRAIN_ROLES, PROVIDER_ROLES, Role, StageKind
 
 VERSION = 1
 REPLAY_FAKES_GROUP = "tollbridge.replay_fakes"
@@ -162,7 +162,8 @@ def _provider_stages(vertical: Vertical) -> list[Stage]:
     found = []
     for stage in vertical.chain:
         current: Stage | None = stage
-        while current is not None and current.kind.role in PROVIDER_ROLES:
+        while current is not None and current.kind.role in PROVIDER_ROLES \
+                and not current.kind.local:
             found.append(current)
             current = current.fallback
     return found
@@ -188,8 +189,11 @@ def replay_fake(kind: StageKind) -> ReplayFake:
 
 
 @contextlib.asynccontextmanager
-async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay]:
-    """Start each provider stage's own replay fake, serving its role's part of `cassette`."""
+async def replay(
+    cassette: Cassette, vertical: Vertical, *, brain: Any = None
+) -> AsyncIterator[Replay]:
+    """Start each provider stage's own replay fake, serving its role's part of `cassette`
+    (the brain's fake serves `brain` instead, when given)."""
     fakes: dict[str, ReplayServer] = {}
     urls: dict[str, str] = {}
     env: dict[str, str] = {}
@@ -197,7 +201,10 @@ async def replay(cassette: Cassette, vertical: Vertical) -> AsyncIterator[Replay
         for stage in _provider_stages(vertical):
             if stage.name in fakes:
                 continue
-            fake = replay_fake(stage.kind)(stage.options, cassette.script(stage.kind.role))
+            script = cassette.script(stage.kind.role)
+            if brain is not None and stage.kind.role in BRAIN_ROLES:
+                script = brain
+            fake = replay_fake(stage.kind)(stage.options, script)
             await stack.enter_async_context(fake)
             fakes[stage.name] = fake
             if name := stage.kind.api_key_env(stage.options):

@@ -15,12 +15,19 @@ import datetime as dt
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipecat.frames.frames import FunctionCallsStartedFrame, TranscriptionFrame, TTSSpeakFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
+from pipecat.services.stt_service import STTService
+from pipecat.services.tts_service import TTSService
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -35,6 +42,8 @@ from tollbridge.errors import TollbridgeError
 from tollbridge.session import CallSession
 from tollbridge.testing import require_extra
 from tollbridge.testing.cassette import Cassette, replay
+from tollbridge.testing.offline import brain_script
+from tollbridge.testing.offline import offline as offline_vertical
 from tollbridge.testing.recorder import CassetteRecorder
 from tollbridge.testing.softphone import CallScript, Softphone, SoftphoneResult
 from tollbridge.tools import shutdown as shutdown_tools
@@ -167,16 +176,27 @@ async def run_local_call(
     catalog: Catalog | None = None,
     record_to: str | Path | None = None,
     speed: float = 1.0,
+    offline: bool = False,
+    on_line: Callable[[str, str], None] | None = None,
 ) -> LocalCall:
     """Place one call through the real bridge; providers replayed from `cassette` if given.
 
-    With `record_to`, what the providers answered is written there as a cassette.
-    `speed` above 1 plays the caller faster than real time (tests); the call's
-    seconds, and so its per-minute prices, are then restated on the caller's clock.
+    With `offline`, no provider is used at all: the caller's audio is recognised by
+    the local recogniser, and the brain answers from `cassette` in order or, without
+    one, improvises (see `tollbridge.testing.offline`). With `record_to`, what the
+    providers answered is written there as a cassette. `on_line(who, text)` hears
+    the conversation as it happens. `speed` above 1 plays the caller faster than
+    real time (tests); the call's seconds, and so its per-minute prices, are then
+    restated on the caller's clock.
     """
     caller_audio = audio if isinstance(audio, bytes) else load_caller_audio(audio)
     if isinstance(cassette, str | Path):
         cassette = Cassette.load(cassette)
+    brain = None
+    if offline:
+        vertical = offline_vertical(vertical)
+        brain = brain_script(vertical, cassette.llm if cassette else None)
+        cassette = cassette or Cassette()
     auth_token = secrets.token_hex(16)
     ledger = None
     if ledger_url:
@@ -192,6 +212,8 @@ async def run_local_call(
 
     async def keep(session: CallSession) -> None:
         sessions.append(session)
+        if on_line is not None:
+            session.worker.add_observer(ConversationTap(on_line))
         if record_to:
             stats = _stats(session)
             recorder = CassetteRecorder(lambda: stats.audio_bytes_in / 8000)
@@ -238,7 +260,7 @@ async def run_local_call(
         failures: list[str] = []
         fakes: dict[str, Any] = {}
         if cassette is not None:
-            async with replay(cassette, vertical) as fakes_running:
+            async with replay(cassette, vertical, brain=brain) as fakes_running:
                 phone = await call_with(fakes_running.base_urls, {**os.environ, **fakes_running.env})
                 failures = fakes_running.failures
                 fakes = fakes_running.fakes
@@ -271,19 +293,50 @@ async def run_local_call(
     )
 
 
+class ConversationTap(BaseObserver):
+    """Hands each line of the conversation to `on_line(who, text)` as it happens: what the
+    caller said (each final transcript, each keypad entry), each sentence sent to the TTS
+    (whether or not the caller let it play), each tool call."""
+
+    def __init__(self, on_line: Callable[[str, str], None]) -> None:
+        super().__init__()
+        self._on_line = on_line
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        if isinstance(frame, TranscriptionFrame) \
+                and isinstance(data.source, STTService | DTMFAggregator):
+            self._on_line("caller", frame.text.strip())
+        elif isinstance(frame, TTSSpeakFrame) and isinstance(data.destination, TTSService):
+            self._on_line("agent", frame.text.strip())
+        elif isinstance(frame, FunctionCallsStartedFrame) and isinstance(data.source, LLMService) \
+                and data.direction is FrameDirection.DOWNSTREAM:
+            for call in frame.function_calls:
+                self._on_line("tool", f"{call.function_name}({json.dumps(call.arguments)})")
+
+
 def _stats(session: CallSession) -> ConnectionStats:
     transport = session.built.transport
     assert isinstance(transport, TwilioTransport), "local calls run behind the Media Streams socket"
     return transport.connection.stats
 
 
-def print_call(call: LocalCall, console: Console) -> None:
-    """The conversation turn by turn, then the cost line items and totals."""
-    console.rule(f"{call.vertical.name} — call {call.cost.call_sid}")
-    for who, text in call.conversation:
-        style = {"caller": "cyan", "agent": "green", "tool": "yellow"}[who]
-        shown = text if who != "tool" or len(text) <= 110 else text[:107] + "…"
-        console.print(Text.assemble((f"{who:>6}", style), "  ", shown))  # text as said
+def print_line(console: Console, who: str, text: str) -> None:
+    """One line of the conversation: who spoke, then the text as said (no markup)."""
+    style = {"caller": "cyan", "agent": "green", "tool": "yellow"}[who]
+    shown = text if who != "tool" or len(text) <= 110 else text[:107] + "…"
+    console.print(Text.assemble((f"{who:>6}", style), "  ", shown))
+
+
+def print_call(call: LocalCall, console: Console, *, conversation: bool = True) -> None:
+    """The conversation turn by turn (unless it was shown as it happened), then the cost
+    line items and totals."""
+    if conversation:
+        console.rule(f"{call.vertical.name} — call {call.cost.call_sid}")
+        for who, text in call.conversation:
+            print_line(console, who, text)
+    else:
+        console.rule(f"call {call.cost.call_sid}")
     table = Table(title=f"cost — catalog {call.cost.catalog_version}")
     for column in ("item", "provider", "quantity", "unit", "unit price $", "$"):
         left = column in ("item", "provider", "unit")

@@ -260,7 +260,7 @@ class AnthropicMessagesFake(FakeHTTPServer):
         event_delay_s: float = 0.0,
     ) -> None:
         super().__init__()
-        self.script = Script(script)
+        self.script = script if isinstance(script, Script) else Script(script)
         self.api_key = api_key
         self.fail_status = fail_status
         self.fail_mid_stream = fail_mid_stream

@@ -185,7 +185,7 @@ class OpenAIChatFake(FakeHTTPServer):
         fail_mid_stream: bool = False,
     ) -> None:
         super().__init__()
-        self.script = Script(script)
+        self.script = script if isinstance(script, Script) else Script(script)
         self.api_key = api_key
         self.fail_status = fail_status
         self.fail_mid_stream = fail_mid_stream

@@ -1,0 +1,142 @@
+"""Calls with no accounts at all: the caller recognised locally, a brain that needs no model.
+
+`offline(vertical)` swaps the vertical's speech-to-text for the local recogniser
+(``whisper.stt``, from the ``tollbridge[offline]`` extra); its LLM and TTS stay
+its own kinds, served by their local fakes, so the cost shown is what that
+conversation would be billed by the vertical's real LLM and TTS.
+
+The brain's replies (`brain_script`) come from a cassette in order, without
+checking what the caller said (recognised words differ from a cassette's), or,
+with no cassette, are improvised deterministically from what was recognised:
+
+* "bye" or "goodbye" calls the vertical's ``end_call`` tool;
+* words naming a tool that needs no arguments (e.g. "opening hours" →
+  ``opening_hours``) call it, and the next reply says it was looked up;
+* anything else is answered "You said: …", so the caller hears back what
+  the recogniser heard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from tollbridge.config import Stage, Vertical
+from tollbridge.errors import TollbridgeError
+from tollbridge.registry import default_registry
+from tollbridge.stage import BrainOptions, Role
+from tollbridge.testing.fakes.script import Script, ScriptedTurn
+from tollbridge.tools import Tool
+
+RECOGNISER = "whisper.stt"
+GOODBYE = re.compile(r"\b(good\s?bye|bye)\b", re.IGNORECASE)
+_GENERIC_WORDS = frozenset({"call", "end", "get", "the", "and", "for", "with"})
+_SMALL_WORDS = frozenset(
+    "the and for you your are was were this that with have has had can could would will "
+    "what when where which who how not but yes all any our out its it's i'm i'd i'll".split()
+)
+
+
+class OfflineError(TollbridgeError):
+    """A vertical that cannot run offline; the message says why."""
+
+
+def offline(vertical: Vertical) -> Vertical:
+    """`vertical` with its speech-to-text stage replaced by the local recogniser."""
+    stt = vertical.stage(Role.STT)
+    if stt is None:
+        brain = vertical.stage(Role.SPEECH_TO_SPEECH)
+        raise OfflineError(
+            f"{vertical.path}: an offline call recognises the caller with a local STT stage, "
+            f"but this chain has none ({brain.name if brain else 'no brain'} hears the caller "
+            "itself); use a vertical with an STT → LLM → TTS chain"
+        )
+    kind = default_registry().get(RECOGNISER)
+    if kind is None:
+        raise OfflineError(f"the local recogniser {RECOGNISER!r} is not registered")
+    local = Stage(index=stt.index, kind=kind, options=kind.options())
+    chain = [local if stage is stt else stage for stage in vertical.chain]
+    return dataclasses.replace(vertical, chain=chain)
+
+
+def brain_script(vertical: Vertical, replies: list[Any] | None) -> Script:
+    """What the offline brain answers: `replies` in order, then improvised ones."""
+    brain = vertical.stage(Role.LLM)
+    tools = brain.options.load_tools(vertical.folder) \
+        if brain and isinstance(brain.options, BrainOptions) else []
+    return OfflineScript(replies or [], tools)
+
+
+class OfflineScript(Script):
+    """Replies for requests whose wording cannot be known in advance: never a mismatch."""
+
+    def __init__(self, replies: list[ScriptedTurn], tools: list[Tool]) -> None:
+        super().__init__(replies)
+        self._tools = tools
+        self._checked: ScriptedTurn | None = None
+        self._last_called: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return max(super().remaining, 1)  # it can always improvise one more
+
+    def check(self, last_message: str) -> ScriptedTurn:
+        """The next reply, whatever the request says (see the module's rules)."""
+        self._checked = self._turns[self._next] if super().remaining \
+            else self._improvise(last_message)
+        return self._checked
+
+    def advance(self) -> None:
+        called = (self._checked or {}).get("tool_calls") or []
+        self._last_called = called[0]["name"] if called else None
+        if super().remaining:
+            super().advance()
+
+    def _improvise(self, heard: str) -> ScriptedTurn:
+        if self._last_called is not None:  # this request carries the tool's result
+            return {"text": _after_tool(self._last_called)}
+        names = {tool.name for tool in self._tools}
+        if GOODBYE.search(heard) and "end_call" in names:
+            return {"tool_calls": [{"name": "end_call", "arguments": {}}]}
+        tool = _named_tool(heard, self._tools)
+        if tool is not None:
+            return {"tool_calls": [{"name": tool.name, "arguments": {}}]}
+        said = " ".join(heard.split()) or "nothing"
+        return {"text": f"You said: {said}"}
+
+
+def _words(text: str) -> set[str]:
+    return {word.rstrip("s") for word in re.findall(r"[a-z]+", text.lower())}
+
+
+def _named_tool(heard: str, tools: list[Tool]) -> Tool | None:
+    """The tool needing no arguments whose name's words the caller said most of."""
+    said = _words(heard)
+    best, best_score = None, 0
+    for tool in tools:
+        if tool.required or tool.name == "end_call":
+            continue
+        named = _words(tool.name.replace("_", " ")) - _GENERIC_WORDS
+        score = len(named & said)
+        if score > best_score:
+            best, best_score = tool, score
+    return best
+
+
+def _after_tool(name: str) -> str:
+    if name == "end_call":
+        return "Thanks for calling. Goodbye!"
+    return f"I looked up the {name.replace('_', ' ')} for you."
+
+
+def content_words(text: str) -> set[str]:
+    """The words that carry what was said: lower-cased, plural 's' dropped, small words out."""
+    return {word for word in _words(text) if len(word) > 2} - _SMALL_WORDS
+
+
+def word_recall(said: str, recognised: str) -> float:
+    """The share of `said`'s content words found in `recognised` (1.0 when it has none)."""
+    expected = content_words(said)
+    return len(expected & content_words(recognised)) / len(expected) if expected else 1.0
+
