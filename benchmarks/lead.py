@@ -92,28 +92,30 @@ class Rung:
 LLM = [{"match": "opening hours", "text": REPLY}, {"match": "wait a second", "text": ANSWER}]
 
 
-class _EveryCallScript:
+def _every_call_script(turns: list[dict[str, str]]) -> Any:
     """The LLM fake's script for many calls at once: each request gets the reply whose
     `match` its last message contains, as often as asked (the fake's own `Script` hands
     out replies once each, in order: one call's worth)."""
+    from tollbridge.testing.fakes.script import Script, ScriptMismatch
 
-    def __init__(self, turns: list[dict[str, str]]) -> None:
-        self._turns = turns
-        self.remaining = len(turns)
+    class EveryCallScript(Script):
+        @property
+        def remaining(self) -> int:
+            return len(self._turns)
 
-    def upcoming(self) -> dict[str, str] | None:
-        return self._turns[0]
+        def upcoming(self) -> Any:
+            return self._turns[0]
 
-    def check(self, last_message: str) -> dict[str, str]:
-        from tollbridge.testing.fakes.script import ScriptMismatch
+        def check(self, last_message: str) -> Any:
+            for turn in self._turns:
+                if turn.get("match", "") in last_message:
+                    return turn
+            raise ScriptMismatch(f"no reply for {last_message!r}")
 
-        for turn in self._turns:
-            if turn["match"] in last_message:
-                return turn
-        raise ScriptMismatch(f"no reply for {last_message!r}")
+        def advance(self) -> None:
+            pass
 
-    def advance(self) -> None:
-        pass
+    return EveryCallScript(turns)  # type: ignore[arg-type]
 
 
 def _delay_tts(delay_s: float) -> None:
@@ -140,8 +142,8 @@ async def _serve(lead_s: float, rungs: list[Rung], tts_delay_s: float, conn: Con
     from tollbridge.costs.pricing import price_call
     from tollbridge.costs.usage import CallUsage
     from tollbridge.session import CallSession
-    from tollbridge.testing.cassette import Cassette, replay
-    from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app, running
+    from tollbridge.testing.bridge import running_bridge
+    from tollbridge.testing.cassette import Cassette
 
     logger.remove()
     logs.configure("ERROR")
@@ -162,43 +164,42 @@ async def _serve(lead_s: float, rungs: list[Rung], tts_delay_s: float, conn: Con
     async def on_session(session: CallSession) -> None:
         sessions.append(session)
 
-    async with replay(cassette, vertical) as fakes:
-        fakes.fakes["openai.llm"].script = _EveryCallScript(LLM)  # type: ignore[attr-defined]
-        settings = BridgeSettings(auth_token=AUTH_TOKEN, base_urls=fakes.base_urls,
-                                  env={**os.environ, **fakes.env}, user_speech_timeout=0.3)
-        bridge = Bridge([vertical], settings, on_finished=on_finished, on_session=on_session,
-                        pricer=Bookkeeper(catalog, [vertical], None).price)
-        async with running(create_app(bridge)) as url:
-            bridge.settings.public_url = url
-            conn.send(bridge.media_url)
-            reported = 0  # the fakes' complaints already sent
-            while True:
-                command = await asyncio.to_thread(conn.recv)
-                if command is None:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(20):
-                        while len(usages) < command:
-                            finished.clear()
-                            await finished.wait()
-                calls = []
-                for usage in usages:
-                    cost = price_call(usage, catalog)
-                    calls.append({
-                        "synthesized": sum(t.characters for t in usage.tts),
-                        "cached": sum(t.avoided_characters for t in usage.tts),
-                        "heard": usage.heard_characters,
-                        "unheard_usd": str(cost.unheard_speech_usd),
-                        "tts_usd": str(sum((line.usd for line in cost.items
-                                            if line.item.startswith("tts:")), Decimal(0))),
-                    })
-                bridge_leads = [session.built.playback.heard().max_lead_s
-                                for session in sessions if session.built.playback is not None]
-                failures, reported = fakes.failures[reported:], len(fakes.failures)
-                conn.send({"calls": calls, "failures": failures,
-                           "bridge_max_lead_s": max(bridge_leads, default=0.0)})
-                usages.clear()
-                sessions.clear()
+    async with running_bridge(
+        vertical, cassette, brain=_every_call_script(LLM), auth_token=AUTH_TOKEN,
+        user_speech_timeout=0.3, pricer=Bookkeeper(catalog, [vertical], None).price,
+        on_finished=on_finished, on_session=on_session,
+    ) as running:
+        fakes = running.fakes
+        assert fakes is not None
+        conn.send(running.bridge.media_url)
+        reported = 0  # the fakes' complaints already sent
+        while True:
+            command = await asyncio.to_thread(conn.recv)
+            if command is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    while len(usages) < command:
+                        finished.clear()
+                        await finished.wait()
+            calls = []
+            for usage in usages:
+                cost = price_call(usage, catalog)
+                calls.append({
+                    "synthesized": sum(t.characters for t in usage.tts),
+                    "cached": sum(t.avoided_characters for t in usage.tts),
+                    "heard": usage.heard_characters,
+                    "unheard_usd": str(cost.unheard_speech_usd),
+                    "tts_usd": str(sum((line.usd for line in cost.items
+                                        if line.item.startswith("tts:")), Decimal(0))),
+                })
+            bridge_leads = [session.built.playback.heard().max_lead_s
+                            for session in sessions if session.built.playback is not None]
+            failures, reported = fakes.failures[reported:], len(fakes.failures)
+            conn.send({"calls": calls, "failures": failures,
+                       "bridge_max_lead_s": max(bridge_leads, default=0.0)})
+            usages.clear()
+            sessions.clear()
 
 
 def _server_main(lead_s: float, rungs: list[Rung], tts_delay_s: float, conn: Connection) -> None:

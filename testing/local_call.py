@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -41,14 +39,14 @@ from tollbridge.costs.usage import CallUsage
 from tollbridge.errors import TollbridgeError
 from tollbridge.session import CallSession
 from tollbridge.testing import require_extra
-from tollbridge.testing.cassette import Cassette, replay
+from tollbridge.testing.bridge import running_bridge
+from tollbridge.testing.cassette import Cassette
 from tollbridge.testing.offline import brain_script
 from tollbridge.testing.offline import offline as offline_vertical
 from tollbridge.testing.recorder import CassetteRecorder
-from tollbridge.testing.softphone import CallScript, Softphone, SoftphoneResult
+from tollbridge.testing.softphone import CallScript, SoftphoneResult
 from tollbridge.tools import shutdown as shutdown_tools
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
-from tollbridge.transports.twilio.server import Bridge, BridgeSettings, create_app, running
 from tollbridge.transports.twilio.transport import ConnectionStats, TwilioTransport
 from tollbridge.vertical_prices import price_warnings
 
@@ -197,7 +195,6 @@ async def run_local_call(
         vertical = offline_vertical(vertical)
         brain = brain_script(vertical, cassette.llm if cassette else None)
         cassette = cassette or Cassette()
-    auth_token = secrets.token_hex(16)
     ledger = None
     if ledger_url:
         ledger = await SpoolingLedger.open(
@@ -227,20 +224,11 @@ async def run_local_call(
         await bookkeeper.call_finished(usage)
         recorded.set()
 
-    async def call_with(base_urls: dict[str, str], env: dict[str, str] | None) -> SoftphoneResult:
-        settings = BridgeSettings(
-            auth_token=auth_token,
-            base_urls=base_urls,
-            env=env,
-            user_speech_timeout=user_speech_timeout,
-        )
-        bridge = Bridge(
-            [vertical], settings, on_finished=finished, on_session=keep,
-            pricer=bookkeeper.price,
-        )
-        async with running(create_app(bridge)) as url:
-            bridge.settings.public_url = url
-            phone = Softphone(bridge.media_url, auth_token=auth_token)
+    try:
+        async with running_bridge(
+            vertical, cassette, brain=brain, user_speech_timeout=user_speech_timeout,
+            pricer=bookkeeper.price, on_finished=finished, on_session=keep,
+        ) as running:
             script = CallScript(
                 audio=caller_audio,
                 parameters={"vertical": vertical.name, "tenant": vertical.tenant,
@@ -251,21 +239,11 @@ async def run_local_call(
                 max_s=max_s,
                 speed=speed,
             )
-            result = await phone.call(script)
+            phone = await running.softphone().call(script)
             with contextlib.suppress(TimeoutError):  # the bridge finishes the call's record
                 await asyncio.wait_for(recorded.wait(), 10.0)
-            return result
-
-    try:
-        failures: list[str] = []
-        fakes: dict[str, Any] = {}
-        if cassette is not None:
-            async with replay(cassette, vertical, brain=brain) as fakes_running:
-                phone = await call_with(fakes_running.base_urls, {**os.environ, **fakes_running.env})
-                failures = fakes_running.failures
-                fakes = fakes_running.fakes
-        else:
-            phone = await call_with({}, None)
+            failures = running.fakes.failures if running.fakes else []
+            fakes = dict(running.fakes.fakes) if running.fakes else {}
         await bookkeeper.drain()
     finally:
         await bookkeeper.close()

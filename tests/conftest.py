@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -14,21 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical, load_vertical
-from tollbridge.costs.catalog import Catalog
-from tollbridge.costs.usage import CallUsage
 from tollbridge.phrase_cache import PHRASES
-from tollbridge.session import CallSession
-from tollbridge.testing.cassette import Cassette, Replay, replay
-from tollbridge.testing.softphone import Softphone
-from tollbridge.transports.twilio.server import (
-    Bridge,
-    BridgeSettings,
-    StatusUpdate,
-    create_app,
-    running,
-)
+from tollbridge.testing.bridge import RunningBridge
+from tollbridge.testing.bridge import running_bridge as testing_bridge
+from tollbridge.testing.cassette import Cassette
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -70,56 +57,12 @@ async def connect_postgres() -> asyncpg.Connection:
     _no_postgres(_pg_unreachable[0])
 
 
-@dataclass
-class RunningBridge:
-    bridge: Bridge
-    url: str
-    fakes: Replay
-    usages: list[CallUsage] = field(default_factory=list)
-    sessions: list[CallSession] = field(default_factory=list)
-    statuses: list[StatusUpdate] = field(default_factory=list)
-
-    def softphone(self, *, signed: bool = True) -> Softphone:
-        return Softphone(self.bridge.media_url, auth_token=AUTH_TOKEN if signed else None)
-
-    async def finished(self, count: int = 1, timeout: float = 10.0) -> list[CallUsage]:
-        """Wait until `count` calls have left their usage record."""
-        async with asyncio.timeout(timeout):
-            while len(self.usages) < count:
-                await asyncio.sleep(0.02)
-        return self.usages
-
-
-@contextlib.asynccontextmanager
-async def running_bridge(
+def running_bridge(
     vertical: Vertical, cassette: Cassette, *, speech_timeout: float = 0.3
-) -> AsyncIterator[RunningBridge]:
-    async with replay(cassette, vertical) as fakes:
-        state: dict[str, RunningBridge] = {}
-
-        async def on_finished(usage: CallUsage) -> None:
-            state["it"].usages.append(usage)
-
-        async def on_session(session: CallSession) -> None:
-            state["it"].sessions.append(session)
-
-        async def on_status(update: StatusUpdate) -> None:
-            state["it"].statuses.append(update)
-
-        settings = BridgeSettings(
-            auth_token=AUTH_TOKEN,
-            base_urls=fakes.base_urls,
-            env={**os.environ, **fakes.env},
-            user_speech_timeout=speech_timeout,
-        )
-        bridge = Bridge(
-            [vertical], settings, on_finished=on_finished, on_session=on_session,
-            on_status=on_status, pricer=Bookkeeper(Catalog.load(), [vertical], None).price,
-        )
-        async with running(create_app(bridge)) as url:
-            bridge.settings.public_url = url
-            state["it"] = RunningBridge(bridge=bridge, url=url, fakes=fakes)
-            yield state["it"]
+) -> contextlib.AbstractAsyncContextManager[RunningBridge]:
+    """The testing layer's running bridge, with this suite's auth token and a short turn end."""
+    return testing_bridge(vertical, cassette, auth_token=AUTH_TOKEN,
+                          user_speech_timeout=speech_timeout)
 
 
 @pytest.fixture(autouse=True)

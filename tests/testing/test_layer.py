@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tollbridge.testing.offline import OfflineScript, brain_script, content_words, word_recall
-
 from tests.conftest import FIXTURES
+from tollbridge.testing.offline import OfflineScript, brain_script, content_words, word_recall
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
