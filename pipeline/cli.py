@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -190,6 +192,11 @@ def serve(
             "ends them [default: TOLLBRIDGE_DRAIN_GRACE_S, else 30].",
         ),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(help="No accounts: the caller recognised locally, the LLM and TTS served "
+                          "by local fakes; call it with `tollbridge call --bridge`."),
+    ] = False,
 ) -> None:
     """Run the bridge: the voice webhook, the Media Streams socket and status callbacks.
 
@@ -197,18 +204,35 @@ def serve(
     grace); a second signal ends the calls at once. Every record is written first."""
     from tollbridge.serve import run_service, serve_forever
 
-    loaded = [v for path in verticals for v in load_verticals(path, check_keys=True)]
+    loaded = [v for path in verticals for v in load_verticals(path, check_keys=not offline)]
+    settings = _settings()
+    if offline:
+        from tollbridge.testing import require_extra
+
+        require_extra()
+        from tollbridge.testing.offline import offline as offline_vertical
+
+        if len(loaded) != 1:
+            raise typer.BadParameter(f"--offline serves one vertical; {len(loaded)} were given")
+        loaded = [offline_vertical(loaded[0])]
+        if not settings.twilio_auth_token.get_secret_value():  # signed as Twilio would sign
+            token = secrets.token_hex(16)
+            settings = settings.model_copy(update={"twilio_auth_token": SecretStr(token)})
+            console.print(f"offline: requests must be signed with the throwaway auth token "
+                          f"{token}: export TWILIO_AUTH_TOKEN={token} where you run "
+                          "`tollbridge call --bridge`", highlight=False)
     run_service(
         serve_forever(
             loaded,
             host=host,
             port=port,
             public_url=public_url or f"http://{host}:{port}",
-            settings=_settings(),
+            settings=settings,
             ledger_url=ledger,
             validate_signatures=not insecure_no_signature_check,
             announce=console.print,
             grace_s=drain_grace,
+            offline=offline,
         )
     )
 
@@ -239,6 +263,11 @@ def call(
         typer.Option(help="No accounts: recognise the caller locally; the LLM and TTS are "
                           "local fakes (replying from --cassette in order, else improvising)."),
     ] = False,
+    bridge: Annotated[
+        str | None,
+        typer.Option(help="Call this running bridge (e.g. `tollbridge serve --offline`) through "
+                          "its voice webhook, as Twilio would, instead of starting one."),
+    ] = None,
 ) -> None:
     """Run one complete phone call on this machine and print what it cost.
 
@@ -249,6 +278,11 @@ def call(
     from tollbridge.testing.local_call import CallFailed, print_call, print_line, run_local_call
 
     presses = [_press(spec) for spec in press or []]
+    if bridge is not None:
+        _call_bridge(vertical, bridge, audio, out, presses,
+                     clashing={"--cassette": cassette, "--offline": offline,
+                               "--ledger": ledger, "--record": record})
+        return
     loaded = load_vertical(vertical, check_keys=cassette is None and not offline)
     console.rule(f"{loaded.name} — {'offline ' if offline else ''}call from {audio.name}")
     result = asyncio.run(
@@ -265,6 +299,29 @@ def call(
         console.print(f"cassette written to {record}")
     if result.problems:
         raise CallFailed("; ".join(result.problems))
+
+
+def _call_bridge(vertical: Path, bridge: str, audio: Path, out: Path,
+                 presses: list[tuple[float, str]], clashing: dict[str, object]) -> None:
+    """`call --bridge`: the running bridge chooses its providers and keeps the record."""
+    from tollbridge.testing.local_call import CallFailed, call_bridge
+
+    given = [flag for flag, value in clashing.items() if value]
+    if given:
+        raise typer.BadParameter(f"--bridge calls a running bridge, which chooses its providers "
+                                 f"and keeps the record; drop {', '.join(given)}")
+    loaded = load_vertical(vertical, check_keys=False)
+    token = _settings().twilio_auth_token.get_secret_value() or None
+    phone = asyncio.run(call_bridge(loaded, bridge, audio=audio, dtmf=presses, auth_token=token))
+    from tollbridge.testing.softphone import write_wav
+
+    write_wav(out, phone.agent_audio)
+    console.print(f"call {phone.call_sid}: {phone.agent_audio_seconds:.1f}s of agent speech "
+                  f"heard, ended by {phone.ended_by}; its record is in the bridge's ledger "
+                  "(tollbridge costs report)", highlight=False)
+    console.print(f"agent audio written to {out}")
+    if not phone.agent_audio:
+        raise CallFailed("the agent played no audio")
 
 
 @app.command()

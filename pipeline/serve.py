@@ -16,11 +16,13 @@ written (or spooled) and the ledger closed before the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
@@ -37,6 +39,9 @@ from tollbridge.transports.twilio.server import (
     create_app,
     running,
 )
+
+if TYPE_CHECKING:
+    from tollbridge.testing.cassette import Replay
 
 log = get_logger(component="serve")
 SHUTDOWN_REASON = "server_shutdown"
@@ -57,13 +62,29 @@ async def serve_forever(
     validate_signatures: bool,
     announce: Callable[[str], None] = print,
     grace_s: float | None = None,
+    offline: bool = False,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain (`grace_s`, else the setting) and stop."""
+    """Serve until SIGTERM or SIGINT, then drain (`grace_s`, else the setting) and stop.
+
+    `offline`: the verticals' providers are local fakes (`tollbridge.testing.offline`)."""
     grace_s = settings.tollbridge_drain_grace_s if grace_s is None else grace_s
     with ShutdownSignals() as signals:
-        await _serve(verticals, host=host, port=port, public_url=public_url, settings=settings,
-                     ledger_url=ledger_url, validate_signatures=validate_signatures,
-                     announce=announce, grace_s=grace_s, signals=signals)
+        async with contextlib.AsyncExitStack() as stack:
+            fakes = await stack.enter_async_context(_offline_fakes(verticals)) if offline \
+                else None
+            await _serve(verticals, host=host, port=port, public_url=public_url,
+                         settings=settings, ledger_url=ledger_url,
+                         validate_signatures=validate_signatures, announce=announce,
+                         grace_s=grace_s, signals=signals, fakes=fakes)
+
+
+def _offline_fakes(verticals: list[Vertical]) -> contextlib.AbstractAsyncContextManager[Replay]:
+    """The providers of an offline vertical: its LLM improvising, its TTS synthesizing tones."""
+    from tollbridge.testing.cassette import Cassette, replay
+    from tollbridge.testing.offline import brain_script
+
+    (vertical,) = verticals
+    return replay(Cassette(), vertical, brain=brain_script(vertical, None))
 
 
 async def _serve(
@@ -78,6 +99,7 @@ async def _serve(
     announce: Callable[[str], None],
     grace_s: float,
     signals: ShutdownSignals,
+    fakes: Replay | None,
 ) -> None:
     bookkeeper = await Bookkeeper.open(
         verticals, ledger_url, settings.tollbridge_spool,
@@ -97,6 +119,8 @@ async def _serve(
         validate_signatures=validate_signatures,
         api_token=settings.tollbridge_api_token.get_secret_value(),
         idle_timeout_s=settings.tollbridge_idle_stream_s,
+        base_urls=fakes.base_urls if fakes else {},
+        env={**os.environ, **fakes.env} if fakes else None,
     )
     dialer = None
     try:  # the ledger is open: whatever fails from here on must still close it
@@ -122,6 +146,11 @@ async def _serve(
                 announce(f"  {vertical.name} ({vertical.tenant}): {numbers}")
             if not validate_signatures:
                 announce("WARNING: Twilio signatures are not checked (local development only)")
+            if fakes is not None:
+                announce("offline: the caller is recognised locally, the LLM and TTS are local "
+                         "fakes; no provider account is used. Call it:")
+                announce(f"  tollbridge call {verticals[0].folder} --audio caller.wav "
+                         f"--bridge {url}")
             await signals.drain.wait()
             rendering.cancel()
             await drain(bridge, grace_s=grace_s, now=signals.now)

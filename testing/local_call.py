@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -44,7 +45,7 @@ from tollbridge.testing.cassette import Cassette
 from tollbridge.testing.offline import brain_script
 from tollbridge.testing.offline import offline as offline_vertical
 from tollbridge.testing.recorder import CassetteRecorder
-from tollbridge.testing.softphone import CallScript, SoftphoneResult
+from tollbridge.testing.softphone import CallScript, Softphone, SoftphoneResult, ring
 from tollbridge.tools import shutdown as shutdown_tools
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.transport import ConnectionStats, TwilioTransport
@@ -269,6 +270,32 @@ async def run_local_call(
         provider_fakes=fakes,
         price_warnings=list(price_warnings([vertical], catalog, dt.date.today()).values()),
     )
+
+
+async def call_bridge(
+    vertical: Vertical,
+    bridge_url: str,
+    *,
+    audio: str | Path | bytes,
+    dtmf: Sequence[tuple[float, str]] = (),
+    auth_token: str | None = None,
+    max_s: float = 180.0,
+) -> SoftphoneResult:
+    """Call a bridge that is already running (e.g. `tollbridge serve --offline`) as Twilio
+    would: its voice webhook first, then the Media Stream its TwiML names. The call's
+    record is the bridge's to keep (in its ledger)."""
+    caller_audio = audio if isinstance(audio, bytes) else load_caller_audio(audio)
+    call_sid = "CA" + secrets.token_hex(16)
+    callee = (vertical.numbers or [""])[0]
+    answer = await ring(f"{bridge_url.rstrip('/')}/voice", call_sid=call_sid,
+                        caller=CALLER_NUMBER, callee=callee, auth_token=auth_token)
+    if not answer.stream_url:
+        raise CallFailed(f"the bridge at {bridge_url} did not connect the call to {callee}"
+                         + (f"; it said: {answer.said!r}" if answer.said else ""))
+    phone = Softphone(answer.stream_url, auth_token=auth_token)
+    script = CallScript(audio=caller_audio, parameters=answer.parameters, dtmf=list(dtmf),
+                        max_s=max_s)
+    return await phone.call(script, call_sid=call_sid)
 
 
 class ConversationTap(BaseObserver):

@@ -22,10 +22,12 @@ import json
 import time
 import uuid
 import wave
+import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -155,6 +157,38 @@ class _PlaybackBuffer:
     @property
     def busy(self) -> bool:
         return any(isinstance(item, bytes) for item in self.queue)
+
+
+@dataclass
+class Answer:
+    """What a bridge's voice webhook answered an incoming call with."""
+
+    stream_url: str
+    """Where its TwiML connects the call's audio ("" when it did not: see `said`)."""
+    parameters: dict[str, str]
+    said: str = ""
+    """What it says instead of connecting (e.g. the server is draining)."""
+
+
+async def ring(
+    voice_url: str, *, call_sid: str, caller: str, callee: str, auth_token: str | None,
+    account_sid: str = "AC" + "0" * 32,
+) -> Answer:
+    """POST the voice webhook as Twilio does when a call comes in (signed with
+    `auth_token`), and read the Media Stream its TwiML connects."""
+    form = {"CallSid": call_sid, "AccountSid": account_sid, "From": caller, "To": callee,
+            "Direction": "inbound", "CallStatus": "ringing"}
+    headers = {"X-Twilio-Signature": SignatureChecker(auth_token).sign(voice_url, form)} \
+        if auth_token else {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(voice_url, data=form, headers=headers)
+    response.raise_for_status()
+    twiml = ET.fromstring(response.text)
+    stream = twiml.find("./Connect/Stream")
+    if stream is None:
+        return Answer("", {}, " ".join(say.text or "" for say in twiml.iter("Say")).strip())
+    parameters = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
+    return Answer(stream.get("url", ""), parameters)
 
 
 class Softphone:
