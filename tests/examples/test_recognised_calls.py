@@ -1,0 +1,71 @@
+"""The fixture calls, listened to: the local recogniser hears each caller's own audio.
+
+The cassette still supplies the brain's replies (in order, whatever was
+recognised), so each call runs as recorded, but what the agent was told the
+caller said comes from the audio alone. A fixture whose audio were silence,
+noise or mis-encoded fails here, as the corrupted-audio tests show.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.examples.test_calls import EXAMPLES, example_databases  # noqa: F401 (autouse)
+from tollbridge.codec import mulaw_to_pcm16
+from tollbridge.testing.offline import word_recall
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
+
+pytest.importorskip("faster_whisper", reason="the local recogniser needs tollbridge[offline]")
+
+CALLS = FIXTURES / "calls"
+RECALL = 0.6
+"""Share of the caller's content words a faithful recording must yield (see benchmarks)."""
+
+FIXTURE_CALLS = {  # fixture → its vertical
+    "salon_booking": "salon",
+    "salon_barge_in_dtmf": "salon",
+    "sales_qualified": "sales",
+    "sales_not_interested": "sales",
+    "real_estate_listing": "real_estate",
+}
+
+
+def said(name: str) -> str:
+    """What the caller of a fixture said: its cassette's final transcripts."""
+    cassette = json.loads((CALLS / f"{name}.cassette.json").read_text())
+    return " ".join(result["transcript"] for result in cassette["stt"] if result.get("is_final"))
+
+
+async def listen(replay_call, name: str, audio: bytes | Path | None = None):
+    call = await replay_call(
+        EXAMPLES / FIXTURE_CALLS[name], audio=audio or CALLS / f"{name}.wav",
+        cassette=CALLS / f"{name}.cassette.json", offline=True, speed=2.0, settle_s=4.0,
+    )
+    return " ".join(line for line in call.said("caller") if not line.startswith("[keypad]"))
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_CALLS))
+async def test_each_fixture_call_is_recognised_from_its_own_audio(replay_call, name):
+    recognised = await listen(replay_call, name)
+    assert word_recall(said(name), recognised) >= RECALL, recognised
+
+
+def byte_swapped(mulaw: bytes) -> bytes:
+    swapped = bytearray(mulaw)
+    swapped[0::2], swapped[1::2] = mulaw[1::2], mulaw[0::2]
+    return bytes(swapped)
+
+
+def pcm16_sent_as_mulaw(mulaw: bytes) -> bytes:
+    return mulaw_to_pcm16(mulaw)[: len(mulaw)]
+
+
+@pytest.mark.parametrize("corrupt", [byte_swapped, pcm16_sent_as_mulaw])
+async def test_a_call_whose_audio_is_corrupted_fails_the_same_assertion(replay_call, corrupt):
+    audio = corrupt(load_caller_audio(CALLS / "salon_booking.wav"))
+    recognised = await listen(replay_call, "salon_booking", audio)
+    assert word_recall(said("salon_booking"), recognised) < RECALL, recognised
