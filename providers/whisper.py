@@ -424,6 +424,7 @@ class WhisperSTT(StageKind):
     role = Role.STT
     options = WhisperSTTOptions
     description = "Whisper tiny.en on the bridge's own CPU: offline, no account (μ-law 8 kHz in)"
+    local = True
 
     def build(self, options: WhisperSTTOptions, call: CallContext) -> WhisperSTTService:
         if problem := missing_extra():
