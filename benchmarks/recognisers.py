@@ -21,21 +21,16 @@ import importlib.util
 import multiprocessing
 import resource
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from tests.providers.words import recall, said, word_error_rate
 from tollbridge.providers.whisper import SAMPLE_RATE, Cut, Utterances, shared_model, transcribe
-
-with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
 CALLS = Path(__file__).parent.parent / "tests" / "fixtures" / "calls"
 Recogniser = Callable[[bytes], str]
@@ -54,13 +49,6 @@ class Row:
     rss_mb: float
     loaded_mb: float
     """What the RSS grew by from before the model was loaded."""
-
-
-def caller_audio(wav: Path) -> bytes:
-    """The fixture as the stage receives it: μ-law, 8 kHz."""
-    pcm, rate = sf.read(wav, dtype="int16")
-    assert rate == SAMPLE_RATE
-    return audioop.lin2ulaw(pcm.tobytes(), 2)
 
 
 def cuts(mulaw: bytes) -> list[Cut]:
@@ -112,7 +100,7 @@ def measure(name: str) -> list[Row]:
     load_s = time.perf_counter() - started
     rows = []
     for wav in sorted(CALLS.glob("*.wav")):
-        mulaw = caller_audio(wav)
+        mulaw = load_caller_audio(wav)
         seconds = len(mulaw) / SAMPLE_RATE
         cpu = time.process_time()
         cut = cuts(mulaw)

@@ -38,6 +38,7 @@ from tollbridge.config import ConfigError, Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.providers import whisper
 from tollbridge.stage import MULAW_8K, Billing, CallContext, Role
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.transport import MediaStreamConnection
 
 with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
@@ -84,9 +85,7 @@ def offline_vertical(folder: Path, options: str = "") -> Vertical:
 
 def caller(name: str) -> bytes:
     """A fixture call's caller audio as Twilio sends it: μ-law, 8 kHz."""
-    pcm, rate = sf.read(CALLS / f"{name}.wav", dtype="int16")
-    assert rate == 8000
-    return audioop.lin2ulaw(pcm.tobytes(), 2)
+    return load_caller_audio(CALLS / f"{name}.wav")
 
 
 def frames(mulaw: bytes) -> list[InputAudioRawFrame]:
