@@ -247,6 +247,10 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+TOP_LEVEL = "(top level)"
+"""The key path of a problem with a whole table rather than one of its keys."""
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -254,7 +258,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
-    return out or "(top level)"
+    return out or TOP_LEVEL
 
 
 def _messages(
@@ -393,7 +397,10 @@ def _build_stage(
     try:
         parsed = kind.options.model_validate(options, context={"base_dir": base_dir, "kind": use})
     except ValidationError as error:
-        return None, [(f"{where}.{key}", message) for key, message in _messages(error, kind.options)]
+        return None, [
+            (where if key == TOP_LEVEL else f"{where}.{key}", message)  # the stage as a whole
+            for key, message in _messages(error, kind.options)
+        ]
     if "fallback" not in raw:
         return Stage(index=index, kind=kind, options=parsed), []
     if kind.role not in PROVIDER_ROLES:

@@ -65,7 +65,8 @@ REALTIME = "pipecat.services.openai.realtime.llm.OpenAIRealtimeLLMService"
 SWITCHER = "pipecat.pipeline.service_switcher.ServiceSwitcherStrategy"
 
 PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
-    # Deepgram STT (tollbridge.providers.deepgram): usage billed for the bytes really sent.
+    # Deepgram STT (tollbridge.providers.deepgram): usage billed for the bytes really sent;
+    # Whisper STT (tollbridge.providers.whisper): the μ-law it was handed, one byte a sample.
     PrivateMember(STT, "_record_stt_audio_usage", Kind.METHOD, params=("audio",),
                   why="overridden: pipecat counts every frame handed over, sent or not, as PCM16"),
     PrivateMember(STT, "_stt_usage_pending_seconds", Kind.INSTANCE_ATTRIBUTE,

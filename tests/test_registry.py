@@ -12,8 +12,8 @@ from tollbridge.registry import ENTRY_POINT_GROUP, Registry, RegistryError, _loa
 
 def test_every_built_in_kind_is_registered_through_an_entry_point():
     ours = {ep.name for ep in distribution("tollbridge").entry_points if ep.group == ENTRY_POINT_GROUP}
-    assert ours == {"twilio", "deepgram.stt", "deepgram.tts", "openai.llm", "openai.realtime",
-                    "anthropic.llm", "elevenlabs.tts", "cost.meter"}
+    assert ours == {"twilio", "deepgram.stt", "deepgram.tts", "whisper.stt", "openai.llm",
+                    "openai.realtime", "anthropic.llm", "elevenlabs.tts", "cost.meter"}
     assert ours <= set(default_registry().names())
 
 
