@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from tests.providers.words import recall, said, word_error_rate
 from tollbridge.providers.whisper import SAMPLE_RATE, Cut, Utterances, shared_model, transcribe
+from tollbridge.testing.words import recall, said, word_error_rate
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
 CALLS = Path(__file__).parent.parent / "tests" / "fixtures" / "calls"

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from tollbridge.testing.cassette import Cassette, ReplayServer, replay
     from tollbridge.testing.local_call import LocalCall, run_local_call
 
-EXTRA_PACKAGES = ("aiohttp",)
+EXTRA_PACKAGES = ("aiohttp", "num2words")
 """What the testing layer imports beyond tollbridge's own dependencies."""
 
 _WHERE = {

@@ -306,11 +306,14 @@ class ConversationTap(BaseObserver):
     def __init__(self, on_line: Callable[[str, str], None]) -> None:
         super().__init__()
         self._on_line = on_line
+        self._told: set[int] = set()
+        """Transcripts already told: the keypad aggregator passes the STT's on as well."""
 
     async def on_push_frame(self, data: FramePushed) -> None:
         frame = data.frame
-        if isinstance(frame, TranscriptionFrame) \
+        if isinstance(frame, TranscriptionFrame) and frame.id not in self._told \
                 and isinstance(data.source, STTService | DTMFAggregator):
+            self._told.add(frame.id)
             self._on_line("caller", frame.text.strip())
         elif isinstance(frame, TTSSpeakFrame) and isinstance(data.destination, TTSService):
             self._on_line("agent", frame.text.strip())

@@ -32,10 +32,6 @@ from tollbridge.tools import Tool
 RECOGNISER = "whisper.stt"
 GOODBYE = re.compile(r"\b(good\s?bye|bye)\b", re.IGNORECASE)
 _GENERIC_WORDS = frozenset({"call", "end", "get", "the", "and", "for", "with"})
-_SMALL_WORDS = frozenset(
-    "the and for you your are was were this that with have has had can could would will "
-    "what when where which who how not but yes all any our out its it's i'm i'd i'll".split()
-)
 
 
 class OfflineError(TollbridgeError):
@@ -128,15 +124,4 @@ def _after_tool(name: str) -> str:
     if name == "end_call":
         return "Thanks for calling. Goodbye!"
     return f"I looked up the {name.replace('_', ' ')} for you."
-
-
-def content_words(text: str) -> set[str]:
-    """The words that carry what was said: lower-cased, plural 's' dropped, small words out."""
-    return {word for word in _words(text) if len(word) > 2} - _SMALL_WORDS
-
-
-def word_recall(said: str, recognised: str) -> float:
-    """The share of `said`'s content words found in `recognised` (1.0 when it has none)."""
-    expected = content_words(said)
-    return len(expected & content_words(recognised)) / len(expected) if expected else 1.0
 

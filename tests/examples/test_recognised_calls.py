@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import FIXTURES
 from tests.examples.test_calls import EXAMPLES, example_databases  # noqa: F401 (autouse)
 from tollbridge.codec import mulaw_to_pcm16
-from tollbridge.testing.offline import word_recall
+from tollbridge.testing.words import recall
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
 pytest.importorskip("faster_whisper", reason="the local recogniser needs tollbridge[offline]")
@@ -43,7 +43,7 @@ def said(name: str) -> str:
 async def listen(replay_call, name: str, audio: bytes | Path | None = None):
     call = await replay_call(
         EXAMPLES / FIXTURE_CALLS[name], audio=audio or CALLS / f"{name}.wav",
-        cassette=CALLS / f"{name}.cassette.json", offline=True, speed=2.0, settle_s=4.0,
+        cassette=CALLS / f"{name}.cassette.json", offline=True, settle_s=4.0,  # real time: the recogniser and turns run on it
     )
     return " ".join(line for line in call.said("caller") if not line.startswith("[keypad]"))
 
@@ -51,7 +51,7 @@ async def listen(replay_call, name: str, audio: bytes | Path | None = None):
 @pytest.mark.parametrize("name", sorted(FIXTURE_CALLS))
 async def test_each_fixture_call_is_recognised_from_its_own_audio(replay_call, name):
     recognised = await listen(replay_call, name)
-    assert word_recall(said(name), recognised) >= RECALL, recognised
+    assert recall(said(name), recognised) >= RECALL, recognised
 
 
 def byte_swapped(mulaw: bytes) -> bytes:
@@ -68,4 +68,4 @@ def pcm16_sent_as_mulaw(mulaw: bytes) -> bytes:
 async def test_a_call_whose_audio_is_corrupted_fails_the_same_assertion(replay_call, corrupt):
     audio = corrupt(load_caller_audio(CALLS / "salon_booking.wav"))
     recognised = await listen(replay_call, "salon_booking", audio)
-    assert word_recall(said("salon_booking"), recognised) < RECALL, recognised
+    assert recall(said("salon_booking"), recognised) < RECALL, recognised

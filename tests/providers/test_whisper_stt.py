@@ -31,13 +31,13 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 
 from tests.conftest import FIXTURES
 from tests.providers.harness import RunningPipeline, run_pipeline
-from tests.providers.words import recall, said
 from tollbridge.builder import _telephony_turns, build_call
 from tollbridge.codec import AudioConverter
 from tollbridge.config import ConfigError, Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.providers import whisper
 from tollbridge.stage import MULAW_8K, Billing, CallContext, Role
+from tollbridge.testing.words import recall, said
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.transport import MediaStreamConnection
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES
-from tollbridge.testing.offline import OfflineScript, brain_script, content_words, word_recall
+from tollbridge.testing.offline import OfflineScript, brain_script
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -118,9 +118,3 @@ def test_a_cassette_s_replies_come_in_order_whatever_was_recognised() -> None:
     assert _reply(script, "") == replies[1]
     assert _reply(script, "bye") == {"tool_calls": [{"name": "end_call", "arguments": {}}]}
 
-
-def test_word_recall_counts_the_content_words_found() -> None:
-    assert content_words("What are your opening hours?") == {"opening", "hour"}
-    assert word_recall("What are your opening hours?", "what's your opening hour") == 1.0
-    assert word_recall("a beard trim please", "a bird trim") == pytest.approx(1 / 3)
-    assert word_recall("the", "") == 1.0

@@ -1,5 +1,8 @@
 """How much of what a caller said a recogniser heard: content-word recall and word error rate.
 
+For tests that listen to a call (`replay_call(…, offline=True)`): assert that
+`recall(what the caller said, " ".join(call.said("caller")))` is high enough.
+
 Both compare words, not text: case, punctuation and the way a number is
 written ("20,000" or "twenty thousand") do not count against a recogniser.
 """
