@@ -122,6 +122,27 @@ async def running_bridge(
             yield state["it"]
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep `--dist loadgroup` grouping on pytest 9.2.
+
+    pytest-xdist names a test's `xdist_group` by appending `@group` to its node id, which
+    the scheduler reads; it still writes the old `_nodeid` field, which pytest 9.2 no
+    longer reads (pytest-dev/pytest-xdist#1386), so the groups are silently ignored. This
+    writes the suffix where pytest 9.2 keeps the id; it does nothing once xdist does it.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                 for mark in item.iter_markers("xdist_group")}
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
+
+
+
 @pytest.fixture(autouse=True)
 def empty_phrase_cache() -> None:
     """Each test starts as a fresh process does: no greeting recorded yet."""

@@ -35,6 +35,10 @@ source = "Acme contract"
 '''
 
 
+# The tests that install the plugin run on one worker, so it is built and installed once.
+PLUGIN_SITE = pytest.mark.xdist_group("plugin_site")
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")
@@ -65,6 +69,7 @@ def acme_vertical(tmp_path: Path) -> Path:
     return path
 
 
+@PLUGIN_SITE
 def test_validate_lists_the_plugin_kinds_in_the_chain(plugin_site, tmp_path):
     path = acme_vertical(tmp_path)
     result = tollbridge(plugin_site, "validate", str(path), cwd=tmp_path)
@@ -73,6 +78,7 @@ def test_validate_lists_the_plugin_kinds_in_the_chain(plugin_site, tmp_path):
     assert re.search(r"acme\.tts\s*│\s*tts\s*│\s*—\s*│\s*mulaw/8000", result.stdout)
 
 
+@PLUGIN_SITE
 def test_a_plugin_option_error_names_the_key(plugin_site, tmp_path):
     path = acme_vertical(tmp_path)
     path.write_text(path.read_text().replace('use = "acme.say_digits"', 'use = "acme.say_digits"\njoiner = 1'))
@@ -87,6 +93,7 @@ def test_without_the_plugin_the_kind_is_unknown(tmp_path):
     assert 'chain[3].use: unknown stage kind "acme.say_digits"' in result.stderr
 
 
+@PLUGIN_SITE
 def test_a_replayed_call_runs_through_the_plugin_and_bills_its_provider(plugin_site, tmp_path):
     result = tollbridge(
         plugin_site, "call", str(acme_vertical(tmp_path)), "--audio", f"{CALL}.wav",
