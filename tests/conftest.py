@@ -131,6 +131,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     longer reads (pytest-dev/pytest-xdist#1386), so the groups are silently ignored. This
     writes the suffix where pytest 9.2 keeps the id; it does nothing once xdist does it.
     """
+    _longest_first(config, items)
     if not getattr(config.option, "loadgroup", False):
         return
     from _pytest.nodeid import NodeId
@@ -141,6 +142,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if names and "@" not in item.nodeid and hasattr(item, "_id"):
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
+
+DURATIONS_KEY = "tollbridge/durations"
+"""Each test's seconds in the last run, in pytest's cache: the next run starts the longest first."""
+_durations: dict[str, float] = {}
+
+
+def _longest_first(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the tests longest first, by their time in the last run, so the workers are not
+    left waiting on a long real-time call handed out last. Tests of one xdist group keep
+    together, at their group's total. With nothing cached, the order is left as collected."""
+    last: dict[str, float] = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    if not last:
+        return
+
+    def group(item: pytest.Item) -> str:
+        names = sorted(str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                       for mark in item.iter_markers("xdist_group"))
+        return "@" + "_".join(names) if names else item.nodeid
+
+    totals: dict[str, float] = {}
+    for item in items:
+        key = group(item)
+        totals[key] = totals.get(key, 0.0) + last.get(item.nodeid, 0.0)
+    position = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (-totals[group(item)], group(item), position[id(item)]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    nodeid = report.nodeid.split("@")[0] if "@" in report.nodeid.rpartition("::")[2] else report.nodeid
+    _durations[nodeid] = _durations.get(nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Where the tests ran (the xdist controller, or a serial run), remember their times."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.cache is None or not _durations:
+        return
+    known = config.cache.get(DURATIONS_KEY, {})  # a run of some tests keeps the others' times
+    known.update({nodeid: round(seconds, 2) for nodeid, seconds in _durations.items()})
+    config.cache.set(DURATIONS_KEY, dict(sorted(known.items())))
 
 
 @pytest.fixture(autouse=True)
