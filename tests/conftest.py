@@ -152,7 +152,8 @@ def _longest_first(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the tests longest first, by their time in the last run, so the workers are not
     left waiting on a long real-time call handed out last. Tests of one xdist group keep
     together, at their group's total. With nothing cached, the order is left as collected."""
-    last: dict[str, float] = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    last: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache else {}
     if not last:
         return
 
@@ -177,11 +178,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Where the tests ran (the xdist controller, or a serial run), remember their times."""
     config = session.config
-    if hasattr(config, "workerinput") or config.cache is None or not _durations:
+    cache = getattr(config, "cache", None)
+    if hasattr(config, "workerinput") or cache is None or not _durations:
         return
-    known = config.cache.get(DURATIONS_KEY, {})  # a run of some tests keeps the others' times
+    known = cache.get(DURATIONS_KEY, {})  # a run of some tests keeps the others' times
     known.update({nodeid: round(seconds, 2) for nodeid, seconds in _durations.items()})
-    config.cache.set(DURATIONS_KEY, dict(sorted(known.items())))
+    cache.set(DURATIONS_KEY, dict(sorted(known.items())))
 
 
 @pytest.fixture(autouse=True)
