@@ -179,7 +179,7 @@ async def test_the_realtime_brain_handles_the_same_call_and_costs_more(
     realtime = await replay_call(
         EXAMPLES / "real_estate" / "realtime.vertical.toml", audio=CALLS / "real_estate_listing.wav",
         cassette=CALLS / "real_estate_listing.realtime.cassette.json", ledger_url=ledger,
-        settle_s=2.0,
+        settle_s=2.0, speed=2.0,
     )
     showing = next(t for t in realtime.tools if t.name == "schedule_showing")
     assert showing.result["scheduled"] is True
