@@ -11,6 +11,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+import pytest
 
 from tests.cli.warm_cli import run_cli
 from tests.conftest import FIXTURES
@@ -31,12 +32,17 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
     return run_cli(list(args), env=env, cwd=cwd)
 
 
+WARM = pytest.mark.xdist_group("warm_cli")
+"""The tests whose commands run forked from the warm parent: one worker, so one parent."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
+@WARM
 def test_validate_prints_each_chain_and_exits_zero():
     done = run("validate", "examples/")
     assert done.returncode == 0, done.stderr
@@ -50,6 +56,7 @@ def test_validate_prints_each_chain_and_exits_zero():
     assert "deepgram stt nova-3 charged at 0.0048/minute" in disputed
 
 
+@WARM
 def test_validate_and_serve_refuse_a_model_without_a_price(tmp_path):
     text = (FIXTURES / "frontdesk" / "vertical.toml").read_text().replace(
         'use = "deepgram.stt"', 'use = "deepgram.stt"\nmodel = "nova-2-phonecall"')
@@ -66,6 +73,7 @@ def test_validate_and_serve_refuse_a_model_without_a_price(tmp_path):
     assert 'chain[1].model: "nova-2-phonecall" has no deepgram stt price' in served.stderr
 
 
+@WARM
 def test_a_bad_config_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
     (tmp_path / "vertical.toml").write_text('name = "x"\ntenant = "t"\n[[chain]]\nuse = "twilo"\n')
     done = run("validate", str(tmp_path))
@@ -74,6 +82,7 @@ def test_a_bad_config_exits_non_zero_with_the_message_and_no_traceback(tmp_path)
     assert "Traceback" not in done.stderr
 
 
+@WARM
 def test_validate_keys_names_the_missing_variable():
     env = {k: "" for k in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY")}
     done = run("validate", "--keys", "examples/salon", env=env)
@@ -81,6 +90,7 @@ def test_validate_keys_names_the_missing_variable():
     assert "environment variable DEEPGRAM_API_KEY is not set" in done.stderr
 
 
+@WARM
 def test_a_bad_setting_is_one_line_naming_the_variable():
     done = run("validate", "examples/salon", env={"TOLLBRIDGE_LOG_LEVEL": "LOUD"})
     assert done.returncode == 1
@@ -90,6 +100,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable():
     ]
 
 
+@WARM
 def test_serve_without_the_auth_token_says_so_and_exits(tmp_path):
     env = {"TWILIO_AUTH_TOKEN": "", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk",
            "TOLLBRIDGE_SPOOL": str(tmp_path / "spool")}
@@ -100,6 +111,7 @@ def test_serve_without_the_auth_token_says_so_and_exits(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@WARM
 def test_schema_enumerates_every_kind():
     done = run("schema")
     assert done.returncode == 0
