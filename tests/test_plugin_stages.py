@@ -35,6 +35,9 @@ source = "Acme contract"
 '''
 
 
+# The tests that install the plugin run on one worker, so it is built and installed once.
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")

@@ -23,6 +23,9 @@ from tollbridge.testing.softphone import CallScript
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.signature import SignatureChecker
 
+SPEED = 2.0
+"""These calls are about their records, not their timing: the caller plays at twice real time
+(the fakes keep the audio clock; a local call restates its seconds on the caller's clock)."""
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 6]
 CASSETTE = Cassette(
     stt=[{"at": 4.0, "transcript": "what are your opening hours", "is_final": True,
@@ -48,7 +51,7 @@ def usd(amount: Decimal) -> Decimal:
 async def test_a_replayed_call_leaves_one_priced_record(frontdesk, ledger_url, tmp_path):
     call = await run_local_call(frontdesk, audio=SPEECH, cassette=CASSETTE, ledger_url=ledger_url,
                                 spool_path=tmp_path / "spool", settle_s=1.0,
-                                user_speech_timeout=0.3)
+                                user_speech_timeout=0.3, speed=SPEED)
     async with await Ledger.open(ledger_url) as ledger:
         stored = await ledger.get(call.cost.call_sid)
         report = await ledger.report(tenant="acme")
@@ -101,7 +104,7 @@ async def test_a_call_with_unpriced_models_still_leaves_its_record(frontdesk, le
     with capture_logs() as logged:
         call = await run_local_call(vertical, audio=SPEECH, cassette=CASSETTE,
                                     ledger_url=ledger_url, spool_path=tmp_path / "spool",
-                                    settle_s=1.0, user_speech_timeout=0.3)
+                                    settle_s=1.0, user_speech_timeout=0.3, speed=SPEED)
     assert call.cost.ended_by != "" and "Monday to Friday" in call.transcript
     # the budget, checked on each of the usage reports, notes each unpriced item once
     noted = [e["item"] for e in logged if e["event"] == "budget_counts_priced_usage_only"]
@@ -143,7 +146,8 @@ async def test_twilio_status_callback_reconciles_the_record(frontdesk, ledger_ur
 
             running.bridge.on_status = on_status
             phone = await running.softphone().call(CallScript(
-                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0))
+                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0,
+                speed=SPEED))
             await running.finished()
             form = {"CallSid": phone.call_sid, "AccountSid": "AC" + "3" * 32,
                     "CallStatus": "completed", "CallDuration": "61", "From": "+15550109999",
@@ -181,7 +185,8 @@ async def test_a_ledger_outage_during_a_call_loses_nothing(frontdesk, tmp_path: 
 
             running.bridge.on_finished = on_finished
             phone = await running.softphone().call(CallScript(
-                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0))
+                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0,
+                speed=SPEED))
             await running.finished()
             await bookkeeper.drain()
         assert ledger.pending == 1  # spooled, not lost
@@ -265,7 +270,8 @@ async def test_an_inbound_recording_is_billed_once_twilio_reports_it(frontdesk, 
 
             running.bridge.on_finished, running.bridge.on_recording = on_finished, on_recording
             phone = await running.softphone().call(CallScript(
-                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0))
+                audio=SPEECH, parameters={"vertical": "frontdesk", "tenant": "acme"}, settle_s=1.0,
+                speed=SPEED))
             await running.finished()
             await bookkeeper.drain()
             before = await bookkeeper.ledger.get(phone.call_sid)

@@ -13,22 +13,30 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+import pytest_asyncio
 
 from tests.conftest import FIXTURES
+from tollbridge.config import load_vertical
 from tollbridge.costs.ledger import Ledger
+from tollbridge.phrase_cache import PHRASES
+from tollbridge.testing.local_call import LocalCall, run_local_call
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CALLS = FIXTURES / "calls"
 TODAY = "2026-11-24"  # a Tuesday: "Friday" and "Saturday" resolve the same way every run
 
 
+def example_env(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    monkeypatch.setenv("GLAMBOOK_DB_URL", f"sqlite:///{folder / 'glambook.db'}")
+    monkeypatch.setenv("GLAMBOOK_TODAY", TODAY)
+    monkeypatch.setenv("ONEROOF_DB_URL", f"sqlite:///{folder / 'oneroof.db'}")
+    monkeypatch.setenv("ONEROOF_TODAY", TODAY)
+    monkeypatch.setenv("BRIGHTPATH_RESULTS", str(folder / "leads.jsonl"))
+
+
 @pytest.fixture(autouse=True)
 def example_databases(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLAMBOOK_DB_URL", f"sqlite:///{tmp_path / 'glambook.db'}")
-    monkeypatch.setenv("GLAMBOOK_TODAY", TODAY)
-    monkeypatch.setenv("ONEROOF_DB_URL", f"sqlite:///{tmp_path / 'oneroof.db'}")
-    monkeypatch.setenv("ONEROOF_TODAY", TODAY)
-    monkeypatch.setenv("BRIGHTPATH_RESULTS", str(tmp_path / "leads.jsonl"))
+    example_env(monkeypatch, tmp_path)
 
 
 async def call(replay_call, tmp_path, vertical: str, name: str, **options):
@@ -43,6 +51,32 @@ async def call(replay_call, tmp_path, vertical: str, name: str, **options):
         stored = await opened.get(result.cost.call_sid)
     assert stored == result.cost  # the record in the ledger is the call's priced record
     return result
+
+
+def replayer(folder: Path):
+    """What the `replay_call` fixture does, for a call that several tests look at."""
+
+    async def replay(vertical, *, audio, cassette, strict: bool = True, **options) -> LocalCall:
+        options.setdefault("spool_path", folder / "ledger.spool")
+        result = await run_local_call(load_vertical(vertical), audio=audio, cassette=cassette,
+                                      **options)
+        if strict and result.replay_failures:
+            pytest.fail("the call did not follow its cassette:\n" + "\n".join(result.replay_failures))
+        return result
+
+    return replay
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def real_estate_listing(tmp_path_factory) -> tuple[LocalCall, Path]:
+    """The cascaded real-estate call, replayed once for the tests that look at it (they share
+    an xdist group, so one worker runs them all), and the folder its databases are in."""
+    folder = tmp_path_factory.mktemp("real_estate_listing")
+    PHRASES.clear()  # as the function-scoped empty_phrase_cache, which runs after this
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        example_env(monkeypatch, folder)
+        result = await call(replayer(folder), folder, "real_estate", "real_estate_listing")
+    return result, folder
 
 
 def items(result) -> dict[str, Decimal]:
@@ -110,8 +144,8 @@ async def test_sales_call_ends_politely_when_not_interested(replay_call, tmp_pat
     assert result.phone.ended_by == "agent_hung_up"
 
 
-async def test_real_estate_search_and_showing(replay_call, tmp_path):
-    result = await call(replay_call, tmp_path, "real_estate", "real_estate_listing")
+async def test_real_estate_search_and_showing(real_estate_listing):
+    result, folder = real_estate_listing
     search = result.tools[0]
     assert search.name == "search_listings"
     assert search.result["listings"] and all(
@@ -120,7 +154,7 @@ async def test_real_estate_search_and_showing(replay_call, tmp_path):
     )
     showing = next(t for t in result.tools if t.name == "schedule_showing")
     assert showing.result["scheduled"] is True and showing.result["day"] == "2026-11-28"
-    async with aiosqlite.connect(tmp_path / "oneroof.db") as db:
+    async with aiosqlite.connect(folder / "oneroof.db") as db:
         rows = await (await db.execute("SELECT listing_id, day, starts, name FROM showings")).fetchall()
     assert rows == [("OR-1001", "2026-11-28", "11:00", "Alex Kim")]
 
@@ -136,12 +170,14 @@ async def test_a_caller_hanging_up_mid_sentence_still_leaves_a_record(replay_cal
     assert result.cost.total_usd > 0
 
 
-async def test_the_realtime_brain_handles_the_same_call_and_costs_more(replay_call, tmp_path):
+async def test_the_realtime_brain_handles_the_same_call_and_costs_more(
+    replay_call, tmp_path, real_estate_listing
+):
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     realtime = await replay_call(
         EXAMPLES / "real_estate" / "realtime.vertical.toml", audio=CALLS / "real_estate_listing.wav",
         cassette=CALLS / "real_estate_listing.realtime.cassette.json", ledger_url=ledger,
-        settle_s=2.0,
+        settle_s=2.0, speed=2.0,
     )
     showing = next(t for t in realtime.tools if t.name == "schedule_showing")
     assert showing.result["scheduled"] is True
@@ -152,5 +188,5 @@ async def test_the_realtime_brain_handles_the_same_call_and_costs_more(replay_ca
     kinds = set(items(realtime))
     assert {"realtime.audio_in", "realtime.audio_out", "realtime.text_in"} <= kinds
     assert not {"stt", "tts"} & kinds  # one brain: no separate STT or TTS bill
-    cascaded = await call(replay_call, tmp_path, "real_estate", "real_estate_listing")
+    cascaded, _ = real_estate_listing  # the same call through the cascaded chain
     assert realtime.cost.usd_per_minute > cascaded.cost.usd_per_minute

@@ -31,7 +31,8 @@ async def test_the_fallback_takes_over_when_the_primary_cannot_connect(failing):
             primary.fail_status = 529  # Anthropic: overloaded
         phone = await running.softphone().call(CallScript(
             audio=load_caller_audio(f"{NOT_INTERESTED}.wav"),
-            parameters={"vertical": "sales", "tenant": "brightpath"}, settle_s=4.0, max_s=40))
+            parameters={"vertical": "sales", "tenant": "brightpath"}, settle_s=4.0, max_s=40,
+            speed=2.0))  # nothing here is about timing: twice real time
         [usage] = await running.finished()
         assert running.fakes.failures == []
     assert phone.ended_by == "agent_hung_up"  # the call went on to its polite end

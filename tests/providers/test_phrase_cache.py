@@ -11,6 +11,9 @@ from tollbridge.config import Vertical, load_vertical
 from tollbridge.phrase_cache import PhraseKey, PhraseStore
 from tollbridge.testing.cassette import Cassette
 
+SPEED = 2.0
+"""Nothing here is about timing: the caller plays at twice real time (the fakes keep the
+audio clock)."""
 REPLY = "We are open Monday to Friday, eight to six."
 # pipecat sends each sentence with a trailing space, and the provider bills it
 GREETING_CHARS, REPLY_CHARS = len(GREETING) + 1, len(REPLY) + 1
@@ -22,9 +25,9 @@ CASSETTE = Cassette(
 
 async def _two_calls(vertical: Vertical, tts_kind: str):
     async with running_bridge(vertical, CASSETTE) as running:
-        first = await running.softphone().call(script())
+        first = await running.softphone().call(script(speed=SPEED))
         await running.finished(1)
-        second = await running.softphone().call(script())
+        second = await running.softphone().call(script(speed=SPEED))
         usages = await running.finished(2)
         assert running.fakes.failures == []
         billed_by_fake = running.fakes.fakes[tts_kind].characters

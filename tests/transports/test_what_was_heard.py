@@ -8,12 +8,15 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
+import pytest_asyncio
+
 from tests.conftest import FIXTURES, running_bridge
 from tests.transports.test_bridge_calls import GREETING, assistant_messages, final, interim, script
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.costs.catalog import Catalog
 from tollbridge.costs.pricing import price_call
 from tollbridge.pacing import sentences
+from tollbridge.phrase_cache import PHRASES
 from tollbridge.testing.cassette import Cassette
 
 CHARS_PER_SECOND = 14.0
@@ -89,10 +92,20 @@ async def test_the_bound_is_the_transport_option(tmp_path):
     assert phone.underruns == []
 
 
-async def test_a_barge_in_pays_only_for_the_sentences_synthesized_before_it(frontdesk):
-    paced, at_once = await asyncio.gather(  # two bridges, side by side
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def barge_in_calls():
+    """The barge-in call with speech paced to playback and sent at once, on two bridges side
+    by side; replayed once for the tests that look at them (an xdist group keeps them on
+    one worker)."""
+    PHRASES.clear()  # as the function-scoped empty_phrase_cache, which runs after this
+    frontdesk = load_vertical(FIXTURES / "frontdesk")
+    return await asyncio.gather(
         barge_in_call(frontdesk), barge_in_call(replace(frontdesk, speech_lead_s=0))
     )
+
+
+async def test_a_barge_in_pays_only_for_the_sentences_synthesized_before_it(barge_in_calls):
+    paced, at_once = barge_in_calls
 
     for phone, usage, _session, billed_by_fake in (paced, at_once):
         assert phone.clears == 1 and phone.underruns == []
@@ -121,10 +134,8 @@ async def test_a_barge_in_pays_only_for_the_sentences_synthesized_before_it(fron
     assert unheard(paced[1]) <= len(max(sentences(REPLY), key=len)) + 30  # the lead's worth
 
 
-async def test_the_record_prices_speech_paid_for_but_never_heard(frontdesk):
-    async with running_bridge(frontdesk, BARGE_IN) as running:
-        await running.softphone().call(script(audio=SILENCE))
-        [usage] = await running.finished()
+async def test_the_record_prices_speech_paid_for_but_never_heard(barge_in_calls):
+    (_phone, usage, _session, _billed), _at_once = barge_in_calls  # the paced call
     cost = price_call(usage, Catalog.load())
 
     tts = next(line for line in cost.items if line.item.startswith("tts:"))
