@@ -35,8 +35,6 @@ source = "Acme contract"
 '''
 
 
-# The tests that install the plugin run on one worker, so it is built and installed once.
-
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:

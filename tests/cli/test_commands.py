@@ -31,9 +31,6 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
     return run_cli(list(args), env=env, cwd=cwd)
 
 
-"""The tests whose commands run forked from the warm parent: one worker, so one parent."""
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -69,8 +69,8 @@ def replayer(folder: Path):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def real_estate_listing(tmp_path_factory) -> tuple[LocalCall, Path]:
-    """The cascaded real-estate call, replayed once for the tests that look at it (they share
-    an xdist group, so one worker runs them all), and the folder its databases are in."""
+    """The cascaded real-estate call, replayed once per worker for the tests that look at it,
+    and the folder its databases are in."""
     folder = tmp_path_factory.mktemp("real_estate_listing")
     PHRASES.clear()  # as the function-scoped empty_phrase_cache, which runs after this
     with pytest.MonkeyPatch.context() as monkeypatch:

@@ -95,8 +95,7 @@ async def test_the_bound_is_the_transport_option(tmp_path):
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def barge_in_calls():
     """The barge-in call with speech paced to playback and sent at once, on two bridges side
-    by side; replayed once for the tests that look at them (an xdist group keeps them on
-    one worker)."""
+    by side; replayed once per worker for the tests that look at them."""
     PHRASES.clear()  # as the function-scoped empty_phrase_cache, which runs after this
     frontdesk = load_vertical(FIXTURES / "frontdesk")
     return await asyncio.gather(
