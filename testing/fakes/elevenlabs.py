@@ -80,8 +80,8 @@ class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
         api_key: str,
         *,
         chars_per_second: float = 14.0,
-        fail_connect: bool = False,
-        fail_after_messages: int | None = None,
+        outage: int | None = None,
+        fail_after: int | None = None,
     ) -> None:
         """Configure the fake.
 
@@ -89,23 +89,21 @@ class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
             api_key: The only key accepted in the ``xi-api-key`` header.
             chars_per_second: Speaking rate: text of N characters yields
                 ``round(N * sample_rate / chars_per_second)`` samples.
-            fail_connect: Refuse every handshake with 503.
-            fail_after_messages: Drop each socket after this many client messages.
+            outage, fail_after: The fault options (see `FakeServer`).
         """
-        super().__init__(
-            api_key, fail_connect=fail_connect, fail_after_messages=fail_after_messages
-        )
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.chars_per_second = chars_per_second
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/text-to-speech/{voice_id}/multi-stream-input", self._stream)]
 
-    def authorized(self, request: web.Request) -> bool:
-        return request.headers.get("xi-api-key") == self.api_key
+    def authorize(self, request: web.Request) -> None:
+        if request.headers.get("xi-api-key") != self.api_key:
+            raise Rejection(401, "INVALID_AUTH", "Invalid credentials.")
 
     def error_response(self, rejection: Rejection, record: ElevenLabsRecord) -> web.Response:
         """ElevenLabs' ``{"detail": {"status", "message"}}`` error body."""
-        body = {"detail": {"status": rejection.code.lower(), "message": rejection.message}}
+        body = {"detail": {"status": (rejection.code or "").lower(), "message": rejection.message}}
         return web.json_response(body, status=rejection.status)
 
     @property

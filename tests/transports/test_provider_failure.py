@@ -192,7 +192,7 @@ async def test_tts_dying_mid_call_plays_the_pre_rendered_apology_and_ends(frontd
 async def test_a_tts_refusing_from_the_start_still_gets_the_apology_heard(frontdesk):
     async with running_bridge(frontdesk, CASSETTE) as running:
         await running.bridge.render_phrases()
-        running.fakes.fakes["deepgram.tts"].fail_connect = True  # an outage since start-up
+        running.fakes.fakes["deepgram.tts"].outage = 503  # an outage since start-up
         started = time.monotonic()
         phone = await running.softphone().call(
             CallScript(audio=SPEECH, parameters=PARAMS, settle_s=20, max_s=40))
