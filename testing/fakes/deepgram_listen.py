@@ -318,6 +318,7 @@ class _ListenSession:
             )
             await self._ws.close()
             return False
+        self._fake.failures.append(f"SchemaError: {message!r}")
         await self._send(
             {
                 "type": "Error",

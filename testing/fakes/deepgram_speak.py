@@ -228,6 +228,7 @@ class _SpeakSession:
             await self._ws.close()
             return False
         else:
+            self._fake.failures.append(f"UNKNOWN_MESSAGE: {message!r}")
             await self._send(
                 {
                     "type": "Warning",

@@ -143,8 +143,7 @@ class _StreamSession:
     async def on_message(self, message: Any) -> bool:
         """Handle one client message; False once the socket is closed."""
         if not isinstance(message, dict):
-            await self._ws.close(code=1008, message=b"Invalid message: expected a JSON object")
-            return False
+            return await self._refuse("Invalid message: expected a JSON object")
         if message.get("close_socket"):
             for context_id in list(self._buffers):
                 await self._close_context(context_id)
@@ -154,10 +153,9 @@ class _StreamSession:
         opening = context_id not in self._buffers
         if "voice_settings" in message and not opening:
             # A context's settings are fixed by its first message; ElevenLabs refuses later ones.
-            await self._ws.close(
-                code=1008, message=b"voice_settings are only accepted in a context's first message"
+            return await self._refuse(
+                "voice_settings are only accepted in a context's first message"
             )
-            return False
         text = message.get("text")
         if isinstance(text, str) and (opening or text.strip()):
             # Blank text opens a context or keeps it alive; it is neither spoken nor billed.
@@ -172,6 +170,12 @@ class _StreamSession:
         if context_id in self._buffers and message.get("close_context"):
             await self._close_context(context_id)
         return True
+
+    async def _refuse(self, reason: str) -> bool:
+        """Close the socket (1008) as ElevenLabs does on a message it refuses; a client failure."""
+        self._fake.failures.append(f"1008: {reason}")
+        await self._ws.close(code=1008, message=reason.encode())
+        return False
 
     async def _generate(self, context_id: str) -> None:
         """Speak what the context has buffered: one audio message with its alignment."""

@@ -177,6 +177,7 @@ async def test_voice_settings_after_a_context_opened_are_refused() -> None:
 
     assert ws.close_code == 1008
     assert fake.characters == 0
+    assert fake.failures == ["1008: voice_settings are only accepted in a context's first message"]
 
 
 async def test_fail_after_drops_the_socket_mid_stream() -> None:
