@@ -5,7 +5,7 @@ Each fake speaks one provider's wire protocol so that the real client code
 every fake needs, so that tests drive them all alike: an ephemeral port, the gate
 every request passes (injected outage, killed clients, auth), one record per
 request with its secrets redacted, one exception for refusals, the fault options,
-and a WebSocket serving loop.
+and the two ways providers stream: a WebSocket loop and Server-Sent Events.
 """
 
 import asyncio
@@ -81,6 +81,11 @@ class RequestRecord:
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property
+    def body(self) -> Any:
+        """An HTTP request's body: its one message."""
+        return self.messages[0] if self.messages else None
+
+    @property
     def message_count(self) -> int:
         """Messages received from the client, text and binary."""
         return len(self.messages) + self.binary_messages
@@ -106,8 +111,11 @@ class FakeServer(Generic[R]):
 
     - ``outage``: refuse every request or handshake with this HTTP status (503; or
       e.g. 500, or Anthropic's 529) in the provider's error body; None to recover.
-    - ``fail_after``: drop each socket without a close frame once the client has
-      sent this many messages (audio or text it streams in).
+    - ``fail_after``: break each stream off after this many messages: the client's
+      (audio or text it streams in) or, on fakes whose replies stream
+      (`streams_replies`), the fake's events. A socket the client streams into is
+      dropped without a close frame; a streamed reply ends with the provider's
+      mid-stream error, and its scripted turn is left for a retry.
     - `kill`: the server crashes.
     """
 
@@ -115,11 +123,15 @@ class FakeServer(Generic[R]):
     record_type: type[R]
     #: ``ws`` or ``http``: how the provider's client reaches `base_url`.
     scheme: ClassVar[str] = "ws"
+    #: Whether `fail_after` counts the events the fake streams back, not the client's messages.
+    streams_replies: ClassVar[bool] = False
     #: The provider's answers to its own failures; a status not listed answers as 500 does.
     server_errors: ClassVar[ServerErrors] = {
         500: ("INTERNAL_SERVER_ERROR", "Injected server error."),
         503: ("SERVICE_UNAVAILABLE", "Injected outage."),
     }
+    #: (event name, data) a Server-Sent Events reply ends with when `fail_after` cuts it.
+    sse_error: ClassVar[tuple[str | None, Any]]
 
     def __init__(
         self, api_key: str, *, outage: int | None = None, fail_after: int | None = None
@@ -279,6 +291,13 @@ class FakeServer(Generic[R]):
         record.messages.append(body)
         return body
 
+    def json_reply(self, record: R, data: Any, headers: Mapping[str, str]) -> web.Response:
+        """A whole (not streamed) JSON reply, logged as sent."""
+        record.status = 200
+        record.sent.append(data)
+        record.ended.set()
+        return web.json_response(data, headers=headers)
+
     async def open_stream(
         self, request: web.Request, record: R, response: web.StreamResponse
     ) -> web.StreamResponse:
@@ -327,12 +346,12 @@ class FakeServer(Generic[R]):
         Binary messages are passed as bytes, text as parsed JSON (or the str itself
         when it isn't JSON); `on_message` returns False once it has closed the
         socket. Raises TimeoutError when `idle_timeout` passes without a message.
-        Drops the socket once `fail_after` messages have been handled, as a
-        crashed server would.
+        Unless the fake `streams_replies`, drops the socket once `fail_after`
+        messages have been handled, as a crashed server would.
         """
         try:
             while True:
-                if self.failing(record.message_count):
+                if not self.streams_replies and self.failing(record.message_count):
                     self.drop(request, record)
                     return
                 msg = await ws.receive(timeout=idle_timeout)
@@ -362,6 +381,39 @@ class FakeServer(Generic[R]):
         """Send a binary audio message and count it."""
         record.audio_bytes_sent += len(audio)
         await ws.send_bytes(audio)
+
+    # -- Server-Sent Events --------------------------------------------------------------
+
+    async def open_sse(
+        self, request: web.Request, record: R, headers: Mapping[str, str]
+    ) -> web.StreamResponse:
+        """Start a ``text/event-stream`` reply."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                **headers,
+            }
+        )
+        return await self.open_stream(request, record, response)
+
+    async def send_sse(
+        self, response: web.StreamResponse, record: R, data: Any, event: str | None = None
+    ) -> bool:
+        """Write one event (optional ``event:`` line, ``data:`` line, blank line) and log it.
+
+        Once `fail_after` events have gone out, writes the provider's `sse_error`
+        instead and returns False: the reply is over.
+        """
+        cut = self.failing(len(record.sent))
+        if cut:
+            record.dropped = True
+            event, data = self.sse_error
+        record.sent.append(data)
+        payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+        head = f"event: {event}\n" if event else ""
+        await response.write(f"{head}data: {payload}\n\n".encode())
+        return not cut
 
 
 def _matches(query: Mapping[str, str | list[str]], wanted: Mapping[str, str]) -> bool:

@@ -28,7 +28,7 @@ async def test_the_fallback_takes_over_when_the_primary_cannot_connect(failing):
         if failing == "elevenlabs.tts":
             primary.outage = 503
         else:
-            primary.fail_status = 529  # Anthropic: overloaded
+            primary.outage = 529  # Anthropic: overloaded
         phone = await running.softphone().call(CallScript(
             audio=load_caller_audio(f"{NOT_INTERESTED}.wav"),
             parameters={"vertical": "sales", "tenant": "brightpath"}, settle_s=4.0, max_s=40))
