@@ -115,6 +115,9 @@ def _every_call_script(turns: list[dict[str, str]]) -> Any:
         def advance(self) -> None:
             pass
 
+        def give_back(self) -> None:
+            pass
+
     return EveryCallScript(turns)  # type: ignore[arg-type]
 
 

@@ -72,6 +72,7 @@ class OfflineScript(Script):
         self._tools = tools
         self._checked: ScriptedTurn | None = None
         self._last_called: str | None = None
+        self._took_reply = False
 
     @property
     def remaining(self) -> int:
@@ -86,8 +87,13 @@ class OfflineScript(Script):
     def advance(self) -> None:
         called = (self._checked or {}).get("tool_calls") or []
         self._last_called = called[0]["name"] if called else None
-        if super().remaining:
+        self._took_reply = bool(super().remaining)
+        if self._took_reply:
             super().advance()
+
+    def give_back(self) -> None:
+        if self._took_reply:  # an improvised reply is simply improvised again
+            super().give_back()
 
     def _improvise(self, heard: str) -> ScriptedTurn:
         if self._last_called is not None:  # this request carries the tool's result

@@ -31,12 +31,12 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tollbridge.testing.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
 from tollbridge.testing.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
+from tollbridge.testing.fakes.server import FakeServer, Rejection, RequestRecord, ServerErrors
 from tollbridge.testing.fakes.tokens import Segment, count_tokens, prefix_hashes, text_segment
 
 API_VERSIONS = frozenset({"2023-06-01", "2023-01-01"})
@@ -55,13 +55,6 @@ _MIN_CACHEABLE_TOKENS = (
     ("claude-opus-5", 512),
 )
 
-_FAILURES = {
-    429: ("rate_limit_error", "Number of request tokens has exceeded your rate limit."),
-    500: ("api_error", "Internal server error"),
-    529: ("overloaded_error", "Overloaded"),
-}
-
-
 def min_cacheable_tokens(model: str) -> int:
     """The shortest prefix the model caches (a dated snapshot counts as its model)."""
     for prefix, tokens in _MIN_CACHEABLE_TOKENS:
@@ -70,77 +63,76 @@ def min_cacheable_tokens(model: str) -> int:
     return 1024
 
 
-def anthropic_error(status: int, type_: str, message: str, request_id: str) -> web.Response:
-    """An error response in Anthropic's shape."""
-    body = {
-        "type": "error",
-        "error": {"type": type_, "message": message},
-        "request_id": request_id,
-    }
-    return web.json_response(body, status=status, headers={"request-id": request_id})
-
-
 def content_blocks(content: Any) -> list[Any]:
     """A message's content as blocks: a string is one text block."""
     return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
-class _BadRequest(Exception):
-    """A request Anthropic would refuse with 400 invalid_request_error."""
+def _bad(message: str) -> Rejection:
+    """A request Anthropic refuses with 400 invalid_request_error."""
+    return Rejection(400, "invalid_request_error", message)
+
+
+def _check_version(version: str | None) -> None:
+    """The ``anthropic-version`` header is required, and must name a version."""
+    if version is None:
+        raise _bad("anthropic-version: header is required")
+    if version not in API_VERSIONS:
+        raise _bad(f"anthropic-version: Unknown version {version!r}")
 
 
 def _validate(body: Any) -> None:
     """Refuse what the real endpoint refuses, with its messages."""
     if not isinstance(body, dict):
-        raise _BadRequest("There was an issue with your request body: invalid JSON")
+        raise _bad("There was an issue with your request body: invalid JSON")
     for field in ("model", "max_tokens", "messages"):
         if field not in body:
-            raise _BadRequest(f"{field}: Field required")
+            raise _bad(f"{field}: Field required")
     messages = body["messages"]
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise _BadRequest("messages: Input should be a valid list")
+        raise _bad("messages: Input should be a valid list")
     system = body.get("system", "")
     if not isinstance(system, str) and not (
         isinstance(system, list)
         and all(isinstance(b, dict) and b.get("type") == "text" for b in system)
     ):
-        raise _BadRequest("system: Input should be a valid string or a list of text blocks")
+        raise _bad("system: Input should be a valid string or a list of text blocks")
     for i, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or not tool.get("name"):
-            raise _BadRequest(f"tools.{i}.name: Field required")
+            raise _bad(f"tools.{i}.name: Field required")
     open_tool_uses: set[str] = set()
     for i, message in enumerate(messages):
         role = message.get("role")
         if role == "system":
-            raise _BadRequest(
+            raise _bad(
                 'messages: Unexpected role "system". The Messages API accepts a top-level '
                 '`system` parameter, not "system" as an input message role.'
             )
         if role not in ("user", "assistant"):
-            raise _BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            raise _bad(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         blocks = content_blocks(message.get("content"))
         if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
-            raise _BadRequest(f"messages.{i}.content: Input should be a valid list")
+            raise _bad(f"messages.{i}.content: Input should be a valid list")
         if not blocks and i < len(messages) - 1:
-            raise _BadRequest(
+            raise _bad(
                 f"messages.{i}: all messages must have non-empty content except for the "
                 "optional final assistant message"
             )
         for j, block in enumerate(blocks):
             if block.get("type") == "text" and not block.get("text"):
-                raise _BadRequest(
+                raise _bad(
                     f"messages.{i}.content.{j}: text content blocks must be non-empty"
                 )
         results = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
         unexpected = results - open_tool_uses
         if unexpected:
-            raise _BadRequest(
+            raise _bad(
                 f"messages.{i}.content.0: unexpected `tool_use_id` found in `tool_result` "
                 f"blocks: {', '.join(sorted(unexpected))}. Each `tool_result` block must "
                 "have a corresponding `tool_use` block in the previous message."
             )
         if open_tool_uses - results:
-            raise _BadRequest(
+            raise _bad(
                 f"messages.{i - 1}: `tool_use` ids were found without `tool_result` blocks "
                 f"immediately after: {', '.join(sorted(open_tool_uses - results))}. Each "
                 "`tool_use` block must have a corresponding `tool_result` block in the next "
@@ -152,7 +144,7 @@ def _validate(body: Any) -> None:
             else set()
         )
     if open_tool_uses and messages[-1].get("role") == "assistant":
-        raise _BadRequest(
+        raise _bad(
             f"messages.{len(messages) - 1}: `tool_use` ids were found without `tool_result` "
             f"blocks immediately after: {', '.join(sorted(open_tool_uses))}. Each `tool_use` "
             "block must have a corresponding `tool_result` block in the next message."
@@ -198,12 +190,12 @@ def prompt_blocks(body: dict[str, Any]) -> list[_Block]:
 def _check_breakpoints(blocks: list[_Block]) -> None:
     ttls = [block.breakpoint_ttl for block in blocks if block.breakpoint_ttl]
     if len(ttls) > MAX_CACHE_BREAKPOINTS:
-        raise _BadRequest(
+        raise _bad(
             f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
             f"Found {len(ttls)}."
         )
     if "5m" in ttls and "1h" in ttls[ttls.index("5m") :]:
-        raise _BadRequest(
+        raise _bad(
             "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control "
             "block. Note that blocks are processed in the following order: `tools`, "
             "`system`, `messages`."
@@ -230,18 +222,16 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-class AnthropicMessagesFake(FakeHTTPServer):
+class AnthropicMessagesFake(FakeServer[RequestRecord]):
     """Fake ``/v1/messages``; give the SDK ``base_url`` as is.
 
     Args:
         script: Replies, one per request, in order (see `ScriptedTurn`).
         api_key: The key clients must send as ``x-api-key``.
-        fail_status: Answer every request with this HTTP status (529 overloaded_error,
-            500 api_error, 429 rate_limit_error, ...) before the script is consulted.
-            Set it back to None to recover.
-        fail_mid_stream: Start the reply, then send an ``error`` event
-            (overloaded_error) and close; a non-streaming request gets a 529. The
-            scripted turn is not used up, so a retry gets it.
+        outage, fail_after: The fault options (see `FakeServer`); `outage` answers
+            Anthropic's error type for 529 (overloaded_error), 500 (api_error) or 429
+            (rate_limit_error); `fail_after` counts the events of a streamed reply, which
+            then ends with an overloaded_error ``error`` event.
         event_delay_s: Pause before each streamed event, so a test can cut a reply short.
 
     A scripted turn's ``tool_calls`` stream as one ``tool_use`` block each, in order,
@@ -250,20 +240,30 @@ class AnthropicMessagesFake(FakeHTTPServer):
     events had reported when the stream ended or was cut (what Anthropic bills).
     """
 
+    record_type = RequestRecord
+    scheme = "http"
+    streams_replies = True
+    server_errors: ClassVar[ServerErrors] = {
+        429: ("rate_limit_error", "Number of request tokens has exceeded your rate limit."),
+        500: ("api_error", "Internal server error"),
+        529: ("overloaded_error", "Overloaded"),
+    }
+    sse_error = (
+        "error",
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    )
+
     def __init__(
         self,
         script: Sequence[ScriptedTurn],
         *,
         api_key: str = "sk-ant-test",
-        fail_status: int | None = None,
-        fail_mid_stream: bool = False,
+        outage: int | None = None,
+        fail_after: int | None = None,
         event_delay_s: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.script = script if isinstance(script, Script) else Script(script)
-        self.api_key = api_key
-        self.fail_status = fail_status
-        self.fail_mid_stream = fail_mid_stream
         self.event_delay_s = event_delay_s
         self.replies: list[dict[str, Any]] = []
         self.reported_usage: list[dict[str, Any]] = []
@@ -273,53 +273,43 @@ class AnthropicMessagesFake(FakeHTTPServer):
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/messages", self._handle)]
 
+    def authorize(self, request: web.Request) -> None:
+        key = request.headers.get("x-api-key")
+        if key is None:
+            raise Rejection(401, "authentication_error", "x-api-key header is required")
+        if key != self.api_key:
+            raise Rejection(401, "authentication_error", "invalid x-api-key")
+
+    def error_response(self, rejection: Rejection, record: RequestRecord) -> web.Response:
+        """``{"type": "error", "error": {type, message}, "request_id"}``, the id in a header too."""
+        body = {
+            "type": "error",
+            "error": {"type": rejection.code, "message": rejection.message},
+            "request_id": record.request_id,
+        }
+        headers = {"request-id": record.request_id}
+        return web.json_response(body, status=rejection.status, headers=headers)
+
     def _next_id(self, prefix: str) -> str:
         digest = hashlib.sha1(str(next(self._ids)).encode()).hexdigest()[:22]
         return f"{prefix}01{digest}"
 
-    def _reject(self, status: int, type_: str, message: str, request_id: str) -> web.Response:
-        self.failures.append(f"{status} {type_}: {message}")
-        return anthropic_error(status, type_, message, request_id)
-
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = parse_json(await request.text())
-        self.record(request, body)
-        request_id = self._next_id("req_")
-
-        key = request.headers.get("x-api-key")
-        if key is None:
-            return self._reject(
-                401, "authentication_error", "x-api-key header is required", request_id
-            )
-        if key != self.api_key:
-            return self._reject(401, "authentication_error", "invalid x-api-key", request_id)
-        version = request.headers.get("anthropic-version")
-        if version is None:
-            return self._reject(
-                400, "invalid_request_error", "anthropic-version: header is required", request_id
-            )
-        if version not in API_VERSIONS:
-            return self._reject(
-                400,
-                "invalid_request_error",
-                f"anthropic-version: Unknown version {version!r}",
-                request_id,
-            )
+        record = self.open_record(request)
+        record.request_id = self._next_id("req_")
+        body = await self.read_body(request, record)
         try:
+            self.gate(request)
+            _check_version(request.headers.get("anthropic-version"))
             _validate(body)
             blocks = prompt_blocks(body)
             _check_breakpoints(blocks)
-        except _BadRequest as e:
-            return self._reject(400, "invalid_request_error", str(e), request_id)
-
-        if self.fail_status is not None:
-            type_, text = _FAILURES.get(self.fail_status, _FAILURES[500])
-            return anthropic_error(self.fail_status, type_, text, request_id)
-
-        try:
             turn = self.script.check(last_user_text(body["messages"]))
         except ScriptMismatch as e:
-            return self._reject(400, "invalid_request_error", str(e), request_id)
+            return self.reject(_bad(str(e)), record)
+        except Rejection as rejection:
+            return self.reject(rejection, record)
+        self.script.advance()
 
         usage = self._usage(body["model"], blocks, turn)
         content: list[dict[str, Any]] = [{"type": "text", "text": turn["text"]}] if turn.get("text") else []
@@ -342,20 +332,18 @@ class AnthropicMessagesFake(FakeHTTPServer):
             "stop_sequence": None,
             "usage": usage,
         }
-        headers = {"request-id": request_id}
+        headers = {"request-id": record.request_id}
         self.replies.append(message)
 
         if not body.get("stream"):
-            if self.fail_mid_stream:
-                type_, text = _FAILURES[529]
-                return anthropic_error(529, type_, text, request_id)
-            self.script.advance()
-            return web.json_response(message, headers=headers)
+            return self.json_reply(record, message, headers)
 
-        if not self.fail_mid_stream:
-            self.script.advance()
-        response = await open_sse(request, headers)
-        await self._stream(response, message)
+        response = await self.open_sse(request, record, headers)
+        try:
+            if not await self._stream(response, record, message):
+                self.script.give_back()
+        finally:
+            self.done(request, record)
         return response
 
     def _usage(self, model: str, blocks: list[_Block], turn: ScriptedTurn) -> dict[str, Any]:
@@ -400,7 +388,10 @@ class AnthropicMessagesFake(FakeHTTPServer):
             "service_tier": "standard",
         }
 
-    async def _stream(self, response: web.StreamResponse, message: dict[str, Any]) -> None:
+    async def _stream(
+        self, response: web.StreamResponse, record: RequestRecord, message: dict[str, Any]
+    ) -> bool:
+        """Stream the reply as Anthropic's events; False if `fail_after` cut it short."""
         usage = message["usage"]
         start = {
             **message,
@@ -459,17 +450,6 @@ class AnthropicMessagesFake(FakeHTTPServer):
                 ]
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
 
-        if self.fail_mid_stream:
-            for name, data in events[: max(3, len(events) // 2)]:
-                await self._send_event(response, name, data)
-            type_, text = _FAILURES[529]
-            await send_sse(
-                response,
-                {"type": "error", "error": {"type": type_, "message": text}},
-                event="error",
-            )
-            return
-
         delta_usage = {key: usage[key] for key in usage if key != "service_tier"}
         events += [
             (
@@ -483,15 +463,14 @@ class AnthropicMessagesFake(FakeHTTPServer):
             ("message_stop", {"type": "message_stop"}),
         ]
         for name, data in events:
-            await self._send_event(response, name, data)
-
-    async def _send_event(self, response: web.StreamResponse, name: str, data: dict[str, Any]) -> None:
-        """Send one event; usage it carries replaces what the reply had reported so far."""
-        if self.event_delay_s:
-            await asyncio.sleep(self.event_delay_s)
-        await send_sse(response, data, event=name)
-        usage = data["message"]["usage"] if name == "message_start" else data.get("usage")
-        if name == "message_start":
-            self.reported_usage.append({})
-        if usage:
-            self.reported_usage[-1].update(usage)
+            if self.event_delay_s:
+                await asyncio.sleep(self.event_delay_s)
+            if not await self.send_sse(response, record, data, event=name):
+                return False
+            # Usage an event carries replaces what the reply had reported so far.
+            if name == "message_start":
+                self.reported_usage.append({})
+            event_usage = data["message"]["usage"] if name == "message_start" else data.get("usage")
+            if event_usage:
+                self.reported_usage[-1].update(event_usage)
+        return True

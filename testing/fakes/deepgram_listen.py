@@ -185,8 +185,8 @@ class FakeDeepgramListen(DeepgramFakeServer[ListenRecord]):
         results: Sequence[Mapping[str, Any]] = (),
         *,
         idle_timeout: float = 10.0,
-        fail_connect: bool = False,
-        fail_after_messages: int | None = None,
+        outage: int | None = None,
+        fail_after: int | None = None,
     ) -> None:
         """Configure the fake.
 
@@ -199,12 +199,10 @@ class FakeDeepgramListen(DeepgramFakeServer[ListenRecord]):
                 audio arrives (see `use_script`).
             idle_timeout: Seconds without audio or any message before the fake
                 closes the socket (1011, NET-0001), as Deepgram does after 10 s.
-            fail_connect: Refuse every handshake with 503.
-            fail_after_messages: Drop each socket after this many client messages.
+            outage, fail_after: The fault options (see `FakeServer`); `fail_after`
+                counts the client's messages, audio and control.
         """
-        super().__init__(
-            api_key, fail_connect=fail_connect, fail_after_messages=fail_after_messages
-        )
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.script = _script(results)
         self.idle_timeout = idle_timeout
 
@@ -320,6 +318,7 @@ class _ListenSession:
             )
             await self._ws.close()
             return False
+        self._fake.failures.append(f"SchemaError: {message!r}")
         await self._send(
             {
                 "type": "Error",

@@ -94,8 +94,8 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
         api_key: str,
         *,
         chars_per_second: float = 14.0,
-        fail_connect: bool = False,
-        fail_after_messages: int | None = None,
+        outage: int | None = None,
+        fail_after: int | None = None,
     ) -> None:
         """Configure the fake.
 
@@ -103,13 +103,11 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
             api_key: The only key accepted in ``Authorization: Token <key>``.
             chars_per_second: Speaking rate: text of N characters yields
                 ``round(N * sample_rate / chars_per_second)`` samples.
-            fail_connect: Refuse every handshake and request with 503.
-            fail_after_messages: Drop each WebSocket after this many client
-                messages; REST requests past this many get their body cut short.
+            outage, fail_after: The fault options (see `FakeServer`); a REST
+                request is one client message, so with `fail_after` the requests
+                past that many get their body cut short.
         """
-        super().__init__(
-            api_key, fail_connect=fail_connect, fail_after_messages=fail_after_messages
-        )
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.chars_per_second = chars_per_second
         self._rest_requests = 0
 
@@ -143,9 +141,7 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
         except Rejection as rejection:
             return self.reject(rejection, record)
         record.characters = len(text)
-        cut_short = (
-            self.fail_after_messages is not None and self._rest_requests >= self.fail_after_messages
-        )
+        cut_short = self.failing(self._rest_requests)
         self._rest_requests += 1
         response = web.StreamResponse(
             status=200,
@@ -157,27 +153,22 @@ class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
                 "dg-char-count": str(len(text)),
             },
         )
-        await response.prepare(request)
-        record.status = 200
-        for chunk in _audio_frames(text, params, self.chars_per_second):
-            record.audio_bytes_sent += len(chunk)
-            await response.write(chunk)
-            if cut_short and request.transport is not None:
-                record.dropped = True
-                record.ended.set()
-                request.transport.abort()
-                return response
-        await response.write_eof()
-        record.ended.set()
+        await self.open_stream(request, record, response)
+        try:
+            for chunk in _audio_frames(text, params, self.chars_per_second):
+                record.audio_bytes_sent += len(chunk)
+                await response.write(chunk)
+                if cut_short:
+                    self.drop(request, record)
+                    return response
+            await response.write_eof()
+        finally:
+            self.done(request, record)
         return response
 
     async def _read_text(self, request: web.Request, record: SpeakRecord) -> str:
-        """The `text` of the JSON body, logged as the request's one message."""
-        try:
-            body: Any = await request.json()
-        except ValueError:
-            body = None
-        record.messages.append(body)
+        """The `text` of the JSON body."""
+        body = await self.read_body(request, record)
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise Rejection(
                 400,
@@ -237,6 +228,7 @@ class _SpeakSession:
             await self._ws.close()
             return False
         else:
+            self._fake.failures.append(f"UNKNOWN_MESSAGE: {message!r}")
             await self._send(
                 {
                     "type": "Warning",

@@ -80,8 +80,8 @@ class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
         api_key: str,
         *,
         chars_per_second: float = 14.0,
-        fail_connect: bool = False,
-        fail_after_messages: int | None = None,
+        outage: int | None = None,
+        fail_after: int | None = None,
     ) -> None:
         """Configure the fake.
 
@@ -89,23 +89,21 @@ class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
             api_key: The only key accepted in the ``xi-api-key`` header.
             chars_per_second: Speaking rate: text of N characters yields
                 ``round(N * sample_rate / chars_per_second)`` samples.
-            fail_connect: Refuse every handshake with 503.
-            fail_after_messages: Drop each socket after this many client messages.
+            outage, fail_after: The fault options (see `FakeServer`).
         """
-        super().__init__(
-            api_key, fail_connect=fail_connect, fail_after_messages=fail_after_messages
-        )
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.chars_per_second = chars_per_second
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/text-to-speech/{voice_id}/multi-stream-input", self._stream)]
 
-    def authorized(self, request: web.Request) -> bool:
-        return request.headers.get("xi-api-key") == self.api_key
+    def authorize(self, request: web.Request) -> None:
+        if request.headers.get("xi-api-key") != self.api_key:
+            raise Rejection(401, "INVALID_AUTH", "Invalid credentials.")
 
     def error_response(self, rejection: Rejection, record: ElevenLabsRecord) -> web.Response:
         """ElevenLabs' ``{"detail": {"status", "message"}}`` error body."""
-        body = {"detail": {"status": rejection.code.lower(), "message": rejection.message}}
+        body = {"detail": {"status": (rejection.code or "").lower(), "message": rejection.message}}
         return web.json_response(body, status=rejection.status)
 
     @property
@@ -145,8 +143,7 @@ class _StreamSession:
     async def on_message(self, message: Any) -> bool:
         """Handle one client message; False once the socket is closed."""
         if not isinstance(message, dict):
-            await self._ws.close(code=1008, message=b"Invalid message: expected a JSON object")
-            return False
+            return await self._refuse("Invalid message: expected a JSON object")
         if message.get("close_socket"):
             for context_id in list(self._buffers):
                 await self._close_context(context_id)
@@ -156,10 +153,9 @@ class _StreamSession:
         opening = context_id not in self._buffers
         if "voice_settings" in message and not opening:
             # A context's settings are fixed by its first message; ElevenLabs refuses later ones.
-            await self._ws.close(
-                code=1008, message=b"voice_settings are only accepted in a context's first message"
+            return await self._refuse(
+                "voice_settings are only accepted in a context's first message"
             )
-            return False
         text = message.get("text")
         if isinstance(text, str) and (opening or text.strip()):
             # Blank text opens a context or keeps it alive; it is neither spoken nor billed.
@@ -174,6 +170,12 @@ class _StreamSession:
         if context_id in self._buffers and message.get("close_context"):
             await self._close_context(context_id)
         return True
+
+    async def _refuse(self, reason: str) -> bool:
+        """Close the socket (1008) as ElevenLabs does on a message it refuses; a client failure."""
+        self._fake.failures.append(f"1008: {reason}")
+        await self._ws.close(code=1008, message=reason.encode())
+        return False
 
     async def _generate(self, context_id: str) -> None:
         """Speak what the context has buffered: one audio message with its alignment."""

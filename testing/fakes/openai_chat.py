@@ -19,12 +19,12 @@ import itertools
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tollbridge.testing.fakes.http_sse import FakeHTTPServer, open_sse, parse_json, send_sse
 from tollbridge.testing.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
+from tollbridge.testing.fakes.server import FakeServer, Rejection, RequestRecord, ServerErrors
 from tollbridge.testing.fakes.tokens import (
     AutomaticPrefixCache,
     Segment,
@@ -34,23 +34,14 @@ from tollbridge.testing.fakes.tokens import (
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
-_SERVER_ERROR_MESSAGES = {
-    429: ("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
-    500: (
-        "The server had an error while processing your request. Sorry about that!",
-        "server_error",
-        None,
-    ),
-    503: ("The engine is currently overloaded, please try again later", "server_error", None),
-}
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 
 
-def openai_error(
-    status: int, message: str, type_: str, param: str | None = None, code: str | None = None
-) -> web.Response:
-    """An error response in OpenAI's shape."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return web.json_response(body, status=status)
+def _error_type(status: int) -> str:
+    """OpenAI's error ``type`` follows the status: a rate limit, its own fault, or the request's."""
+    if status == 429:
+        return "requests"
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def masked_key(key: str) -> str:
@@ -67,39 +58,35 @@ def message_text(content: Any) -> str:
     return ""
 
 
-class _BadRequest(Exception):
-    """A request OpenAI would refuse with 400."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.param = param
-        self.code = code
+def _bad(message: str, param: str | None = None, code: str | None = None) -> Rejection:
+    """A request OpenAI refuses with 400."""
+    return Rejection(400, code, message, param=param)
 
 
 def _validate(body: Any) -> None:
     """Refuse what the real endpoint refuses, with its messages."""
     if not isinstance(body, dict):
-        raise _BadRequest(
+        raise _bad(
             "We could not parse the JSON body of your request. (HINT: This likely means "
             "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
             "payload, but what was sent was not valid JSON.)"
         )
     if not body.get("model"):
-        raise _BadRequest("you must provide a model parameter")
+        raise _bad("you must provide a model parameter")
     messages = body.get("messages")
     if messages is None:
-        raise _BadRequest(
+        raise _bad(
             "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
         )
     if not isinstance(messages, list) or not messages:
-        raise _BadRequest(
+        raise _bad(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, "
             "but got an empty array instead.",
             "messages",
             "empty_array",
         )
     if "stream_options" in body and not body.get("stream"):
-        raise _BadRequest(
+        raise _bad(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             "stream_options",
             "invalid_value",
@@ -113,7 +100,7 @@ def _validate_messages(messages: list[Any]) -> None:
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ROLES:
-            raise _BadRequest(
+            raise _bad(
                 f"Invalid value: {role!r}. Supported values are: 'system', 'assistant', "
                 "'user', 'function', 'tool', and 'developer'.",
                 f"messages[{i}].role",
@@ -121,7 +108,7 @@ def _validate_messages(messages: list[Any]) -> None:
             )
         if role == "tool":
             if message.get("tool_call_id") not in pending:
-                raise _BadRequest(
+                raise _bad(
                     "Invalid parameter: messages with role 'tool' must be a response to a "
                     "preceeding message with 'tool_calls'.",
                     f"messages.[{i}].role",
@@ -129,7 +116,7 @@ def _validate_messages(messages: list[Any]) -> None:
             del pending[message["tool_call_id"]]
             continue
         if pending:
-            raise _BadRequest(
+            raise _bad(
                 "An assistant message with 'tool_calls' must be followed by tool messages "
                 "responding to each 'tool_call_id'. The following tool_call_ids did not have "
                 f"response messages: {', '.join(pending)}",
@@ -138,7 +125,7 @@ def _validate_messages(messages: list[Any]) -> None:
         if role == "assistant":
             pending = {call.get("id"): i for call in message.get("tool_calls") or []}
     if pending:
-        raise _BadRequest(
+        raise _bad(
             "An assistant message with 'tool_calls' must be followed by tool messages "
             "responding to each 'tool_call_id'. The following tool_call_ids did not have "
             f"response messages: {', '.join(pending)}",
@@ -162,33 +149,71 @@ def prompt_segments(body: dict[str, Any]) -> list[Segment]:
     ]
 
 
-class OpenAIChatFake(FakeHTTPServer):
+class OpenAIFakeServer(FakeServer[RequestRecord]):
+    """OpenAI's Bearer auth and error body, shared by the chat and realtime fakes."""
+
+    record_type = RequestRecord
+    streams_replies = True
+    server_errors: ClassVar[ServerErrors] = {
+        429: ("rate_limit_exceeded", "Rate limit reached for requests"),
+        500: (None, _SERVER_ERROR),
+        503: (None, "The engine is currently overloaded, please try again later"),
+    }
+
+    def authorize(self, request: web.Request) -> None:
+        auth = request.headers.get("Authorization", "")
+        if not auth:
+            raise Rejection(
+                401,
+                None,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        if auth != f"Bearer {self.api_key}":
+            raise Rejection(
+                401,
+                "invalid_api_key",
+                f"Incorrect API key provided: {masked_key(auth.removeprefix('Bearer '))}. "
+                "You can find your API key at https://platform.openai.com/account/api-keys.",
+            )
+
+    def error_response(self, rejection: Rejection, record: RequestRecord) -> web.Response:
+        """``{"error": {message, type, param, code}}``."""
+        error = {
+            "message": rejection.message,
+            "type": _error_type(rejection.status),
+            "param": rejection.param,
+            "code": rejection.code,
+        }
+        return web.json_response({"error": error}, status=rejection.status)
+
+
+class OpenAIChatFake(OpenAIFakeServer):
     """Fake ``/v1/chat/completions``; point the SDK at ``base_url + "/v1"``.
 
     Args:
         script: Replies, one per request, in order (see `ScriptedTurn`).
         api_key: The key clients must send as ``Authorization: Bearer``.
-        fail_status: Answer every request with this HTTP status (429, 500, 503, ...) in
-            OpenAI's error shape, before the script is consulted. Set it back to None to
-            recover.
-        fail_mid_stream: Stream part of the reply, then an error event, and close; a
-            non-streaming request gets a 500. The scripted turn is not used up, so a
-            retry gets it.
+        outage, fail_after: The fault options (see `FakeServer`); `fail_after` counts
+            the chunks of a streamed reply, which then ends with OpenAI's error event.
     """
+
+    scheme = "http"
+    sse_error = (
+        None,
+        {"error": {"message": _SERVER_ERROR, "type": "server_error", "param": None, "code": None}},
+    )
 
     def __init__(
         self,
         script: Sequence[ScriptedTurn],
         *,
         api_key: str = "sk-test-openai",
-        fail_status: int | None = None,
-        fail_mid_stream: bool = False,
+        outage: int | None = None,
+        fail_after: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.script = script if isinstance(script, Script) else Script(script)
-        self.api_key = api_key
-        self.fail_status = fail_status
-        self.fail_mid_stream = fail_mid_stream
         self._cache = AutomaticPrefixCache()
         self._ids = itertools.count(1)
 
@@ -199,63 +224,22 @@ class OpenAIChatFake(FakeHTTPServer):
     def client_url(self) -> str:
         return self.base_url + "/v1"
 
-    def _reject(self, response: web.Response, reason: str) -> web.Response:
-        self.failures.append(f"{response.status}: {reason}")
-        return response
-
     def _next_id(self, prefix: str) -> str:
         return f"{prefix}{hashlib.sha1(str(next(self._ids)).encode()).hexdigest()[:24]}"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = parse_json(await request.text())
-        self.record(request, body)
-
-        auth = request.headers.get("Authorization", "")
-        if not auth:
-            return self._reject(
-                openai_error(
-                    401,
-                    "You didn't provide an API key. You need to provide your API key in an "
-                    "Authorization header using Bearer auth (i.e. Authorization: Bearer "
-                    "YOUR_KEY).",
-                    "invalid_request_error",
-                ),
-                "missing Authorization header",
-            )
-        if auth != f"Bearer {self.api_key}":
-            shown = masked_key(auth.removeprefix("Bearer "))
-            return self._reject(
-                openai_error(
-                    401,
-                    f"Incorrect API key provided: {shown}. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.",
-                    "invalid_request_error",
-                    code="invalid_api_key",
-                ),
-                f"wrong API key {shown}",
-            )
+        record = self.open_record(request)
+        body = await self.read_body(request, record)
         try:
+            self.gate(request)
             _validate(body)
-        except _BadRequest as e:
-            return self._reject(
-                openai_error(400, str(e), "invalid_request_error", e.param, e.code), str(e)
-            )
-
-        if self.fail_status is not None:
-            message, type_, code = _SERVER_ERROR_MESSAGES.get(
-                self.fail_status, _SERVER_ERROR_MESSAGES[500]
-            )
-            return openai_error(self.fail_status, message, type_, code=code)
-
-        try:
             turn = self.script.check(last_user_or_tool_text(body["messages"]))
         except ScriptMismatch as e:
-            return self._reject(
-                openai_error(
-                    400, str(e), "invalid_request_error", "messages", "fake_script_mismatch"
-                ),
-                str(e),
-            )
+            mismatch = Rejection(400, "fake_script_mismatch", str(e), param="messages")
+            return self.reject(mismatch, record)
+        except Rejection as rejection:
+            return self.reject(rejection, record)
+        self.script.advance()
 
         segments = prompt_segments(body)
         partition = (body["model"], body.get("prompt_cache_key"))
@@ -275,18 +259,18 @@ class OpenAIChatFake(FakeHTTPServer):
         headers = {"x-request-id": self._next_id("req_")}
 
         if not body.get("stream"):
-            if self.fail_mid_stream:
-                message, type_, _ = _SERVER_ERROR_MESSAGES[500]
-                return openai_error(500, message, type_)
-            self.script.advance()
-            return web.json_response(
-                self._completion(body, completion_id, turn, tool_calls, usage), headers=headers
-            )
+            completion = self._completion(body, completion_id, turn, tool_calls, usage)
+            return self.json_reply(record, completion, headers)
 
-        if not self.fail_mid_stream:
-            self.script.advance()
-        response = await open_sse(request, headers)
-        await self._stream(response, body, completion_id, turn, tool_calls, usage)
+        response = await self.open_sse(request, record, headers)
+        try:
+            whole = await self._stream(
+                response, record, body, completion_id, turn, tool_calls, usage
+            )
+            if not whole:
+                self.script.give_back()
+        finally:
+            self.done(request, record)
         return response
 
     def _usage(self, turn: ScriptedTurn, segments: list[Segment], cached: int) -> dict[str, Any]:
@@ -345,12 +329,14 @@ class OpenAIChatFake(FakeHTTPServer):
     async def _stream(
         self,
         response: web.StreamResponse,
+        record: RequestRecord,
         body: dict[str, Any],
         completion_id: str,
         turn: ScriptedTurn,
         tool_calls: list[dict[str, Any]],
         usage: dict[str, Any],
-    ) -> None:
+    ) -> bool:
+        """Stream the reply; False if `fail_after` cut it short."""
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
         obfuscate = options.get("include_obfuscation", True)
@@ -403,22 +389,15 @@ class OpenAIChatFake(FakeHTTPServer):
                 for piece in fragments(call["function"]["arguments"], 6)
             ]
 
-        if self.fail_mid_stream:
-            for delta in deltas[: max(1, len(deltas) // 2)]:
-                await send_sse(response, chunk(delta))
-            message, type_, _ = _SERVER_ERROR_MESSAGES[500]
-            await send_sse(
-                response,
-                {"error": {"message": message, "type": type_, "param": None, "code": None}},
-            )
-            return
-
-        for delta in deltas:
-            await send_sse(response, chunk(delta))
-        await send_sse(response, chunk({}, "tool_calls" if tool_calls else "stop"))
+        events: list[Any] = [chunk(delta) for delta in deltas]
+        events.append(chunk({}, "tool_calls" if tool_calls else "stop"))
         if include_usage:
             final = chunk({})
             final["choices"] = []
             final["usage"] = usage
-            await send_sse(response, final)
-        await send_sse(response, "[DONE]")
+            events.append(final)
+        events.append("[DONE]")
+        for data in events:
+            if not await self.send_sse(response, record, data):
+                return False
+        return True

@@ -39,14 +39,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from tollbridge.testing.fakes.http_sse import FakeHTTPServer
-from tollbridge.testing.fakes.openai_chat import masked_key, openai_error
+from tollbridge.testing.fakes.openai_chat import OpenAIFakeServer
 from tollbridge.testing.fakes.script import Script, ScriptedTurn, ScriptMismatch, fragments, words
+from tollbridge.testing.fakes.server import Rejection, RequestRecord, ServerErrors
 from tollbridge.testing.fakes.tokens import (
     AutomaticPrefixCache,
     CachedTokens,
@@ -164,13 +164,9 @@ def bytes_per_ms(format_type: str) -> int:
     return FORMATS[format_type] // 1000 * (2 if format_type == "audio/pcm" else 1)
 
 
-class _ClientError(Exception):
+def _invalid(message: str, code: str, param: str | None = None) -> Rejection:
     """A client event the API refuses; becomes an ``error`` event."""
-
-    def __init__(self, message: str, code: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.param = param
+    return Rejection(400, code, message, param=param)
 
 
 @dataclass
@@ -200,9 +196,16 @@ class _Speech:
 class RealtimeSession:
     """One WebSocket connection: its session config, conversation and input buffer."""
 
-    def __init__(self, fake: "OpenAIRealtimeFake", ws: web.WebSocketResponse, model: str):
+    def __init__(
+        self,
+        fake: "OpenAIRealtimeFake",
+        ws: web.WebSocketResponse,
+        record: RequestRecord,
+        model: str,
+    ) -> None:
         self.fake = fake
         self.ws = ws
+        self.record = record
         self.model = model
         self.config = default_session(fake.next_id("sess_"), model)
         self.items: list[dict[str, Any]] = []
@@ -232,12 +235,18 @@ class RealtimeSession:
     # -- plumbing ------------------------------------------------------------------
 
     async def send(self, event: dict[str, Any]) -> None:
+        """Send and log a server event; once `fail_after` events have gone out, break off."""
         event = {"event_id": self.fake.next_id("event_"), **event}
         async with self._send_lock:
-            if not self.ws.closed:
-                await self.ws.send_str(json.dumps(event))
+            if self.ws.closed:
+                return
+            if self.fake.failing(len(self.record.sent)):
+                await self._break_off()
+                return
+            self.record.sent.append(_loggable(event))
+            await self.ws.send_str(json.dumps(event))
 
-    async def _refuse(self, error: _ClientError, event: dict[str, Any]) -> None:
+    async def _refuse(self, error: Rejection, event: Any) -> None:
         """Answer a refused client event with an ``error`` event, and log the failure."""
         self.fake.failures.append(f"{error.code}: {error}")
         await self.send(
@@ -248,36 +257,35 @@ class RealtimeSession:
                     "code": error.code,
                     "message": str(error),
                     "param": error.param,
-                    "event_id": event.get("event_id"),
+                    "event_id": event.get("event_id") if isinstance(event, dict) else None,
                 },
             }
         )
 
-    async def run(self) -> None:
-        """Serve the connection until the client closes it."""
-        await self.send({"type": "session.created", "session": self.config})
+    async def on_message(self, event: Any) -> bool:
+        """Handle one client event; binary messages are not part of the protocol."""
+        if isinstance(event, bytes):
+            return True
+        kind = event.get("type") if isinstance(event, dict) else None
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         try:
-            async for message in self.ws:
-                if message.type != WSMsgType.TEXT:
-                    continue
-                event = json.loads(message.data)
-                self.fake.client_events.append(_loggable(event))
-                handler = self._handlers.get(event.get("type"))
-                try:
-                    if handler is None:
-                        raise _ClientError(
-                            f"Invalid value: {event.get('type')!r}. Supported values are: "
-                            + ", ".join(f"'{name}'" for name in self._handlers)
-                            + ".",
-                            "invalid_value",
-                            "type",
-                        )
-                    await handler(event)
-                except _ClientError as e:
-                    await self._refuse(e, event)
-        finally:
-            if self._response and self._response.task:
-                self._response.task.cancel()
+            if handler is None:
+                raise _invalid(
+                    f"Invalid value: {kind!r}. Supported values are: "
+                    + ", ".join(f"'{name}'" for name in self._handlers)
+                    + ".",
+                    "invalid_value",
+                    "type",
+                )
+            await handler(event)
+        except Rejection as e:
+            await self._refuse(e, event)
+        return True
+
+    def stop(self) -> None:
+        """The socket closed: stop generating."""
+        if self._response and self._response.task:
+            self._response.task.cancel()
 
     def _find(self, item_id: str) -> dict[str, Any] | None:
         return next((item for item in self.items if item["id"] == item_id), None)
@@ -298,22 +306,22 @@ class RealtimeSession:
     async def _on_session_update(self, event: dict[str, Any]) -> None:
         session = event.get("session")
         if not isinstance(session, dict):
-            raise _ClientError(
+            raise _invalid(
                 "Missing required parameter: 'session'.", "missing_required_parameter", "session"
             )
         for name in session:
             if name in BETA_SESSION_FIELDS:
-                raise _ClientError(
+                raise _invalid(
                     f"Unknown parameter: 'session.{name}'.", "unknown_parameter", f"session.{name}"
                 )
         if "type" not in session:
-            raise _ClientError(
+            raise _invalid(
                 "Missing required parameter: 'session.type'.",
                 "missing_required_parameter",
                 "session.type",
             )
         if session["type"] != "realtime":
-            raise _ClientError(
+            raise _invalid(
                 f"Invalid value: {session['type']!r}. Supported values are: 'realtime'.",
                 "invalid_value",
                 "session.type",
@@ -324,7 +332,7 @@ class RealtimeSession:
                 continue
             param = f"session.audio.{direction}.format.type"
             if audio_format.get("type") not in FORMATS:
-                raise _ClientError(
+                raise _invalid(
                     f"Invalid value: {audio_format.get('type')!r}. Supported values are: "
                     "'audio/pcm', 'audio/pcmu', and 'audio/pcma'.",
                     "invalid_value",
@@ -334,7 +342,7 @@ class RealtimeSession:
                 audio_format.get("rate", FORMATS[audio_format["type"]])
                 != FORMATS[audio_format["type"]]
             ):
-                raise _ClientError(
+                raise _invalid(
                     f"Invalid 'rate': {audio_format['rate']}. {audio_format['type']} is only "
                     f"supported at {FORMATS[audio_format['type']]} Hz.",
                     "invalid_value",
@@ -349,7 +357,7 @@ class RealtimeSession:
         try:
             audio = base64.b64decode(event.get("audio", ""), validate=True)
         except binascii.Error as e:
-            raise _ClientError(
+            raise _invalid(
                 "Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio"
             ) from e
         self.audio_bytes_received += len(audio)
@@ -401,7 +409,7 @@ class RealtimeSession:
 
     async def _on_commit(self, event: dict[str, Any]) -> None:
         if self._buffer_ms < MIN_COMMIT_MS:
-            raise _ClientError(
+            raise _invalid(
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {self._buffer_ms:.2f}ms of "
                 "audio.",
@@ -465,14 +473,14 @@ class RealtimeSession:
         item = dict(event.get("item") or {})
         kind = item.get("type")
         if kind not in ("message", "function_call", "function_call_output"):
-            raise _ClientError(
+            raise _invalid(
                 f"Invalid value: {kind!r}. Supported values are: 'message', 'function_call', "
                 "and 'function_call_output'.",
                 "invalid_value",
                 "item.type",
             )
         if kind == "message" and item.get("role") not in ("user", "assistant", "system"):
-            raise _ClientError(
+            raise _invalid(
                 f"Invalid value: {item.get('role')!r}. Supported values are: 'user', "
                 "'assistant', and 'system'.",
                 "invalid_value",
@@ -482,14 +490,14 @@ class RealtimeSession:
             other.get("type") == "function_call" and other.get("call_id") == item.get("call_id")
             for other in self.items
         ):
-            raise _ClientError(
+            raise _invalid(
                 f"Tool call ID '{item.get('call_id')}' not found in conversation.",
                 "invalid_tool_call_id",
                 "item.call_id",
             )
         previous = event.get("previous_item_id")
         if previous is not None and self._find(previous) is None:
-            raise _ClientError(
+            raise _invalid(
                 f"Previous item with id '{previous}' does not exist.",
                 "invalid_value",
                 "previous_item_id",
@@ -513,14 +521,14 @@ class RealtimeSession:
         item_id = event.get("item_id", "")
         item = self._find(item_id)
         if item is None or item.get("role") != "assistant" or item_id not in self._audio_ms:
-            raise _ClientError(
+            raise _invalid(
                 f"Item '{item_id}' is not an assistant audio item in this conversation.",
                 "invalid_value",
                 "item_id",
             )
         end_ms = event.get("audio_end_ms", 0)
         if end_ms > self._audio_ms[item_id]:
-            raise _ClientError(
+            raise _invalid(
                 f"Audio content of {self._audio_ms[item_id]}ms is already shorter than {end_ms}ms",
                 "invalid_value",
                 "audio_end_ms",
@@ -540,7 +548,7 @@ class RealtimeSession:
     async def _on_item_delete(self, event: dict[str, Any]) -> None:
         item = self._find(event.get("item_id", ""))
         if item is None:
-            raise _ClientError(
+            raise _invalid(
                 f"Error deleting item: the item with id '{event.get('item_id')}' does not exist.",
                 "item_delete_invalid_item_id",
                 "item_id",
@@ -551,7 +559,7 @@ class RealtimeSession:
     async def _on_item_retrieve(self, event: dict[str, Any]) -> None:
         item = self._find(event.get("item_id", ""))
         if item is None:
-            raise _ClientError(
+            raise _invalid(
                 f"Error retrieving item: the item with id '{event.get('item_id')}' does not exist.",
                 "item_retrieve_invalid_item_id",
                 "item_id",
@@ -562,7 +570,7 @@ class RealtimeSession:
 
     async def _on_response_create(self, event: dict[str, Any]) -> None:
         if self._response:
-            raise _ClientError(
+            raise _invalid(
                 "Conversation already has an active response in progress: "
                 f"{self._response.id}. Wait until the response is finished before creating "
                 "a new one.",
@@ -572,7 +580,7 @@ class RealtimeSession:
 
     async def _on_response_cancel(self, event: dict[str, Any]) -> None:
         if not self._response:
-            raise _ClientError(
+            raise _invalid(
                 "Cancellation failed: no active response found", "response_cancel_not_active"
             )
         await self._cancel_response("client_cancelled")
@@ -612,10 +620,9 @@ class RealtimeSession:
         try:
             turn = self.fake.script.check(self._last_user_or_tool_text())
         except ScriptMismatch as e:
-            await self._refuse(_ClientError(str(e), "fake_script_mismatch"), event)
+            await self._refuse(_invalid(str(e), "fake_script_mismatch"), event)
             return
-        if not self.fake.fail_mid_stream:
-            self.fake.script.advance()
+        self.fake.script.advance()
         modalities = properties.get("output_modalities") or self.config["output_modalities"]
         segments = self._input_segments()
         response = _Response(
@@ -629,7 +636,8 @@ class RealtimeSession:
         await self.send(
             {"type": "response.created", "response": self._response_body(response, "in_progress")}
         )
-        response.task = asyncio.create_task(self._generate(response))
+        if self._response is response:  # not broken off (`fail_after`) meanwhile
+            response.task = asyncio.create_task(self._generate(response))
 
     def _response_body(
         self, response: _Response, status: str, reason: str | None = None
@@ -701,8 +709,7 @@ class RealtimeSession:
         """Send the scripted reply as output events, then ``response.done``."""
         turn = response.turn
         if turn.get("text"):
-            if not await self._say(response, turn["text"]):
-                return
+            await self._say(response, turn["text"])
         for call in turn.get("tool_calls", []):
             await self._call(
                 response, call["name"], json.dumps(call["arguments"], ensure_ascii=False)
@@ -743,8 +750,8 @@ class RealtimeSession:
         )
         await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
 
-    async def _say(self, response: _Response, text: str) -> bool:
-        """Stream a spoken (or text) reply; False if the fake failed on purpose midway."""
+    async def _say(self, response: _Response, text: str) -> None:
+        """Stream a spoken (or text) reply."""
         audio = response.modality == "audio"
         item: dict[str, Any] = {
             "id": self.fake.next_id("item_"),
@@ -780,9 +787,6 @@ class RealtimeSession:
             chunks = pieces
         sent_words = 0
         for n, chunk in enumerate(chunks, start=1):
-            if self.fake.fail_mid_stream and n > len(chunks) // 2:
-                await self._fail_mid_stream()
-                return False
             due = math.ceil(n * len(pieces) / len(chunks))
             for piece in pieces[sent_words:due]:
                 response.text_out += piece
@@ -816,7 +820,6 @@ class RealtimeSession:
             await self.send({"type": "response.output_text.done", **where, "text": text})
         await self.send({"type": "response.content_part.done", **where, "part": dict(part)})
         await self._finish_output_item(response, index)
-        return True
 
     async def _call(self, response: _Response, name: str, arguments: str) -> None:
         call_id = self.fake.next_id("call_")
@@ -851,65 +854,75 @@ class RealtimeSession:
         )
         await self._finish_output_item(response, index)
 
-    async def _fail_mid_stream(self) -> None:
-        """What a server fault looks like mid-response: an error event, then a dropped socket."""
-        self._response = None
-        await self.send(
-            {
-                "type": "error",
-                "error": {
-                    "type": "server_error",
-                    "code": None,
-                    "message": _SERVER_ERROR,
-                    "param": None,
-                    "event_id": None,
-                },
-            }
-        )
+    async def _break_off(self) -> None:
+        """A server fault mid-stream (`fail_after`): an error event, a 1011 close, and the
+        response's turn left for a retry. Called holding the send lock."""
+        self.record.dropped = True
+        response, self._response = self._response, None
+        if response is not None:
+            self.fake.script.give_back()
+        error = {
+            "event_id": self.fake.next_id("event_"),
+            "type": "error",
+            "error": {
+                "type": "server_error",
+                "code": None,
+                "message": _SERVER_ERROR,
+                "param": None,
+                "event_id": None,
+            },
+        }
+        self.record.sent.append(error)
+        await self.ws.send_str(json.dumps(error))
         await self.ws.close(code=1011, message=b"server error")
+        if response is not None and response.task is not None:
+            response.task.cancel()  # last: it may be the task running this
 
 
-def _loggable(event: dict[str, Any]) -> dict[str, Any]:
-    """A client event for the log: appended audio is summarized by its size."""
-    if event.get("type") == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
-        return {**event, "audio": f"<{len(event['audio']) * 3 // 4} bytes>"}
+_AUDIO_FIELDS = {"input_audio_buffer.append": "audio", "response.output_audio.delta": "delta"}
+
+
+def _loggable(event: Any) -> Any:
+    """An event for the log: audio is summarized by its size."""
+    name = _AUDIO_FIELDS.get(event.get("type", "")) if isinstance(event, dict) else None
+    if name and isinstance(event.get(name), str):
+        return {**event, name: f"<{len(event[name]) * 3 // 4} bytes>"}
     return event
 
 
-class OpenAIRealtimeFake(FakeHTTPServer):
+class OpenAIRealtimeFake(OpenAIFakeServer):
     """Fake GA Realtime endpoint; give pipecat ``ws_url`` as its ``base_url``.
 
     Args:
         script: Replies, one per response, in order (see `ScriptedTurn`; ``heard`` is
             what the caller says in the speech turn that leads to a reply).
         api_key: The key clients must send as ``Authorization: Bearer``.
-        fail_status: Refuse every WebSocket handshake with this HTTP status.
-        fail_mid_stream: Break off each response halfway with a ``server_error`` event
-            and close the socket (1011). The scripted turn is not used up.
+        outage, fail_after: The fault options (see `FakeServer`); `fail_after` counts
+            the events the fake sent on a connection, then it sends a ``server_error``
+            event and closes the socket (1011).
         audio_pace: Wall-clock seconds spent per second of reply audio: 0 sends it as
             fast as possible; 1 paces it like the real service, so a test can barge in.
+
+    Each connection's record logs its events both ways, audio summarized by size.
     """
+
+    server_errors: ClassVar[ServerErrors] = {500: (None, _SERVER_ERROR)}
 
     def __init__(
         self,
         script: Sequence[ScriptedTurn],
         *,
         api_key: str = "sk-test-openai",
-        fail_status: int | None = None,
-        fail_mid_stream: bool = False,
+        outage: int | None = None,
+        fail_after: int | None = None,
         audio_pace: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
         self.script = Script(script)
-        self.api_key = api_key
-        self.fail_status = fail_status
-        self.fail_mid_stream = fail_mid_stream
         self.audio_pace = audio_pace
         self.cache = AutomaticPrefixCache()
         self.sessions: list[RealtimeSession] = []
         """Every connection, in order, with its config and conversation."""
-        self.client_events: list[dict[str, Any]] = []
-        """Every client event received, appended audio summarized by size."""
         self._ids = itertools.count(1)
 
     def routes(self) -> list[web.RouteDef]:
@@ -918,7 +931,7 @@ class OpenAIRealtimeFake(FakeHTTPServer):
     @property
     def ws_url(self) -> str:
         """``ws://127.0.0.1:PORT/v1/realtime``; clients append ``?model=…``."""
-        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+        return f"{self.base_url}/v1/realtime"
 
     @property
     def client_url(self) -> str:
@@ -927,55 +940,38 @@ class OpenAIRealtimeFake(FakeHTTPServer):
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{hashlib.sha1(str(next(self._ids)).encode()).hexdigest()[:20]}"
 
-    async def on_shutdown(self, app: web.Application) -> None:
-        for session in self.sessions:
-            await session.ws.close(code=1001, message=b"server shutting down")
-
-    def _reject(self, response: web.Response, reason: str) -> web.Response:
-        self.failures.append(f"{response.status}: {reason}")
-        return response
+    def loggable(self, message: Any) -> Any:
+        return _loggable(message)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self.record(request, None)
-        if self.fail_status is not None:
-            return openai_error(self.fail_status, _SERVER_ERROR, "server_error")
-        auth = request.headers.get("Authorization", "")
-        if auth != f"Bearer {self.api_key}":
-            shown = masked_key(auth.removeprefix("Bearer ")) if auth else "none"
-            return self._reject(
-                openai_error(
-                    401,
-                    f"Incorrect API key provided: {shown}. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.",
-                    "invalid_request_error",
-                    code="invalid_api_key",
-                ),
-                f"wrong or missing API key ({shown})",
-            )
-        if "OpenAI-Beta" in request.headers:
-            message = (
-                f"The GA Realtime API does not accept the OpenAI-Beta header "
-                f"(got {request.headers['OpenAI-Beta']!r}); remove it to use the GA interface."
-            )
-            return self._reject(
-                openai_error(400, message, "invalid_request_error", "OpenAI-Beta", "invalid_value"),
-                message,
-            )
-        model = request.query.get("model")
-        if not model:
-            return self._reject(
-                openai_error(
+        record = self.open_record(request)
+        try:
+            self.gate(request)
+            if "OpenAI-Beta" in request.headers:
+                raise Rejection(
                     400,
-                    "Missing required parameter: 'model'.",
-                    "invalid_request_error",
-                    "model",
+                    "invalid_value",
+                    f"The GA Realtime API does not accept the OpenAI-Beta header "
+                    f"(got {request.headers['OpenAI-Beta']!r}); remove it to use the GA "
+                    "interface.",
+                    param="OpenAI-Beta",
+                )
+            model = request.query.get("model")
+            if not model:
+                raise Rejection(
+                    400,
                     "missing_required_parameter",
-                ),
-                "missing model query parameter",
-            )
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        session = RealtimeSession(self, ws, model)
+                    "Missing required parameter: 'model'.",
+                    param="model",
+                )
+        except Rejection as rejection:
+            return self.reject(rejection, record)
+        ws = await self.accept(request, record)
+        session = RealtimeSession(self, ws, record, model)
         self.sessions.append(session)
-        await session.run()
+        await session.send({"type": "session.created", "session": session.config})
+        try:
+            await self.serve(request, ws, record, session.on_message)
+        finally:
+            session.stop()
         return ws

@@ -81,9 +81,8 @@ class Script:
     def check(self, last_message: str) -> ScriptedTurn:
         """The reply for a request whose last user/tool message is ``last_message``.
 
-        Does not consume the reply, so a request the fake then fails on purpose can be
-        retried and get it. Raises `ScriptMismatch` if the script expected other text
-        or has run out.
+        Does not consume the reply (`advance` does). Raises `ScriptMismatch` if the
+        script expected other text or has run out.
         """
         turn = self.upcoming()
         if turn is None:
@@ -109,6 +108,10 @@ class Script:
     def advance(self) -> None:
         """Consume the reply `check` returned."""
         self._next += 1
+
+    def give_back(self) -> None:
+        """Un-consume the last reply: the fake broke it off, so a retry gets it again."""
+        self._next -= 1
 
 
 def words(text: str) -> list[str]:

@@ -154,7 +154,7 @@ async def test_elevenlabs_bills_the_characters_it_took_not_those_sent_after_it_d
 
 
 async def test_a_synthesizer_that_refuses_the_connection_bills_nothing(frontdesk: Vertical) -> None:
-    async with FakeDeepgramSpeak(KEY, fail_connect=True) as fake:
+    async with FakeDeepgramSpeak(KEY, outage=503) as fake:
         tts, meter = build(DeepgramTTS(), DeepgramTTSOptions(), frontdesk, fake.base_url)
         async with run_pipeline([tts]) as running:
             await running.queue(TTSSpeakFrame("Thanks for calling GlamBook salon."))

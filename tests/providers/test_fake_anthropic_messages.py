@@ -369,14 +369,14 @@ async def test_refuses_what_anthropic_refuses(
 async def test_injected_failures_leave_the_turn_for_a_retry() -> None:
     messages = [{"role": "user", "content": "hello"}]
     script = [{"text": "Hello there, caller."}]
-    async with AnthropicMessagesFake(script, api_key=KEY, fail_status=529) as fake:
+    async with AnthropicMessagesFake(script, api_key=KEY, outage=529) as fake:
         client = client_for(fake)
         with pytest.raises(anthropic.OverloadedError):
             await client.messages.create(
                 model="claude-sonnet-4-6", max_tokens=50, messages=messages
             )
 
-        fake.fail_status, fake.fail_mid_stream = None, True
+        fake.outage, fake.fail_after = None, 3
         stream = await client.messages.create(
             model="claude-sonnet-4-6", max_tokens=50, messages=messages, stream=True
         )
@@ -386,7 +386,7 @@ async def test_injected_failures_leave_the_turn_for_a_retry() -> None:
                 seen.append(event.type)
         assert "message_start" in seen and "message_stop" not in seen
 
-        fake.fail_mid_stream = False
+        fake.fail_after = None
         reply = await client.messages.create(
             model="claude-sonnet-4-6", max_tokens=50, messages=messages
         )

@@ -118,11 +118,11 @@ async def test_wrong_key_is_refused_with_deepgrams_reason() -> None:
         ({}, AUTH, f"{THALIA}&encoding=mulaw&sample_rate=24000", 400, "UNSUPPORTED_AUDIO_FORMAT"),
         ({}, AUTH, f"{THALIA}&encoding=opus&sample_rate=8000", 400, "UNSUPPORTED_AUDIO_FORMAT"),
         ({}, AUTH, "model=nova-3&encoding=mulaw&sample_rate=8000", 400, "Bad Request"),
-        ({"fail_connect": True}, AUTH, MULAW_8K, 503, "SERVICE_UNAVAILABLE"),
+        ({"outage": 503}, AUTH, MULAW_8K, 503, "SERVICE_UNAVAILABLE"),
     ],
 )
 async def test_ws_handshake_refusals(
-    options: dict[str, bool], headers: dict[str, str], query: str, status: int, err_code: str
+    options: dict[str, int], headers: dict[str, str], query: str, status: int, err_code: str
 ) -> None:
     async with FakeDeepgramSpeak(KEY, **options) as fake:
         with pytest.raises(InvalidStatus) as refused:
@@ -219,7 +219,7 @@ async def test_rest_refusals(
 
 async def test_rest_body_is_cut_after_the_allowed_requests() -> None:
     async with (
-        FakeDeepgramSpeak(KEY, fail_after_messages=1) as fake,
+        FakeDeepgramSpeak(KEY, fail_after=1) as fake,
         aiohttp.ClientSession() as session,
     ):
         url = f"{fake.http_url}/v1/speak"

@@ -75,7 +75,7 @@ async def test_audio_alignment_and_usage_through_pipecat() -> None:
     record = fake.requests[0]
     assert record.path == f"/v1/text-to-speech/{VOICE}/multi-stream-input"
     assert record.query["output_format"] == "pcm_8000"
-    assert "xi-api-key" not in {name.lower() for name in record.headers}
+    assert record.headers["xi-api-key"] == "<redacted>"
     assert record.messages[-1] == {"close_socket": True}
 
 
@@ -118,11 +118,11 @@ async def test_wrong_key_is_refused_at_the_handshake() -> None:
         ({}, XI_KEY, f"{FLASH}&output_format=pcm_12345", 400, "invalid_output_format"),
         ({}, XI_KEY, f"{FLASH}&output_format=mp3_44100_128", 400, "fake_unsupported"),
         ({}, XI_KEY, "model_id=tts-1&output_format=ulaw_8000", 400, "model_not_found"),
-        ({"fail_connect": True}, XI_KEY, ULAW_8K, 503, "service_unavailable"),
+        ({"outage": 503}, XI_KEY, ULAW_8K, 503, "service_unavailable"),
     ],
 )
 async def test_handshake_refusals(
-    options: dict[str, bool], headers: dict[str, str], query: str, status: int, detail: str
+    options: dict[str, int], headers: dict[str, str], query: str, status: int, detail: str
 ) -> None:
     async with FakeElevenLabs(KEY, **options) as fake:
         url = f"{fake.base_url}/v1/text-to-speech/{VOICE}/multi-stream-input?{query}"
@@ -177,10 +177,11 @@ async def test_voice_settings_after_a_context_opened_are_refused() -> None:
 
     assert ws.close_code == 1008
     assert fake.characters == 0
+    assert fake.failures == ["1008: voice_settings are only accepted in a context's first message"]
 
 
-async def test_fail_after_messages_drops_the_socket_mid_stream() -> None:
-    async with FakeElevenLabs(KEY, fail_after_messages=2) as fake, stream(fake) as ws:
+async def test_fail_after_drops_the_socket_mid_stream() -> None:
+    async with FakeElevenLabs(KEY, fail_after=2) as fake, stream(fake) as ws:
         await ws.send(
             json.dumps({"text": " ", "context_id": "a", "voice_settings": VOICE_SETTINGS})
         )

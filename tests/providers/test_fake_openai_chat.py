@@ -278,13 +278,13 @@ async def test_refuses_what_openai_refuses(
 async def test_injected_failures_leave_the_turn_for_a_retry() -> None:
     messages = [{"role": "user", "content": "hello"}]
     async with OpenAIChatFake(
-        [{"text": "Hello there, caller."}], api_key=KEY, fail_status=500
+        [{"text": "Hello there, caller."}], api_key=KEY, outage=500
     ) as fake:
         client = openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url + "/v1", max_retries=0)
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
 
-        fake.fail_status, fake.fail_mid_stream = None, True
+        fake.outage, fake.fail_after = None, 2
         stream = await client.chat.completions.create(
             model="gpt-4o-mini", messages=messages, stream=True
         )
@@ -294,7 +294,7 @@ async def test_injected_failures_leave_the_turn_for_a_retry() -> None:
                 received.append(chunk.choices[0].delta.content or "")
         assert 0 < len("".join(received)) < len("Hello there, caller.")
 
-        fake.fail_mid_stream = False
+        fake.fail_after = None
         reply = await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
     assert reply.choices[0].message.content == "Hello there, caller."
     assert fake.failures == []

@@ -175,7 +175,8 @@ async def test_barge_in_cancels_the_reply_and_truncation_shrinks_the_next_input(
     cancelled, answered = running.usage()
     full_ms = len(long_reply) * MS_PER_CHARACTER
     assert 0 < cancelled.output_audio_tokens < math.ceil(full_ms / 50)
-    [truncate] = [e for e in fake.client_events if e["type"] == "conversation.item.truncate"]
+    events = [e for r in fake.requests for e in r.messages]
+    [truncate] = [e for e in events if e["type"] == "conversation.item.truncate"]
     assert 0 < truncate["audio_end_ms"] < full_ms
     caller_tokens = answered.input_audio_tokens - math.ceil(truncate["audio_end_ms"] / 50)
     assert 3 <= caller_tokens <= 6, "the caller's ~500 ms turn, next to the truncated reply"
@@ -259,11 +260,11 @@ async def test_script_mismatch_and_unknown_tool_call_fail_loudly() -> None:
 
 async def test_injected_failures() -> None:
     script = [{"text": "A reply long enough to be cut off halfway through."}]
-    async with OpenAIRealtimeFake(script, api_key=KEY, fail_status=503) as fake:
+    async with OpenAIRealtimeFake(script, api_key=KEY, outage=503) as fake:
         with pytest.raises(InvalidStatus):
             await connected(fake)
 
-        fake.fail_status, fake.fail_mid_stream = None, True
+        fake.outage, fake.fail_after = None, 20
         async with await connected(fake) as ws:
             await ws.send(json.dumps({"type": "response.create"}))
             await next_of(ws, "response.output_audio.delta")
@@ -299,6 +300,6 @@ async def test_audio_is_logged_by_size() -> None:
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
             committed = await next_of(ws, "input_audio_buffer.committed")
-    assert fake.client_events[0]["audio"] == "<4800 bytes>"
+    assert fake.requests[0].messages[0]["audio"] == "<4800 bytes>"
     assert fake.sessions[0].items[0]["id"] == committed["item_id"]
     assert fake.sessions[0].audio_bytes_received == 4800

@@ -26,9 +26,9 @@ async def test_the_fallback_takes_over_when_the_primary_cannot_connect(failing):
     async with running_bridge(vertical, cassette) as running:
         primary = running.fakes.fakes[failing]
         if failing == "elevenlabs.tts":
-            primary.fail_connect = True
+            primary.outage = 503
         else:
-            primary.fail_status = 529  # Anthropic: overloaded
+            primary.outage = 529  # Anthropic: overloaded
         phone = await running.softphone().call(CallScript(
             audio=load_caller_audio(f"{NOT_INTERESTED}.wav"),
             parameters={"vertical": "sales", "tenant": "brightpath"}, settle_s=4.0, max_s=40,

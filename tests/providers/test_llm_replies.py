@@ -146,10 +146,10 @@ async def test_a_claude_reply_cut_short_bills_the_usage_anthropic_had_reported(
 async def test_a_request_that_failed_without_usage_bills_nothing(frontdesk: Vertical, kind: str) -> None:
     script = [{"text": "Never said."}]
     if kind == "anthropic":
-        fake: Any = AnthropicMessagesFake(script, api_key=KEY, fail_status=500)
+        fake: Any = AnthropicMessagesFake(script, api_key=KEY, outage=500)
         stage: tuple[StageKind, Any] = (AnthropicLLM(), AnthropicLLMOptions(retries=0))
     else:
-        fake = OpenAIChatFake(script, api_key=KEY, fail_status=500)
+        fake = OpenAIChatFake(script, api_key=KEY, outage=500)
         stage = (OpenAILLM(), OpenAILLMOptions())
     async with fake:
         llm, meter = build(*stage, frontdesk, fake.client_url)

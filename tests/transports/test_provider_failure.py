@@ -151,7 +151,7 @@ async def test_an_llm_answering_500_gets_the_apology_and_the_call_ended(frontdes
         answered = len(chat.requests)
 
         async def fail() -> None:
-            chat.fail_status = 500
+            chat.outage = 500
 
         failed = await call_and_kill(running, fail, lambda: len(chat.requests) > answered)
         [usage] = await running.finished()
@@ -192,7 +192,7 @@ async def test_tts_dying_mid_call_plays_the_pre_rendered_apology_and_ends(frontd
 async def test_a_tts_refusing_from_the_start_still_gets_the_apology_heard(frontdesk):
     async with running_bridge(frontdesk, CASSETTE) as running:
         await running.bridge.render_phrases()
-        running.fakes.fakes["deepgram.tts"].fail_connect = True  # an outage since start-up
+        running.fakes.fakes["deepgram.tts"].outage = 503  # an outage since start-up
         started = time.monotonic()
         phone = await running.softphone().call(
             CallScript(audio=SPEECH, parameters=PARAMS, settle_s=20, max_s=40))
@@ -251,7 +251,7 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
             listen.use_script([final(1.0, SECOND)])
             await listen.kill(query={"model": "nova-3"})
         elif dying == "llm":
-            openai.fail_status = 500
+            openai.outage = 500
         else:
             await fakes["elevenlabs.tts"].kill()
         await until(heard(running, LATER_REPLY))
