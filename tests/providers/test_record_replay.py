@@ -26,13 +26,13 @@ async def test_a_recorded_cassette_replays_the_same_call(frontdesk, replay_call,
     )
     recorded_path = tmp_path / "recorded.cassette.json"
     first = await replay_call(frontdesk, audio=SPEECH, cassette=original, record_to=recorded_path,
-                              settle_s=1.0, user_speech_timeout=0.3, speed=SPEED)
+                              settle_s=3.0, user_speech_timeout=0.3, speed=SPEED)
     recorded = Cassette.load(recorded_path)
     assert [r["transcript"] for r in recorded.stt if r["is_final"]] == [
         "what are your opening hours"]
     assert recorded.llm[0]["tool_calls"] == [{"name": "opening_hours", "arguments": {}}]
 
-    second = await replay_call(frontdesk, audio=SPEECH, cassette=recorded, settle_s=1.0,
+    second = await replay_call(frontdesk, audio=SPEECH, cassette=recorded, settle_s=3.0,
                                user_speech_timeout=0.3, speed=SPEED)
     assert second.conversation == first.conversation
     assert [(t.name, t.arguments, t.result) for t in second.tools] == [
