@@ -73,3 +73,20 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         return
     async with pg_schema() as url:
         yield url
+
+
+TODAY = "2026-11-24"  # a Tuesday: "Friday" and "Saturday" resolve the same way every run
+
+
+def example_env(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    monkeypatch.setenv("GLAMBOOK_DB_URL", f"sqlite:///{folder / 'glambook.db'}")
+    monkeypatch.setenv("GLAMBOOK_TODAY", TODAY)
+    monkeypatch.setenv("ONEROOF_DB_URL", f"sqlite:///{folder / 'oneroof.db'}")
+    monkeypatch.setenv("ONEROOF_TODAY", TODAY)
+    monkeypatch.setenv("BRIGHTPATH_RESULTS", str(folder / "leads.jsonl"))
+
+
+@pytest.fixture
+def example_databases(tmp_path, monkeypatch):
+    """The example verticals' tools on databases of this test's own, on a fixed day."""
+    example_env(monkeypatch, tmp_path)

@@ -16,27 +16,14 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import FIXTURES
+from tests.examples.conftest import EXAMPLES, example_env
 from tollbridge.config import load_vertical
 from tollbridge.costs.ledger import Ledger
 from tollbridge.phrase_cache import PHRASES
 from tollbridge.testing.local_call import LocalCall, run_local_call
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CALLS = FIXTURES / "calls"
-TODAY = "2026-11-24"  # a Tuesday: "Friday" and "Saturday" resolve the same way every run
-
-
-def example_env(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    monkeypatch.setenv("GLAMBOOK_DB_URL", f"sqlite:///{folder / 'glambook.db'}")
-    monkeypatch.setenv("GLAMBOOK_TODAY", TODAY)
-    monkeypatch.setenv("ONEROOF_DB_URL", f"sqlite:///{folder / 'oneroof.db'}")
-    monkeypatch.setenv("ONEROOF_TODAY", TODAY)
-    monkeypatch.setenv("BRIGHTPATH_RESULTS", str(folder / "leads.jsonl"))
-
-
-@pytest.fixture(autouse=True)
-def example_databases(tmp_path, monkeypatch):
-    example_env(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("example_databases")
 
 
 async def call(replay_call, tmp_path, vertical: str, name: str, **options):

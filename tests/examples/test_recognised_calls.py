@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.examples.test_calls import EXAMPLES, example_databases  # noqa: F401 (autouse)
+from tests.examples.conftest import EXAMPLES
 from tollbridge.codec import mulaw_to_pcm16
 from tollbridge.testing.words import recall
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
-pytest.importorskip("faster_whisper", reason="the local recogniser needs tollbridge[offline]")
+pytestmark = pytest.mark.usefixtures("example_databases")
 
 CALLS = FIXTURES / "calls"
-RECALL = 0.6
-"""Share of the caller's content words a faithful recording must yield (see benchmarks)."""
+RECALL = 0.5
+"""Share of the caller's content words a faithful recording must yield: whisper tiny.en hears
+0.65-1.0 of these callers' (`python -m benchmarks.recognisers`), corrupted audio next to none."""
 
 FIXTURE_CALLS = {  # fixture → its vertical
     "salon_booking": "salon",
@@ -66,6 +67,6 @@ def pcm16_sent_as_mulaw(mulaw: bytes) -> bytes:
 
 @pytest.mark.parametrize("corrupt", [byte_swapped, pcm16_sent_as_mulaw])
 async def test_a_call_whose_audio_is_corrupted_fails_the_same_assertion(replay_call, corrupt):
-    audio = corrupt(load_caller_audio(CALLS / "salon_booking.wav"))
-    recognised = await listen(replay_call, "salon_booking", audio)
-    assert recall(said("salon_booking"), recognised) < RECALL, recognised
+    audio = corrupt(load_caller_audio(CALLS / "sales_not_interested.wav"))
+    recognised = await listen(replay_call, "sales_not_interested", audio)
+    assert recall(said("sales_not_interested"), recognised) < RECALL, recognised
