@@ -126,7 +126,9 @@ async def run_pipeline(
         await asyncio.wait_for(started.wait(), 4.0)
         yield RunningPipeline(worker, upstream, downstream)
         await worker.queue_frame(EndFrame())
-        await asyncio.wait_for(asyncio.shield(running), 4.0)
+        # a stage may finish its work at hang-up: the local recogniser transcribes what is
+        # queued, which on a loaded machine takes seconds
+        await asyncio.wait_for(asyncio.shield(running), 20.0)
     finally:
         if not running.done():
             await worker.cancel()
