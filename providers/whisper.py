@@ -140,10 +140,12 @@ class WhisperSTTOptions(StageOptions):
     """tiny.en hears English only."""
     silence_ms: int = Field(600, ge=200, le=3000)
     """Quiet after speech that ends an utterance and sends its final transcript."""
-    interim_every_s: float = Field(1.0, ge=0, le=10)
-    """How often, while the caller speaks, the utterance so far is transcribed (0: never).
-    An interim is skipped while the model is busy (with any call): a late one tells nothing,
-    and it would delay the finals waiting behind it."""
+    interim_every_s: float = Field(0.0, ge=0, le=10)
+    """How often, while the caller speaks, the utterance so far is transcribed (0: never, the
+    default). Each interim costs a whole transcription (Whisper's encoder always hears 30 s):
+    one a second triples the stage's CPU. Turn it on for a caller who talks over the agent to
+    interrupt it before they finish. An interim is skipped while the model is busy (with any
+    call): a late one tells nothing, and it would delay the finals waiting behind it."""
     speech_db: float = Field(12.0, ge=3, le=40)
     """How far above the line's noise floor a 20 ms frame must be to count as speech."""
 

@@ -122,7 +122,7 @@ async def hear(
 async def test_each_caller_is_heard_utterance_by_utterance(tmp_path: Path, name: str) -> None:
     spoken = said(CALLS / f"{name}.cassette.json")
     audio = caller(name) + SILENCE * 8000  # a second of line silence after the last word
-    pipeline = await hear(tmp_path, audio, len(spoken), interim_every_s=0.0)
+    pipeline = await hear(tmp_path, audio, len(spoken))
 
     heard = finals(pipeline)
     assert pipeline.errors() == []
@@ -146,7 +146,7 @@ async def test_a_long_utterance_is_heard_as_it_goes_and_ended_by_the_pause(tmp_p
     [first, *_] = said(CALLS / "salon_booking.cassette.json")  # 4.4 s of speech from 6.5 s
     start, end = first["start"] - 0.3, first["start"] + first["duration"]
     audio = caller("salon_booking")[int(start * 8000) : int(end * 8000)] + SILENCE * 12000
-    vertical = offline_vertical(tmp_path)
+    vertical = offline_vertical(tmp_path, "interim_every_s = 1.0")
     stage = vertical.stage(Role.STT)
     assert stage is not None
     service = stage.kind.build(stage.options, CallContext(vertical, call_sid="CA-paced"))
@@ -182,7 +182,7 @@ async def test_a_long_utterance_is_heard_as_it_goes_and_ended_by_the_pause(tmp_p
 
 async def test_a_caller_who_hangs_up_mid_sentence_is_still_transcribed(tmp_path: Path) -> None:
     [question] = said(CALLS / "real_estate_hangup.cassette.json")
-    pipeline = await hear(tmp_path, caller("real_estate_hangup"), interim_every_s=0.0)
+    pipeline = await hear(tmp_path, caller("real_estate_hangup"))
     [final] = finals(pipeline)  # at the end of the call, with no pause after the last word
     assert recall(question["transcript"], final.text) >= RECALL_MIN, final.text
 
@@ -200,7 +200,7 @@ async def test_silence_and_noise_are_not_transcribed_but_are_billed(tmp_path: Pa
     # line silence, then hiss that starts mid-call (the VAD takes its onset for speech and
     # whisper hears it), louder hiss, and silence again
     audio = SILENCE * 16000 + noise(3, -35) + noise(3, -20) + SILENCE * 8000
-    pipeline = await hear(tmp_path, audio)
+    pipeline = await hear(tmp_path, audio, interim_every_s=1.0)
 
     assert pipeline.errors() == []
     assert pipeline.downstream.of_type(InterimTranscriptionFrame) == []
@@ -228,7 +228,7 @@ async def test_the_wrong_audio_fails_the_word_overlap(tmp_path: Path, audio) -> 
     """What the recall assertion says of a stage fed the wrong bytes, or another call's words,
     for a caller it hears whole when the audio is right: not what was said."""
     [utterance] = said(CALLS / "sales_not_interested.cassette.json")
-    pipeline = await hear(tmp_path, audio(), interim_every_s=0.0)
+    pipeline = await hear(tmp_path, audio())
     heard = " ".join(f.text for f in finals(pipeline))
     assert recall(utterance["transcript"], heard) < RECALL_MIN, heard
 
