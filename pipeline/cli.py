@@ -220,7 +220,7 @@ def serve(
             settings = settings.model_copy(update={"twilio_auth_token": SecretStr(token)})
             console.print(f"offline: requests must be signed with the throwaway auth token "
                           f"{token}: export TWILIO_AUTH_TOKEN={token} where you run "
-                          "`tollbridge call --bridge`", highlight=False)
+                          "`tollbridge call --bridge`", soft_wrap=True, highlight=False)
     run_service(
         serve_forever(
             loaded,
@@ -230,7 +230,7 @@ def serve(
             settings=settings,
             ledger_url=ledger,
             validate_signatures=not insecure_no_signature_check,
-            announce=console.print,
+            announce=lambda line: console.print(line, soft_wrap=True, highlight=False),
             grace_s=drain_grace,
             offline=offline,
         )

@@ -1,0 +1,59 @@
+"""`tollbridge serve --offline`, called as Twilio would call it: no account anywhere.
+
+The bridge runs in its own process with the local recogniser and the
+vertical's own LLM and TTS kinds served by local fakes; the call rings its
+voice webhook, streams the caller's recording to the socket its TwiML names,
+and the record lands in the ledger the server writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from tests.conftest import FIXTURES
+from tests.transports.test_serve_shutdown import ROOT, Served, _answering, free_port
+from tollbridge.config import load_vertical
+from tollbridge.testing.local_call import call_bridge
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
+
+SALON = ROOT / "examples" / "salon"
+QUESTION = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 8]
+""""Sorry, what are your opening hours?", and the pause after it."""
+TOKEN = "offline-test-auth-token"
+
+
+async def test_serve_offline_answers_a_call_through_its_webhook_and_records_it(tmp_path: Path):
+    port, ledger, log = free_port(), tmp_path / "ledger.db", tmp_path / "serve.log"
+    env = {name: value for name, value in os.environ.items() if not name.endswith("_API_KEY")}
+    env |= {"TWILIO_AUTH_TOKEN": TOKEN, "TOLLBRIDGE_SPOOL": str(tmp_path / "spool"),
+            "GLAMBOOK_DB_URL": f"sqlite:///{tmp_path / 'glambook.db'}"}
+    with log.open("w") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tollbridge.cli", "serve", str(SALON), "--offline",
+            "--port", str(port), "--ledger", f"sqlite:///{ledger}",
+            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+        )
+    served = Served(process, f"http://127.0.0.1:{port}", ledger, log)
+    try:
+        await _answering(served)
+        phone = await call_bridge(load_vertical(SALON), served.base, audio=QUESTION,
+                                  auth_token=TOKEN, max_s=40)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code, _ = await served.exited(30)
+    assert code == 0
+    assert process.stdout is not None
+    printed = (await process.stdout.read()).decode()
+    assert "--bridge http://127.0.0.1:" in printed  # how to call it
+    assert phone.agent_audio_seconds > 2  # the greeting, then the answer
+    with sqlite3.connect(ledger) as db:
+        [(call_sid,)] = db.execute("SELECT call_sid FROM calls").fetchall()
+        items = dict(db.execute("SELECT item, provider FROM line_items").fetchall())
+    assert call_sid == phone.call_sid
+    assert items["stt:whisper-tiny.en"] == "local"  # heard on the bridge's own CPU
+    assert items["llm.input:gpt-4o-mini"] == "openai"  # what the vertical's LLM would bill
