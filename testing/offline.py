@@ -22,6 +22,8 @@ import dataclasses
 import re
 from typing import Any
 
+from pydantic import ValidationError
+
 from tollbridge.config import Stage, Vertical
 from tollbridge.errors import TollbridgeError
 from tollbridge.registry import default_registry
@@ -51,7 +53,12 @@ def offline(vertical: Vertical) -> Vertical:
     kind = default_registry().get(RECOGNISER)
     if kind is None:
         raise OfflineError(f"the local recogniser {RECOGNISER!r} is not registered")
-    local = Stage(index=stt.index, kind=kind, options=kind.options())
+    try:
+        options = kind.options()
+    except ValidationError as error:  # e.g. the offline extra is not installed
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+        raise OfflineError(reasons) from None
+    local = Stage(index=stt.index, kind=kind, options=options)
     chain = [local if stage is stt else stage for stage in vertical.chain]
     return dataclasses.replace(vertical, chain=chain)
 

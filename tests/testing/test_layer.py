@@ -118,3 +118,24 @@ def test_a_cassette_s_replies_come_in_order_whatever_was_recognised() -> None:
     assert _reply(script, "") == replies[1]
     assert _reply(script, "bye") == {"tool_calls": [{"name": "end_call", "arguments": {}}]}
 
+
+
+def test_offline_without_the_recogniser_s_extra_names_the_install_command(monkeypatch) -> None:
+    import importlib.util
+
+    from tollbridge.config import load_vertical
+    from tollbridge.testing.offline import OfflineError, offline
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "faster_whisper" else real(name, *args))
+    with pytest.raises(OfflineError, match=r"pip install 'tollbridge\[offline\]'"):
+        offline(load_vertical(EXAMPLES / "salon"))
+
+
+def test_a_vertical_that_hears_the_caller_itself_cannot_run_offline() -> None:
+    from tollbridge.config import load_vertical
+    from tollbridge.testing.offline import OfflineError, offline
+
+    with pytest.raises(OfflineError, match=r"openai\.realtime hears the caller itself"):
+        offline(load_vertical(EXAMPLES / "real_estate" / "realtime.vertical.toml"))
