@@ -92,7 +92,7 @@ class Rung:
 LLM = [{"match": "opening hours", "text": REPLY}, {"match": "wait a second", "text": ANSWER}]
 
 
-def _every_call_script(turns: list[dict[str, str]]) -> Any:
+def _every_call_script(turns: list[Any]) -> Any:
     """The LLM fake's script for many calls at once: each request gets the reply whose
     `match` its last message contains, as often as asked (the fake's own `Script` hands
     out replies once each, in order: one call's worth)."""
@@ -118,7 +118,7 @@ def _every_call_script(turns: list[dict[str, str]]) -> Any:
         def give_back(self) -> None:
             pass
 
-    return EveryCallScript(turns)  # type: ignore[arg-type]
+    return EveryCallScript(turns)
 
 
 def _delay_tts(delay_s: float) -> None:
