@@ -26,6 +26,7 @@ from tollbridge.costs.database import DEFAULT_LEDGER_URL
 from tollbridge.errors import TollbridgeError
 from tollbridge.logs import redact_text
 from tollbridge.settings import Settings, load_settings
+from tollbridge.stage import Role
 
 
 class _Guarded(TyperGroup):
@@ -284,16 +285,19 @@ def call(
                                "--ledger": ledger, "--record": record})
         return
     loaded = load_vertical(vertical, check_keys=cassette is None and not offline)
-    console.rule(f"{loaded.name} — {'offline ' if offline else ''}call from {audio.name}")
+    # live lines come from the STT and TTS; a speech-to-speech brain's come with the record
+    live = loaded.stage(Role.STT) is not None
+    if live:
+        console.rule(f"{loaded.name} — {'offline ' if offline else ''}call from {audio.name}")
     result = asyncio.run(
         run_local_call(
             loaded, audio=audio, cassette=cassette, ledger_url=ledger, record_to=record,
             dtmf=presses, offline=offline,
-            on_line=lambda who, text: print_line(console, who, text),
+            on_line=(lambda who, text: print_line(console, who, text)) if live else None,
         )
     )
     result.write_agent_audio(out)
-    print_call(result, console, conversation=False)
+    print_call(result, console, conversation=not live)
     console.print(f"agent audio written to {out}")
     if record:
         console.print(f"cassette written to {record}")

@@ -124,7 +124,7 @@ async def _serve(
     )
     dialer = None
     try:  # the ledger is open: whatever fails from here on must still close it
-        if settings.can_dial:
+        if settings.can_dial and fakes is None:  # offline: no call reaches Twilio's API
             dialer = TwilioRest.from_settings(settings)
             bookkeeper.twilio_price = dialer.call_price
         for vertical in verticals:
@@ -149,8 +149,8 @@ async def _serve(
             if fakes is not None:
                 announce("offline: the caller is recognised locally, the LLM and TTS are local "
                          "fakes; no provider account is used. Call it:")
-                announce(f"  tollbridge call {verticals[0].folder} --audio caller.wav "
-                         f"--bridge {url}")
+                announce(f"  tollbridge call {verticals[0].path} --audio caller.wav "
+                         f"--bridge {public_url}")
             await signals.drain.wait()
             rendering.cancel()
             await drain(bridge, grace_s=grace_s, now=signals.now)

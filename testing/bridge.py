@@ -81,10 +81,12 @@ async def running_bridge(
         state: list[RunningBridge] = []
 
         async def finished(usage: CallUsage) -> None:
-            state[0].usages.append(usage)
-            state[0].recorded.set()
-            if on_finished is not None:
-                await on_finished(usage)
+            try:
+                if on_finished is not None:
+                    await on_finished(usage)
+            finally:  # `finished()` returns once the caller's own bookkeeping is done
+                state[0].usages.append(usage)
+                state[0].recorded.set()
 
         async def started(session: CallSession) -> None:
             state[0].sessions.append(session)

@@ -14,12 +14,14 @@ import contextlib
 import datetime as dt
 import json
 import secrets
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pipecat.frames.frames import FunctionCallsStartedFrame, TranscriptionFrame, TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
@@ -156,7 +158,8 @@ def _conversation(messages: Sequence[Any]) -> tuple[list[tuple[str, str]], list[
                 result = content
             if answered:
                 answered.result = result
-                lines.append(("tool", f"{use.name}({json.dumps(use.arguments)}) → {content}"))
+                lines.append(("tool", f"{answered.name}({json.dumps(answered.arguments)}) → "
+                                      f"{content}"))
     return lines, order
 
 
@@ -287,8 +290,17 @@ async def call_bridge(
     caller_audio = audio if isinstance(audio, bytes) else load_caller_audio(audio)
     call_sid = "CA" + secrets.token_hex(16)
     callee = (vertical.numbers or [""])[0]
-    answer = await ring(f"{bridge_url.rstrip('/')}/voice", call_sid=call_sid,
-                        caller=CALLER_NUMBER, callee=callee, auth_token=auth_token)
+    try:
+        answer = await ring(f"{bridge_url.rstrip('/')}/voice", call_sid=call_sid,
+                            caller=CALLER_NUMBER, callee=callee, auth_token=auth_token)
+    except httpx.HTTPStatusError as error:
+        hint = " (is TWILIO_AUTH_TOKEN the token the bridge checks?)" \
+            if error.response.status_code == 403 else ""
+        raise CallFailed(f"the bridge's voice webhook answered "
+                         f"{error.response.status_code}{hint}") from None
+    except (httpx.HTTPError, ET.ParseError) as error:
+        raise CallFailed(f"no answer from a bridge's voice webhook at {bridge_url}: "
+                         f"{error or type(error).__name__}") from None
     if not answer.stream_url:
         raise CallFailed(f"the bridge at {bridge_url} did not connect the call to {callee}"
                          + (f"; it said: {answer.said!r}" if answer.said else ""))

@@ -11,7 +11,8 @@ with no cassette, are improvised deterministically from what was recognised:
 
 * "bye" or "goodbye" calls the vertical's ``end_call`` tool;
 * words naming a tool that needs no arguments (e.g. "opening hours" →
-  ``opening_hours``) call it, and the next reply says it was looked up;
+  ``opening_hours``) call it, and the reply to its result says it was looked
+  up (or, after ``end_call``, says goodbye);
 * anything else is answered "You said: …", so the caller hears back what
   the recogniser heard.
 """
@@ -19,6 +20,7 @@ with no cassette, are improvised deterministically from what was recognised:
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any
 
@@ -72,29 +74,33 @@ def brain_script(vertical: Vertical, replies: list[Any] | None) -> Script:
 
 
 class OfflineScript(Script):
-    """Replies for requests whose wording cannot be known in advance: never a mismatch."""
+    """Replies for requests whose wording cannot be known in advance: never a mismatch.
+
+    Improvised replies depend on the request alone, so calls served at once (`serve
+    --offline`) cannot mix up each other's turns."""
 
     def __init__(self, replies: list[ScriptedTurn], tools: list[Tool]) -> None:
         super().__init__(replies)
         self._tools = tools
-        self._checked: ScriptedTurn | None = None
-        self._last_called: str | None = None
         self._took_reply = False
 
     @property
     def remaining(self) -> int:
-        return max(super().remaining, 1)  # it can always improvise one more
+        return max(self._replies_left, 1)  # it can always improvise one more
+
+    @property
+    def _replies_left(self) -> int:
+        return len(self._turns) - self._next
+
+    def upcoming(self) -> ScriptedTurn | None:
+        return self._turns[self._next] if self._replies_left else None
 
     def check(self, last_message: str) -> ScriptedTurn:
         """The next reply, whatever the request says (see the module's rules)."""
-        self._checked = self._turns[self._next] if super().remaining \
-            else self._improvise(last_message)
-        return self._checked
+        return self._turns[self._next] if self._replies_left else self._improvise(last_message)
 
     def advance(self) -> None:
-        called = (self._checked or {}).get("tool_calls") or []
-        self._last_called = called[0]["name"] if called else None
-        self._took_reply = bool(super().remaining)
+        self._took_reply = bool(self._replies_left)
         if self._took_reply:
             super().advance()
 
@@ -103,8 +109,11 @@ class OfflineScript(Script):
             super().give_back()
 
     def _improvise(self, heard: str) -> ScriptedTurn:
-        if self._last_called is not None:  # this request carries the tool's result
-            return {"text": _after_tool(self._last_called)}
+        result = _tool_result(heard)
+        if result is not None:  # the request carries a tool's result
+            ending = isinstance(result, dict) and result.get("ending_call")
+            return {"text": "Thanks for calling. Goodbye!" if ending
+                    else "I looked that up for you."}
         names = {tool.name for tool in self._tools}
         if GOODBYE.search(heard) and "end_call" in names:
             return {"tool_calls": [{"name": "end_call", "arguments": {}}]}
@@ -113,6 +122,16 @@ class OfflineScript(Script):
             return {"tool_calls": [{"name": tool.name, "arguments": {}}]}
         said = " ".join(heard.split()) or "nothing"
         return {"text": f"You said: {said}"}
+
+
+def _tool_result(message: str) -> Any:
+    """A tool's result, when the request's last message is one (tools answer in JSON)."""
+    if not message.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(message)
+    except ValueError:
+        return None
 
 
 def _words(text: str) -> set[str]:
@@ -131,10 +150,3 @@ def _named_tool(heard: str, tools: list[Tool]) -> Tool | None:
         if score > best_score:
             best, best_score = tool, score
     return best
-
-
-def _after_tool(name: str) -> str:
-    if name == "end_call":
-        return "Thanks for calling. Goodbye!"
-    return f"I looked up the {name.replace('_', ' ')} for you."
-

@@ -35,7 +35,6 @@ source = "Acme contract"
 '''
 
 
-
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")

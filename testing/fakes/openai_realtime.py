@@ -918,7 +918,7 @@ class OpenAIRealtimeFake(OpenAIFakeServer):
         audio_pace: float = 0.0,
     ) -> None:
         super().__init__(api_key, outage=outage, fail_after=fail_after)
-        self.script = Script(script)
+        self.script = script if isinstance(script, Script) else Script(script)
         self.audio_pace = audio_pace
         self.cache = AutomaticPrefixCache()
         self.sessions: list[RealtimeSession] = []

@@ -12,7 +12,7 @@ import pytest
 from tests.cli.test_commands import ROOT, free_port, run
 from tests.conftest import PG_URL, connect_postgres
 
-# One worker runs these commands, so one warm parent (see warm_cli) serves them all.
+# The commands run forked from a warm parent in each worker (see warm_cli).
 
 SERVE_ENV = {"TWILIO_AUTH_TOKEN": "t", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk"}
 VERTICAL = str(ROOT / "tests" / "fixtures" / "frontdesk")

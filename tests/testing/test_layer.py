@@ -87,13 +87,20 @@ def _reply(script: OfflineScript, heard: str) -> dict:
 def test_the_offline_brain_calls_the_tool_the_caller_named_then_says_so(salon_script) -> None:
     assert _reply(salon_script, "What are your opening hours?") == {
         "tool_calls": [{"name": "opening_hours", "arguments": {}}]}
-    assert _reply(salon_script, '{"days": []}') == {"text": "I looked up the opening hours for you."}
+    assert _reply(salon_script, '{"days": []}') == {"text": "I looked that up for you."}
 
 
 def test_the_offline_brain_ends_the_call_on_goodbye(salon_script) -> None:
     assert _reply(salon_script, "Okay thanks, goodbye.") == {
         "tool_calls": [{"name": "end_call", "arguments": {}}]}
     assert _reply(salon_script, '{"ending_call": true}') == {"text": "Thanks for calling. Goodbye!"}
+
+
+def test_the_offline_brain_s_replies_depend_on_the_request_alone(salon_script) -> None:
+    """Two calls at once: one's tool call does not change the other's next reply."""
+    assert "tool_calls" in _reply(salon_script, "What are your opening hours?")
+    assert _reply(salon_script, "Hello there") == {"text": "You said: Hello there"}
+    assert _reply(salon_script, '{"days": []}') == {"text": "I looked that up for you."}
 
 
 def test_the_offline_brain_repeats_what_it_heard_otherwise(salon_script) -> None:

@@ -50,10 +50,14 @@ async def test_serve_offline_answers_a_call_through_its_webhook_and_records_it(t
     assert process.stdout is not None
     printed = (await process.stdout.read()).decode()
     assert "--bridge http://127.0.0.1:" in printed  # how to call it
-    assert phone.agent_audio_seconds > 2  # the greeting, then the answer
     with sqlite3.connect(ledger) as db:
         [(call_sid,)] = db.execute("SELECT call_sid FROM calls").fetchall()
-        items = dict(db.execute("SELECT item, provider FROM line_items").fetchall())
+        items = {item: (provider, float(quantity)) for item, provider, quantity
+                 in db.execute("SELECT item, provider, quantity FROM line_items")}
     assert call_sid == phone.call_sid
-    assert items["stt:whisper-tiny.en"] == "local"  # heard on the bridge's own CPU
-    assert items["llm.input:gpt-4o-mini"] == "openai"  # what the vertical's LLM would bill
+    assert items["stt:whisper-tiny.en"][0] == "local"  # heard on the bridge's own CPU
+    assert items["llm.input:gpt-4o-mini"][0] == "openai"  # what the vertical's LLM would bill
+    # the greeting was rendered at start-up; what the call paid for is the brain's answer,
+    # after it looked up the opening hours the question named
+    provider, spoken = items["tts:aura-2-thalia-en"]
+    assert provider == "deepgram" and spoken >= len("I looked that up for you.")
