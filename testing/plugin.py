@@ -27,10 +27,31 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from tollbridge.config import Vertical
     from tollbridge.testing.local_call import LocalCall
 
 ReplayCall = Callable[..., Awaitable["LocalCall"]]
+
+
+def replayer(folder: Path) -> ReplayCall:
+    """`await replay(vertical, audio=…, cassette=…, **options)` → a finished LocalCall, its
+    spool in `folder`; a call that strays from its cassette fails the test (unless
+    `strict=False`)."""
+    from tollbridge.config import Vertical, load_vertical
+    from tollbridge.testing.local_call import run_local_call
+
+    async def replay(
+        vertical: str | Path | Vertical, *, audio: Any, cassette: Any, strict: bool = True,
+        **options: Any,
+    ) -> LocalCall:
+        if not isinstance(vertical, Vertical):
+            vertical = load_vertical(vertical)
+        options.setdefault("spool_path", folder / "ledger.spool")
+        call = await run_local_call(vertical, audio=audio, cassette=cassette, **options)
+        if strict and call.replay_failures:
+            pytest.fail("the call did not follow its cassette:\n" + "\n".join(call.replay_failures))
+        return call
+
+    return replay
 
 
 @pytest.fixture
@@ -41,22 +62,8 @@ def replay_call(tmp_path: Path) -> Iterator[ReplayCall]:
     recorded greeting) is emptied before and after, so what a call is billed
     does not depend on which tests ran before it.
     """
-    from tollbridge.config import Vertical, load_vertical
     from tollbridge.phrase_cache import PHRASES
-    from tollbridge.testing.local_call import run_local_call
-
-    async def replay(
-        vertical: str | Path | Vertical, *, audio: Any, cassette: Any, strict: bool = True,
-        **options: Any,
-    ) -> LocalCall:
-        if not isinstance(vertical, Vertical):
-            vertical = load_vertical(vertical)
-        options.setdefault("spool_path", tmp_path / "ledger.spool")
-        call = await run_local_call(vertical, audio=audio, cassette=cassette, **options)
-        if strict and call.replay_failures:
-            pytest.fail("the call did not follow its cassette:\n" + "\n".join(call.replay_failures))
-        return call
 
     PHRASES.clear()
-    yield replay
+    yield replayer(tmp_path)
     PHRASES.clear()

@@ -17,10 +17,10 @@ import pytest_asyncio
 
 from tests.conftest import FIXTURES
 from tests.examples.conftest import EXAMPLES, example_env
-from tollbridge.config import load_vertical
 from tollbridge.costs.ledger import Ledger
 from tollbridge.phrase_cache import PHRASES
-from tollbridge.testing.local_call import LocalCall, run_local_call
+from tollbridge.testing.local_call import LocalCall
+from tollbridge.testing.plugin import replayer
 
 CALLS = FIXTURES / "calls"
 pytestmark = pytest.mark.usefixtures("example_databases")
@@ -38,20 +38,6 @@ async def call(replay_call, tmp_path, vertical: str, name: str, **options):
         stored = await opened.get(result.cost.call_sid)
     assert stored == result.cost  # the record in the ledger is the call's priced record
     return result
-
-
-def replayer(folder: Path):
-    """What the `replay_call` fixture does, for a call that several tests look at."""
-
-    async def replay(vertical, *, audio, cassette, strict: bool = True, **options) -> LocalCall:
-        options.setdefault("spool_path", folder / "ledger.spool")
-        result = await run_local_call(load_vertical(vertical), audio=audio, cassette=cassette,
-                                      **options)
-        if strict and result.replay_failures:
-            pytest.fail("the call did not follow its cassette:\n" + "\n".join(result.replay_failures))
-        return result
-
-    return replay
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -8,7 +8,6 @@ noise or mis-encoded fails here, as the corrupted-audio tests show.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from tests.conftest import FIXTURES
 from tests.examples.conftest import EXAMPLES
 from tollbridge.codec import mulaw_to_pcm16
-from tollbridge.testing.words import recall
+from tollbridge.testing.words import recall, said
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
 pytestmark = pytest.mark.usefixtures("example_databases")
@@ -35,16 +34,16 @@ FIXTURE_CALLS = {  # fixture → its vertical
 }
 
 
-def said(name: str) -> str:
+def caller_said(name: str) -> str:
     """What the caller of a fixture said: its cassette's final transcripts."""
-    cassette = json.loads((CALLS / f"{name}.cassette.json").read_text())
-    return " ".join(result["transcript"] for result in cassette["stt"] if result.get("is_final"))
+    return " ".join(result["transcript"] for result in said(CALLS / f"{name}.cassette.json"))
 
 
 async def listen(replay_call, name: str, audio: bytes | Path | None = None):
     call = await replay_call(
         EXAMPLES / FIXTURE_CALLS[name], audio=audio or CALLS / f"{name}.wav",
-        cassette=CALLS / f"{name}.cassette.json", offline=True, settle_s=4.0,  # real time: the recogniser and turns run on it
+        # in real time: the recogniser and the turns run on it
+        cassette=CALLS / f"{name}.cassette.json", offline=True, settle_s=4.0,
     )
     return " ".join(line for line in call.said("caller") if not line.startswith("[keypad]"))
 
@@ -52,7 +51,7 @@ async def listen(replay_call, name: str, audio: bytes | Path | None = None):
 @pytest.mark.parametrize("name", sorted(FIXTURE_CALLS))
 async def test_each_fixture_call_is_recognised_from_its_own_audio(replay_call, name):
     recognised = await listen(replay_call, name)
-    assert recall(said(name), recognised) >= RECALL, recognised
+    assert recall(caller_said(name), recognised) >= RECALL, recognised
 
 
 def byte_swapped(mulaw: bytes) -> bytes:
@@ -69,4 +68,4 @@ def pcm16_sent_as_mulaw(mulaw: bytes) -> bytes:
 async def test_a_call_whose_audio_is_corrupted_fails_the_same_assertion(replay_call, corrupt):
     audio = corrupt(load_caller_audio(CALLS / "sales_not_interested.wav"))
     recognised = await listen(replay_call, "sales_not_interested", audio)
-    assert recall(said("sales_not_interested"), recognised) < RECALL, recognised
+    assert recall(caller_said("sales_not_interested"), recognised) < RECALL, recognised
