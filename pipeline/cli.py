@@ -309,6 +309,7 @@ def _call_bridge(vertical: Path, bridge: str, audio: Path, out: Path,
                  presses: list[tuple[float, str]], clashing: dict[str, object]) -> None:
     """`call --bridge`: the running bridge chooses its providers and keeps the record."""
     from tollbridge.testing.local_call import CallFailed, call_bridge
+    from tollbridge.testing.softphone import write_wav
 
     given = [flag for flag, value in clashing.items() if value]
     if given:
@@ -317,8 +318,6 @@ def _call_bridge(vertical: Path, bridge: str, audio: Path, out: Path,
     loaded = load_vertical(vertical, check_keys=False)
     token = _settings().twilio_auth_token.get_secret_value() or None
     phone = asyncio.run(call_bridge(loaded, bridge, audio=audio, dtmf=presses, auth_token=token))
-    from tollbridge.testing.softphone import write_wav
-
     write_wav(out, phone.agent_audio)
     console.print(f"call {phone.call_sid}: {phone.agent_audio_seconds:.1f}s of agent speech "
                   f"heard, ended by {phone.ended_by}; its record is in the bridge's ledger "
