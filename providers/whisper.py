@@ -95,6 +95,8 @@ MIN_SPEECH_S = 0.2
 """An utterance with less loud audio than this (a click, a bump) is not sent to the model."""
 MAX_UTTERANCE_S = 25.0
 """Whisper hears 30 s at a time: a longer monologue is cut into finals this long."""
+HANG_UP_DRAIN_S = 30.0
+"""At hang-up, how long the last words (and what is queued before them) may take."""
 TRANSCRIBE_P99_S = 1.0
 """Seconds tiny.en takes for one utterance on one thread of a busy 2-core machine (measured)."""
 BEAM_SIZE = 5
@@ -384,7 +386,12 @@ class WhisperSTTService(STTService):
             if last := self._utterances.close():
                 self._cuts.put_nowait(last)
             self._cuts.put_nowait(None)
-            await self._worker
+            try:  # a model that never answers must not keep the call from its record
+                await asyncio.wait_for(asyncio.shield(self._worker), HANG_UP_DRAIN_S)
+            except TimeoutError:
+                await self.cancel_task(self._worker)
+                await self.push_error(f"whisper.stt: the last words were not transcribed within "
+                                      f"{HANG_UP_DRAIN_S:.0f} s of the hang-up")
             self._worker = None
         await super().stop(frame)
 

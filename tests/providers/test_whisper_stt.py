@@ -180,6 +180,20 @@ async def test_a_long_utterance_is_heard_as_it_goes_and_ended_by_the_pause(tmp_p
     assert late < 0.25, f"the audio feed woke {late:.2f} s late: the event loop was blocked"
 
 
+async def test_a_model_that_never_answers_does_not_hold_the_hang_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call ends, and so gets its record, within the drain bound; the lost words are an
+    error, not a hang."""
+    monkeypatch.setattr(whisper, "HANG_UP_DRAIN_S", 0.5)
+    monkeypatch.setattr(whisper, "transcribe", lambda pcm, language: time.sleep(2) or "")
+    began = time.monotonic()
+    pipeline = await hear(tmp_path, caller("sales_not_interested"))
+    assert time.monotonic() - began < 10, "the hang-up waited for the model"
+    assert any("not transcribed within" in error for error in pipeline.errors())
+    await asyncio.sleep(2)  # the model thread finishes its sleep before the next test
+
+
 async def test_a_caller_who_hangs_up_mid_sentence_is_still_transcribed(tmp_path: Path) -> None:
     [question] = said(CALLS / "real_estate_hangup.cassette.json")
     pipeline = await hear(tmp_path, caller("real_estate_hangup"))
