@@ -15,7 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from tollbridge.testing.fakes.audio import BYTES_PER_SAMPLE, synthesize
-from tollbridge.testing.fakes.server import DeepgramFakeServer, Rejection, RequestRecord
+from tollbridge.testing.fakes.server import (
+    DeepgramFakeServer,
+    Rejection,
+    SpeakingFake,
+    SpokenRecord,
+)
 
 #: Sample rates Aura accepts per encoding; the first is its default.
 SAMPLE_RATES = {
@@ -30,11 +35,9 @@ _CHUNK_SECONDS = 0.1
 
 
 @dataclass
-class SpeakRecord(RequestRecord):
-    """One /v1/speak connection or REST request."""
-
-    #: Characters of text received, what Aura bills.
-    characters: int = 0
+class SpeakRecord(SpokenRecord):
+    """One /v1/speak connection or REST request; its `characters` are the text received,
+    what Aura bills."""
 
 
 @dataclass
@@ -84,40 +87,19 @@ def _audio_frames(text: str, params: _SpeakParams, chars_per_second: float) -> l
     return [audio[i : i + size] for i in range(0, len(audio), size)]
 
 
-class FakeDeepgramSpeak(DeepgramFakeServer[SpeakRecord]):
+class FakeDeepgramSpeak(SpeakingFake[SpeakRecord], DeepgramFakeServer[SpeakRecord]):
     """Deepgram ``/v1/speak`` (WebSocket and REST) on 127.0.0.1."""
 
     record_type = SpeakRecord
 
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        chars_per_second: float = 14.0,
-        outage: int | None = None,
-        fail_after: int | None = None,
-    ) -> None:
-        """Configure the fake.
-
-        Args:
-            api_key: The only key accepted in ``Authorization: Token <key>``.
-            chars_per_second: Speaking rate: text of N characters yields
-                ``round(N * sample_rate / chars_per_second)`` samples.
-            outage, fail_after: The fault options (see `FakeServer`); a REST
-                request is one client message, so with `fail_after` the requests
-                past that many get their body cut short.
-        """
-        super().__init__(api_key, outage=outage, fail_after=fail_after)
-        self.chars_per_second = chars_per_second
+    def __init__(self, api_key: str, **options: Any) -> None:
+        """A REST request is one client message, so with `fail_after` the requests past that
+        many get their body cut short (see `SpeakingFake` for the options)."""
+        super().__init__(api_key, **options)
         self._rest_requests = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/speak", self._websocket), web.post("/v1/speak", self._rest)]
-
-    @property
-    def characters(self) -> int:
-        """Characters billed across every connection and request so far."""
-        return sum(record.characters for record in self.requests)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         record = self.open_record(request)

@@ -16,7 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from tollbridge.testing.fakes.audio import synthesize
-from tollbridge.testing.fakes.server import FakeServer, Rejection, RequestRecord
+from tollbridge.testing.fakes.server import (
+    Rejection,
+    SpeakingFake,
+    SpokenRecord,
+)
 
 #: Output formats the fake produces: (encoding, sample rate).
 OUTPUT_FORMATS = {
@@ -33,11 +37,9 @@ _DEFAULT_CONTEXT = "default"
 
 
 @dataclass
-class ElevenLabsRecord(RequestRecord):
-    """One multi-stream-input connection."""
-
-    #: Characters of non-blank text received, what ElevenLabs bills.
-    characters: int = 0
+class ElevenLabsRecord(SpokenRecord):
+    """One multi-stream-input connection; its `characters` are the non-blank text received,
+    what ElevenLabs bills."""
 
 
 @dataclass
@@ -70,29 +72,10 @@ class _StreamParams:
         )
 
 
-class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
+class FakeElevenLabs(SpeakingFake[ElevenLabsRecord]):
     """ElevenLabs ``/v1/text-to-speech/{voice_id}/multi-stream-input`` on 127.0.0.1."""
 
     record_type = ElevenLabsRecord
-
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        chars_per_second: float = 14.0,
-        outage: int | None = None,
-        fail_after: int | None = None,
-    ) -> None:
-        """Configure the fake.
-
-        Args:
-            api_key: The only key accepted in the ``xi-api-key`` header.
-            chars_per_second: Speaking rate: text of N characters yields
-                ``round(N * sample_rate / chars_per_second)`` samples.
-            outage, fail_after: The fault options (see `FakeServer`).
-        """
-        super().__init__(api_key, outage=outage, fail_after=fail_after)
-        self.chars_per_second = chars_per_second
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/text-to-speech/{voice_id}/multi-stream-input", self._stream)]
@@ -105,11 +88,6 @@ class FakeElevenLabs(FakeServer[ElevenLabsRecord]):
         """ElevenLabs' ``{"detail": {"status", "message"}}`` error body."""
         body = {"detail": {"status": (rejection.code or "").lower(), "message": rejection.message}}
         return web.json_response(body, status=rejection.status)
-
-    @property
-    def characters(self) -> int:
-        """Characters billed across every connection so far."""
-        return sum(record.characters for record in self.requests)
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         record = self.open_record(request)

@@ -11,6 +11,7 @@ and the two ways providers stream: a WebSocket loop and Server-Sent Events.
 import asyncio
 import json
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -104,7 +105,7 @@ def parse_json(text: str) -> Any:
         return text
 
 
-class FakeServer(Generic[R]):
+class FakeServer(ABC, Generic[R]):
     """A provider's endpoints on 127.0.0.1 at an ephemeral port; subclasses add the protocol.
 
     Fault options, the same on every fake and changeable while it serves:
@@ -157,17 +158,17 @@ class FakeServer(Generic[R]):
 
     # -- what each provider defines ------------------------------------------------------
 
+    @abstractmethod
     def routes(self) -> list[web.RouteDef]:
         """The provider's endpoints."""
-        raise NotImplementedError
 
+    @abstractmethod
     def authorize(self, request: web.Request) -> None:
         """Raise the provider's `Rejection` unless the request carries the expected key."""
-        raise NotImplementedError
 
+    @abstractmethod
     def error_response(self, rejection: Rejection, record: R) -> web.Response:
         """The provider's error body and headers for a refused request."""
-        raise NotImplementedError
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -414,6 +415,39 @@ class FakeServer(Generic[R]):
         head = f"event: {event}\n" if event else ""
         await response.write(f"{head}data: {payload}\n\n".encode())
         return not cut
+
+
+@dataclass
+class SpokenRecord(RequestRecord):
+    """A TTS fake's record: the characters of text it took, as the provider bills them."""
+
+    characters: int = 0
+
+
+S = TypeVar("S", bound=SpokenRecord)
+
+
+class SpeakingFake(FakeServer[S]):
+    """What the TTS fakes share: a speaking rate, and the characters they were sent."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        chars_per_second: float = 14.0,
+        outage: int | None = None,
+        fail_after: int | None = None,
+    ) -> None:
+        """`chars_per_second` is the speaking rate: text of N characters yields
+        ``round(N * sample_rate / chars_per_second)`` samples; `outage` and `fail_after` are
+        the fault options (see `FakeServer`)."""
+        super().__init__(api_key, outage=outage, fail_after=fail_after)
+        self.chars_per_second = chars_per_second
+
+    @property
+    def characters(self) -> int:
+        """Characters billed across every connection and request so far."""
+        return sum(record.characters for record in self.requests)
 
 
 def _matches(query: Mapping[str, str | list[str]], wanted: Mapping[str, str]) -> bool:
