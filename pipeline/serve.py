@@ -136,7 +136,7 @@ async def _serve(
                         on_status=on_status, on_recording=on_recording,
                         pricer=bookkeeper.price, dialer=dialer)
         async with running(create_app(bridge), host, port) as url:
-            rendering = asyncio.create_task(bridge.render_phrases())  # calls need not wait
+            rendering = asyncio.create_task(bridge.prepare())  # calls need not wait
             freeze_startup_heap()
             announce(f"tollbridge listening on {url}")
             announce(f"voice webhook (paste into Twilio): {public_url.rstrip('/')}/voice")

@@ -14,7 +14,8 @@ before any call runs:
   it causes is priced as (never guessed from the kind's name);
 * the audio it consumes and produces (`audio_in` / `audio_out`), so a codec
   is inserted only where two neighbours disagree;
-* optional hook: `with_fallback` (options for a stage that has a fallback).
+* optional hooks: `with_fallback` (options for a stage that has a fallback)
+  and `warm_up` (load what every call shares, such as a model, before the first).
 
 A kind's replay fake (the local fake of its provider a cassette is replayed
 through) lives in the testing layer, registered under the
@@ -269,6 +270,11 @@ class StageKind(ABC):
         """Options for this stage when it has a fallback (e.g. fail over instead of
         retrying with back-off: on a phone call a retry is silence)."""
         return options
+
+    async def warm_up(self, options: Any) -> None:
+        """Load what every call of this stage shares (a model, say) before the first call
+        needs it; the bridge runs it at start-up. Most kinds share nothing."""
+        return None
 
     def __repr__(self) -> str:
         return f"<stage kind {self.name!r} ({self.role})>"

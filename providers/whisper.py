@@ -409,7 +409,7 @@ class WhisperSTTService(STTService):
 
     async def _transcribe_cuts(self) -> None:
         try:
-            await MODEL_THREAD.run(shared_model)  # loads while the agent greets the caller
+            await MODEL_THREAD.run(shared_model)  # loaded at start-up, unless warm_up was skipped
             while (cut := await self._cuts.get()) is not None:
                 if text := await MODEL_THREAD.run(transcribe, cut.pcm, self._language):
                     await self._push_transcript(text, cut)
@@ -442,6 +442,10 @@ class WhisperSTT(StageKind):
         if problem := missing_extra():
             raise OfflineExtraMissing(problem)
         return WhisperSTTService(options)
+
+    async def warm_up(self, options: WhisperSTTOptions) -> None:
+        if not missing_extra():
+            await MODEL_THREAD.run(shared_model)
 
     def billing(self, options: WhisperSTTOptions) -> Billing:
         return Billing("local", MODEL)

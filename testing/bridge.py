@@ -107,6 +107,7 @@ async def running_bridge(
             [vertical], settings, on_finished=finished, on_session=started, on_status=status,
             pricer=pricer or Bookkeeper(Catalog.load(), [vertical], None).price,
         )
+        await bridge.warm_up()  # a local model loads now, not during the first call
         async with running(create_app(bridge)) as url:
             bridge.settings.public_url = url
             state.append(RunningBridge(bridge=bridge, url=url, auth_token=token, fakes=fakes))

@@ -65,6 +65,17 @@ def running_bridge(
                           user_speech_timeout=speech_timeout)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: the workers take tests in this order, so the suite's wall time is not
+    a long call that happened to be collected last."""
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return marker.args[0] if marker else 0.0
+
+    items.sort(key=seconds, reverse=True)
+
+
 @pytest.fixture(autouse=True)
 def empty_phrase_cache() -> None:
     """Each test starts as a fresh process does: no greeting recorded yet."""

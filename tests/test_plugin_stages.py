@@ -21,6 +21,8 @@ import pytest
 
 from tests.conftest import FIXTURES
 
+pytestmark = pytest.mark.long(25)
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CALL = FIXTURES / "calls" / "real_estate_hangup"
 ACME_PRICE = '''

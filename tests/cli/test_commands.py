@@ -11,6 +11,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+import pytest
 
 from tests.cli.warm_cli import run_cli
 from tests.conftest import FIXTURES
@@ -140,6 +141,7 @@ def test_serve_answers_a_signed_webhook_and_stops_cleanly(tmp_path):
     assert "deepgram stt nova-3" in disputed and disputed.startswith("{")
 
 
+@pytest.mark.long(35)
 def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
     env = {"GLAMBOOK_DB_URL": f"sqlite:///{tmp_path / 'glambook.db'}", "COLUMNS": "120"}
     out = tmp_path / "agent.wav"

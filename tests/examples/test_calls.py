@@ -23,7 +23,7 @@ from tollbridge.testing.local_call import LocalCall
 from tollbridge.testing.plugin import replayer
 
 CALLS = FIXTURES / "calls"
-pytestmark = pytest.mark.usefixtures("example_databases")
+pytestmark = [pytest.mark.usefixtures("example_databases"), pytest.mark.long(25)]
 
 
 async def call(replay_call, tmp_path, vertical: str, name: str, **options):

@@ -18,6 +18,8 @@ from tests.conftest import FIXTURES
 from tollbridge import ConfigError, load_vertical
 from tollbridge.phrase_cache import PHRASES
 
+pytestmark = pytest.mark.long(20)
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CALL = FIXTURES / "calls" / "real_estate_hangup"
 VOICE = "aura-2-andromeda-en"

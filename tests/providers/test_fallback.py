@@ -10,6 +10,8 @@ from tollbridge.testing.cassette import Cassette
 from tollbridge.testing.softphone import CallScript
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 
+pytestmark = pytest.mark.long(10)
+
 SALES = FIXTURES.parents[1] / "examples" / "sales"
 NOT_INTERESTED = FIXTURES / "calls" / "sales_not_interested"
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FIXTURES, running_bridge
 from tests.transports.test_bridge_calls import GREETING, assistant_messages, final, script
 from tollbridge.config import Vertical, load_vertical
 from tollbridge.phrase_cache import PhraseKey, PhraseStore
 from tollbridge.testing.cassette import Cassette
+
+pytestmark = pytest.mark.long(10)
 
 SPEED = 2.0
 """Nothing here is about timing: the caller plays at twice real time (the fakes keep the

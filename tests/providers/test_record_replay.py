@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import FIXTURES
 from tollbridge.testing.cassette import Cassette
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
+
+pytestmark = pytest.mark.long(25)
 
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 9]
 SPEED = 1.0

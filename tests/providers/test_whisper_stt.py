@@ -28,6 +28,7 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import STTUsageMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from structlog.testing import capture_logs
 
 from tests.conftest import FIXTURES
 from tests.providers.harness import RunningPipeline, run_pipeline
@@ -39,6 +40,7 @@ from tollbridge.providers import whisper
 from tollbridge.stage import MULAW_8K, Billing, CallContext, Role
 from tollbridge.testing.words import recall, said
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
+from tollbridge.transports.twilio.server import Bridge, BridgeSettings
 from tollbridge.transports.twilio.transport import MediaStreamConnection
 
 with warnings.catch_warnings():  # stdlib audioop until 3.13, audioop-lts after
@@ -174,7 +176,7 @@ async def test_a_long_utterance_is_heard_as_it_goes_and_ended_by_the_pause(tmp_p
     assert recall(first["transcript"], final.text) >= RECALL_MIN, final.text
     # the final comes once the pause has been heard (fed in real time from `began`), and
     # then takes only its transcription: about 0.6 s of CPU, which on a loaded 2-core machine
-    # (the suite's six workers) may wait several seconds for a core
+    # (the suite's seven workers) may wait several seconds for a core
     pause_heard = final.result.end_s + 0.6
     assert pause_heard - 0.05 <= final_at <= pause_heard + 6.0
     assert late < 0.25, f"the audio feed woke {late:.2f} s late: the event loop was blocked"
@@ -319,3 +321,21 @@ def test_a_model_file_that_is_not_the_pinned_one_is_refused_by_name(
     monkeypatch.setitem(whisper.MODEL_SHA256, "tokenizer.json", "0" * 64)
     with pytest.raises(whisper.ModelFileError, match=r"model file tokenizer\.json has sha256 929c"):
         whisper.pinned_model_folder()
+
+
+async def test_the_bridge_loads_the_model_before_the_first_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So the first caller's first words are not lost waiting for it; a model that will not
+    load is logged by stage, and the bridge still starts."""
+    bridge = Bridge([offline_vertical(tmp_path)], BridgeSettings(auth_token="token"))
+    whisper.shared_model.cache_clear()
+    await bridge.warm_up()
+    assert whisper.shared_model.cache_info().currsize == 1
+
+    whisper.shared_model.cache_clear()
+    monkeypatch.setitem(whisper.MODEL_SHA256, "tokenizer.json", "0" * 64)
+    with capture_logs() as logged:
+        await bridge.warm_up()
+    [failed] = [line for line in logged if line["event"] == "stage_not_warmed_up"]
+    assert failed["stage"] == "whisper.stt" and "ModelFileError" in failed["error"]

@@ -15,11 +15,15 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FIXTURES
 from tests.transports.test_serve_shutdown import ROOT, Served, _answering, free_port
 from tollbridge.config import load_vertical
 from tollbridge.testing.local_call import call_bridge
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
+
+pytestmark = pytest.mark.long(20)
 
 SALON = ROOT / "examples" / "salon"
 QUESTION = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 8]

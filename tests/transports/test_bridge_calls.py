@@ -17,6 +17,8 @@ from tollbridge.testing.softphone import CallScript
 from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.transport import MERGE_BYTES
 
+pytestmark = pytest.mark.long(10)
+
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
 CHARS_PER_SECOND = 14.0
 GREETING = "Hello, Acme front desk. How can I help?"

@@ -32,6 +32,8 @@ from tollbridge.testing.fakes.script import Script
 from tollbridge.testing.softphone import CallScript, SoftphoneResult
 from tollbridge.transports.twilio.rest import TwilioRest
 
+pytestmark = pytest.mark.long(10)
+
 CPS = 40.0
 """The fake voices' speaking rate: fast, so each call is short."""
 PARAMS = {"vertical": "frontdesk", "tenant": "acme"}

@@ -35,6 +35,8 @@ from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.server import SHUTDOWN_FAREWELL
 from tollbridge.transports.twilio.signature import SignatureChecker
 
+pytestmark = pytest.mark.long(10)
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 2]
 CHARS_PER_SECOND = 40.0

@@ -8,6 +8,7 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from tests.conftest import FIXTURES, running_bridge
@@ -18,6 +19,8 @@ from tollbridge.costs.pricing import price_call
 from tollbridge.pacing import sentences
 from tollbridge.phrase_cache import PHRASES
 from tollbridge.testing.cassette import Cassette
+
+pytestmark = pytest.mark.long(25)
 
 CHARS_PER_SECOND = 14.0
 REPLY = (

@@ -291,6 +291,23 @@ class Bridge:
             user_speech_timeout=self.settings.user_speech_timeout,
         )
 
+    async def prepare(self) -> None:
+        """What start-up does before the first call, in the background: warm up the stages,
+        then pre-render the apologies."""
+        await self.warm_up()
+        await self.render_phrases()
+
+    async def warm_up(self) -> None:
+        """Load what each stage's calls share (e.g. a local model) before the first call."""
+        for vertical in self.verticals.values():
+            for stage in vertical.chain:
+                for _, each in stage.with_fallbacks():
+                    try:
+                        await each.kind.warm_up(each.options)
+                    except Exception as error:  # the first call then pays for it, or fails
+                        log.warning("stage_not_warmed_up", vertical=vertical.name,
+                                    stage=each.name, error=repr(error))
+
     async def render_phrases(self) -> None:
         """Pre-render each vertical's failure apology into the phrase cache, so a call whose
         TTS dies can still play it. No call pays for it: the characters are logged."""
