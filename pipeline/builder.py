@@ -13,8 +13,8 @@ Aura-2).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
@@ -38,10 +38,12 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
+from tollbridge.agents import Agent
 from tollbridge.codec import codec_between
 from tollbridge.config import Stage, Vertical
 from tollbridge.failover import FailOverOnAnyError
 from tollbridge.failure import LastWords, ProviderFailure
+from tollbridge.handoff import AgentDesk, AgentMarker, AgentOnLine
 from tollbridge.hangup import HangUpAfterReply
 from tollbridge.logs import get_logger
 from tollbridge.meter import CostMeter
@@ -107,7 +109,13 @@ def _tool_schemas(tools: list[Tool]) -> ToolsSchema:
     )
 
 
-def _register_tools(llm: LLMService | LLMSwitcher, tools: list[Tool], tool_context: ToolContext, log: Any) -> None:
+def _register_tools(
+    llm: LLMService | LLMSwitcher,
+    tools: list[Tool],
+    tool_context: ToolContext,
+    log: Any,
+    desk: AgentDesk | None,
+) -> None:
     for tool in tools:
 
         async def handler(params: FunctionCallParams, tool: Tool = tool) -> None:
@@ -115,6 +123,10 @@ def _register_tools(llm: LLMService | LLMSwitcher, tools: list[Tool], tool_conte
             # aggregator asks the model again once no announced call is pending, so a quick
             # result ahead of a sibling's announcement would have the reply answered twice.
             await asyncio.sleep(0)
+            if desk is not None and not desk.offers(tool.name):
+                await params.result_callback(
+                    {"error": f"{tool.name} is not one of {desk.current.name}'s tools"})
+                return
             try:
                 result = await tool.handler(dict(params.arguments or {}), tool_context)
             except Exception as error:  # a broken tool is the model's problem, not the call's
@@ -123,6 +135,8 @@ def _register_tools(llm: LLMService | LLMSwitcher, tools: list[Tool], tool_conte
             await params.result_callback(result)
 
         llm.register_function(tool.name, handler)
+    if desk is not None:
+        desk.register(llm)
 
 
 def _telephony_turns(call: CallContext) -> LLMUserAggregatorParams:
@@ -151,11 +165,15 @@ class _StageBuilder:
         """Run when an LLM stage fails over (to answer the turn that failed)."""
         self.providers: dict[str, Stage] = {}
 
-    def build(self, stage: Stage) -> list[FrameProcessor]:
-        primary = self._one(stage)
+    def build(self, stage: Stage, agents: Sequence[Agent] = ()) -> list[FrameProcessor]:
+        """`stage` as the call's first agent runs it, billed as each agent runs it."""
+        primary = self._one(stage, agents)
         if stage.fallback is None:
             return primary
-        [first], [backup] = primary, self._one(stage.fallback)
+        fallback = stage.fallback
+        if agents and isinstance(fallback.options, BrainOptions):  # the same agent, elsewhere
+            fallback = replace(fallback, options=fallback.options.instructed(agents[0].prompt))
+        [first], [backup] = primary, self._one(fallback)
         switcher: ServiceSwitcher[Any]
         if isinstance(first, LLMService) and isinstance(backup, LLMService):
             switcher = LLMSwitcher([first, backup], strategy_type=FailOverOnAnyError)
@@ -170,7 +188,11 @@ class _StageBuilder:
 
         return [switcher]
 
-    def _one(self, stage: Stage) -> list[FrameProcessor]:
+    def _one(self, stage: Stage, agents: Sequence[Agent] = ()) -> list[FrameProcessor]:
+        role = stage.kind.role
+        runs_as = {agent.name: agent.options_for(role) or stage.options for agent in agents}
+        if agents:
+            stage = replace(stage, options=runs_as[agents[0].name])
         built = stage.kind.build(stage.options, self.call)
         processors = list(built) if isinstance(built, list | tuple) else [built]
         if not processors or not all(isinstance(p, FrameProcessor) for p in processors):
@@ -178,15 +200,19 @@ class _StageBuilder:
         if stage.fallback is not None and len(processors) != 1:
             raise StageBuildError(f"stage kind {stage.name!r} has a fallback: it builds one processor")
         billing = stage.kind.billing(stage.options)
+        by_agent = {name: stage.kind.billing(options) for name, options in runs_as.items()}
         vertical = self.call.vertical
         for processor in processors:
             if self.meter and billing:
-                self.meter.attach(processor, billing, stage.kind.role)
+                self.meter.attach(processor, billing, role, {
+                    name: bills for name, bills in by_agent.items() if bills is not None})
             if isinstance(processor, PhraseCaching) and vertical.phrase_cache:
                 processor.use_phrase_cache(
                     PHRASES,
                     stage=phrase_stage(stage),
                     phrases=_phrase_texts(vertical),
+                    voices={getattr(options, "voice", None): phrase_stage(replace(stage, options=options))
+                            for options in runs_as.values()},
                 )
             if stage.kind.role in PROVIDER_ROLES:
                 self.providers[processor.name] = stage
@@ -287,24 +313,32 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
     stages = _StageBuilder(call, meter, log)
 
     brain_stage = vertical.stage(Role.SPEECH_TO_SPEECH) or _required(vertical, Role.LLM)
-    brain = stages.build(brain_stage)
+    brain = stages.build(brain_stage, vertical.agents)
     llm = _brain(brain, brain_stage)
     assert isinstance(brain_stage.options, BrainOptions), "validated: brains take BrainOptions"
     tools = brain_stage.options.load_tools(vertical.folder)
-    _register_tools(llm, tools, tool_context, log)
     context = LLMContext(tools=_tool_schemas(tools) if tools else ToolsSchema(standard_tools=[]))
     aggregators = LLMContextAggregatorPair(context, user_params=_telephony_turns(call))
 
     async def answer_again() -> None:
         await aggregators.user().queue_frame(LLMRunFrame())
 
+    desk = None
+    if vertical.agents:
+        primary = llm.strategy.services[0] if isinstance(llm, ServiceSwitcher) else llm
+        desk = AgentDesk(vertical.agents, tools, context, llm, primary, answer_again)
+        context.set_tools(desk.tools_schema())
+    _register_tools(llm, tools, tool_context, log, desk)
     stages.on_llm_fallback = answer_again
     last_words = LastWords()
     processors = [transport.input()]
     output = transport.output()
     playback = output if isinstance(output, Playback) else None
+    if desk is not None:  # marks where a handoff falls among the brain's usage
+        brain = [*brain, AgentMarker(Role.LLM)]
     processors += _chain(
-        vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup], last_words
+        vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup],
+        last_words, desk,
     )
     processors += [transport.output(), aggregators.assistant()]
     return BuiltCall(
@@ -351,6 +385,7 @@ def _chain(
     playback: Playback | None,
     brain: list[FrameProcessor],
     last_words: LastWords,
+    desk: AgentDesk | None = None,
 ) -> list[FrameProcessor]:
     """The processors between the transport's input and output, in the file's order.
 
@@ -378,7 +413,12 @@ def _chain(
         elif role is Role.TTS:
             if playback is not None and vertical.speech_lead_s:
                 processors.append(SpeechPacer(playback, lead_s=vertical.speech_lead_s))
-            processors += stages.build(stage)
+            speaking = stages.build(stage, vertical.agents)
+            processors += speaking
+            if desk is not None:  # a new voice is for the primary; usage marked by agent
+                desk.speaker = speaking[0].strategy.services[0] \
+                    if isinstance(speaking[0], ServiceSwitcher) else speaking[0]
+                processors.append(AgentMarker(Role.TTS))
         else:
             processors += stages.build(stage)
         if stage is speaker:
@@ -409,10 +449,13 @@ def _worker(
         conversation_id=call.call_sid,
     )
     if meter:
-        worker.add_reached_downstream_filter((MetricsFrame,))
+        worker.add_reached_downstream_filter((MetricsFrame, AgentOnLine))
 
         @worker.event_handler("on_frame_reached_downstream")
-        async def metered(_worker: PipelineWorker, frame: MetricsFrame) -> None:
-            await meter.on_metrics(frame)
+        async def metered(_worker: PipelineWorker, frame: MetricsFrame | AgentOnLine) -> None:
+            if isinstance(frame, AgentOnLine):
+                meter.on_agent(frame)
+            else:
+                await meter.on_metrics(frame)
 
     return worker

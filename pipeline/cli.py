@@ -129,6 +129,18 @@ def _chain_table(vertical: Vertical) -> Table:
     return table
 
 
+def _agents_table(vertical: Vertical) -> Table:
+    """Who shares the line: the first answers; what each uses and whom it hands to."""
+    table = Table(title=f"{vertical.name}: agents (the first answers)")
+    for column in ("agent", "tools", "hands to", "model", "voice", "carries"):
+        table.add_column(column)
+    for agent in vertical.agents:
+        table.add_row(agent.name, ", ".join(agent.tools), ", ".join(agent.hands_to),
+                      str(getattr(agent.llm_options, "model", "—")),
+                      str(getattr(agent.tts_options, "voice", "—")), agent.carry)
+    return table
+
+
 def _warnings(verticals: list[Vertical]) -> list[str]:
     """What is valid but costs more than it should: stale or disputed prices, prompt caching
     that cannot take effect. Each once, however many verticals share it."""
@@ -152,6 +164,8 @@ def validate(
     verticals = load_verticals(path, check_keys=keys)
     for vertical in verticals:
         console.print(_chain_table(vertical))
+        if vertical.agents:
+            console.print(_agents_table(vertical))
     console.print(f"[green]{len(verticals)} vertical(s) valid[/green]")
     for warning in _warnings(verticals):
         err.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
@@ -269,6 +283,10 @@ def call(
         typer.Option(help="Call this running bridge (e.g. `tollbridge serve --offline`) through "
                           "its voice webhook, as Twilio would, instead of starting one."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only the call's record, as JSON (as the ledger "
+                                          "keeps it: line items, agents, handoffs).")
+    ] = False,
 ) -> None:
     """Run one complete phone call on this machine and print what it cost.
 
@@ -279,6 +297,9 @@ def call(
     from tollbridge.testing.local_call import CallFailed, print_call, print_line, run_local_call
 
     presses = [_press(spec) for spec in press or []]
+    if bridge is not None and as_json:
+        raise typer.BadParameter("--json prints a record this process keeps; with --bridge the "
+                                 "bridge keeps it (in its ledger)")
     if bridge is not None:
         _call_bridge(vertical, bridge, audio, out, presses,
                      clashing={"--cassette": cassette, "--offline": offline,
@@ -286,7 +307,7 @@ def call(
         return
     loaded = load_vertical(vertical, check_keys=cassette is None and not offline)
     # live lines come from the STT and TTS; a speech-to-speech brain's come with the record
-    live = loaded.stage(Role.STT) is not None
+    live = loaded.stage(Role.STT) is not None and not as_json
     if live:
         console.rule(f"{loaded.name} — {'offline ' if offline else ''}call from {audio.name}")
     result = asyncio.run(
@@ -297,10 +318,14 @@ def call(
         )
     )
     result.write_agent_audio(out)
-    print_call(result, console, conversation=not live)
-    console.print(f"agent audio written to {out}")
+    if as_json:  # stdout is the record alone, for a pipe
+        typer.echo(json.dumps(result.cost.to_dict(), indent=2))
+    else:
+        print_call(result, console, conversation=not live)
+    told = err if as_json else console
+    told.print(f"agent audio written to {out}")
     if record:
-        console.print(f"cassette written to {record}")
+        told.print(f"cassette written to {record}")
     if result.problems:
         raise CallFailed("; ".join(result.problems))
 

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 import phonenumbers
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from tollbridge.agents import Agent, AgentFile, load_agents
 from tollbridge.costs.catalog import Catalog, CatalogError
 from tollbridge.errors import TollbridgeError
 from tollbridge.registry import Registry, default_registry
@@ -192,6 +193,8 @@ class VerticalFile(BaseModel):
     """A provider failing mid-call with no fallback left: apologize, then hang up or transfer."""
     prices: list[PriceOverride] = Field(default_factory=list)
     chain: list[dict[str, Any]] = Field(min_length=1)
+    agents: dict[str, AgentFile] = Field(default_factory=dict)
+    """Several agents on one line: the first answers (see `tollbridge.agents`)."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,8 @@ class Vertical:
     speech_lead_s: float = SPEECH_LEAD_S
     prices: list[PriceOverride] = field(default_factory=list)
     on_failure: OnFailure = field(default_factory=OnFailure)
+    agents: tuple[Agent, ...] = ()
+    """The agents sharing the line, the one that answers first; empty for a single agent."""
 
     @property
     def fixed_phrases(self) -> list[str]:
@@ -471,8 +476,12 @@ def load_vertical(
             stages.append(stage)
     if not problems:
         problems += check_chain(stages)
+    agents: list[Agent] = []
     if not problems:
-        problems += _price_problems(stages, top, catalog)
+        agents, agent_problems = load_agents(top.agents, stages, path.parent)
+        problems += agent_problems
+    if not problems:
+        problems += _price_problems(stages, agents, top, catalog)
     if top.telephony.direction == "outbound" and not (top.telephony.caller_id or top.numbers):
         problems.append(("numbers", "an outbound vertical needs a number to call from"))
 
@@ -491,6 +500,7 @@ def load_vertical(
         speech_lead_s=top.speech_lead_s,
         prices=top.prices,
         on_failure=top.on_failure,
+        agents=tuple(agents),
     )
     if check_keys and not problems:
         for name, where in vertical.required_env().items():
@@ -502,13 +512,13 @@ def load_vertical(
 
 
 def _price_problems(
-    stages: list[Stage], top: VerticalFile, catalog: Catalog | None
+    stages: list[Stage], agents: list[Agent], top: VerticalFile, catalog: Catalog | None
 ) -> list[tuple[str, str]]:
     try:
         priced = vertical_catalog(catalog or Catalog.load(), top.prices)
     except CatalogError as error:
         return [("prices", str(error))]
-    return price_problems(stages, top.telephony, priced, dt.datetime.now(dt.UTC))
+    return price_problems(stages, top.telephony, priced, dt.datetime.now(dt.UTC), agents)
 
 
 def find_vertical_files(path: str | Path) -> list[Path]:

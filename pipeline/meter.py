@@ -11,7 +11,7 @@ The call's record is produced by `usage()` when the call ends, however it ends.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,15 @@ from pipecat.metrics.metrics import (
     TTSUsageMetricsData,
 )
 
-from tollbridge.costs.usage import CallUsage, LLMRequestUsage, RealtimeUsage, STTUsage, TTSUsage
+from tollbridge.costs.usage import (
+    CallUsage,
+    Handoff,
+    LLMRequestUsage,
+    RealtimeUsage,
+    STTUsage,
+    TTSUsage,
+)
+from tollbridge.handoff import AgentOnLine
 from tollbridge.logs import get_logger
 from tollbridge.stage import AvoidedUsage, Billing, CallContext, Role, StageKind, StageOptions
 
@@ -33,7 +41,7 @@ class MeterOptions(StageOptions):
     """The meter's settings live on the vertical (budget, price overrides)."""
 
 
-def _net_tokens(billing: Billing, usage: LLMTokenUsage) -> LLMRequestUsage:
+def _net_tokens(billing: Billing, usage: LLMTokenUsage, agent: str) -> LLMRequestUsage:
     """Split one LLM request's tokens into net buckets, as the service counted them."""
     cached = usage.cache_read_input_tokens or 0
     written = usage.cache_creation_input_tokens or 0
@@ -49,6 +57,7 @@ def _net_tokens(billing: Billing, usage: LLMTokenUsage) -> LLMRequestUsage:
         cache_write_5m_tokens=0 if one_hour else written,
         cache_write_1h_tokens=written if one_hour else 0,
         output_tokens=usage.completion_tokens,
+        agent=agent,
     )
 
 
@@ -82,16 +91,34 @@ class CostMeter:
         self.started_at = datetime.now(UTC)
         self.billed: dict[str, tuple[Billing, Role, Any]] = {}
         """Processor name → (who bills, the stage's role, the processor)."""
+        self.by_agent: dict[str, Mapping[str, Billing]] = {}
+        """Processor name → agent → who bills, where an agent has its own model or voice."""
+        first = call.vertical.agents[0].name if call.vertical.agents else ""
+        self.agent = {Role.LLM: first, Role.TTS: first}
+        """The agent each role's usage is now for (see `tollbridge.handoff`)."""
+        self.handoffs: list[Handoff] = []
         self.stt: dict[tuple[str, str], Decimal] = {}
         self.llm: list[LLMRequestUsage] = []
         self.realtime: list[RealtimeUsage] = []
-        self.tts: dict[tuple[str, str], int] = {}
+        self.tts: dict[tuple[str, str, str], int] = {}
         self._unbilled: set[str] = set()
         self.on_usage: Callable[[], Awaitable[None]] | None = None
         """Called after each usage report (the session checks the budget here)."""
 
-    def attach(self, processor: Any, billing: Billing, role: Role) -> None:
+    def attach(
+        self, processor: Any, billing: Billing, role: Role,
+        by_agent: Mapping[str, Billing] | None = None,
+    ) -> None:
         self.billed[processor.name] = (billing, role, processor)
+        if by_agent:
+            self.by_agent[processor.name] = by_agent
+
+    def on_agent(self, frame: AgentOnLine) -> None:
+        """From here on, `frame.role`'s usage is `frame.agent`'s; the LLM's marks the handoff."""
+        self.agent[frame.role] = frame.agent
+        if frame.role is Role.LLM and frame.handoff is not None:
+            at = Decimal(str(round((datetime.now(UTC) - self.started_at).total_seconds(), 3)))
+            self.handoffs.append(Handoff(at, frame.handoff.from_agent, frame.handoff.to_agent))
 
     async def on_metrics(self, frame: MetricsFrame) -> None:
         counted = False
@@ -107,17 +134,20 @@ class CostMeter:
                     )
                 continue
             billing, role, _ = self.billed[item.processor]
-            key = (billing.provider, billing.model)
+            agent = self.agent.get(role, "")
+            billing = self.by_agent.get(item.processor, {}).get(agent, billing)
             if isinstance(item, STTUsageMetricsData):
+                key = (billing.provider, billing.model)
                 seconds = Decimal(str(round(item.value.audio_seconds, 6)))
                 self.stt[key] = self.stt.get(key, Decimal(0)) + seconds
             elif isinstance(item, LLMUsageMetricsData):
                 if role is Role.SPEECH_TO_SPEECH:
                     self.realtime.append(_realtime_tokens(billing, item.value))
                 else:
-                    self.llm.append(_net_tokens(billing, item.value))
+                    self.llm.append(_net_tokens(billing, item.value, agent))
             else:
-                self.tts[key] = self.tts.get(key, 0) + int(item.value)
+                spoken = (billing.provider, billing.model, agent)
+                self.tts[spoken] = self.tts.get(spoken, 0) + int(item.value)
             counted = True
         if counted and self.on_usage:
             await self.on_usage()
@@ -139,11 +169,21 @@ class CostMeter:
         ]
 
     def _tts_usage(self) -> list[TTSUsage]:
+        """Characters per voice and agent, in the order first spoken; what the phrase cache
+        saved goes with the first agent using that voice (it serves fixed phrases such as
+        the greeting, which the first agent says)."""
         avoided = self._avoided(Role.TTS)
+        first = self.agent_names[0] if self.agent_names else ""
+        spoken = dict.fromkeys([*self.tts, *((*key, first) for key, v in avoided.items() if v)])
         return [
-            TTSUsage(*key, self.tts.get(key, 0), int(avoided.get(key, 0)))
-            for key in sorted(set(self.tts) | {k for k, v in avoided.items() if v})
+            TTSUsage(provider, model, self.tts.get((provider, model, agent), 0),
+                     int(avoided.pop((provider, model), 0)), agent)
+            for provider, model, agent in spoken
         ]
+
+    @property
+    def agent_names(self) -> list[str]:
+        return [agent.name for agent in self.call.vertical.agents]
 
     def usage(self, *, ended_at: datetime | None = None, ended_by: str = "") -> CallUsage:
         """The call's usage so far (final when `ended_at` is given)."""
@@ -168,6 +208,7 @@ class CostMeter:
             tts=self._tts_usage(),
             realtime=list(self.realtime),
             ended_by=ended_by,
+            handoffs=list(self.handoffs),
         )
 
 

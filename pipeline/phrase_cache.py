@@ -18,7 +18,7 @@ before any call.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from pipecat.frames.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    TTSUpdateSettingsFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 
@@ -110,10 +111,13 @@ class PhraseCaching(_TTSMixin):
         *,
         stage: str,
         phrases: Iterable[str],
+        voices: Mapping[str | None, str] | None = None,
     ) -> None:
-        """Serve `phrases` from `store`."""
+        """Serve `phrases` from `store`, as `stage` records them; `voices` keys the phrases
+        of each voice the service may be switched to mid-call (another agent's)."""
         self._phrase_store = store
-        self._phrase_stage = stage
+        self._phrase_stage: str | None = stage
+        self._voice_stages = dict(voices or {})
         self._phrases = {text.strip() for text in phrases if text and text.strip()}
         self._avoided_characters = 0
         self._speaking_phrase: str | None = None
@@ -121,8 +125,12 @@ class PhraseCaching(_TTSMixin):
         self._served: set[str] = set()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, TTSUpdateSettingsFrame) and frame.service in (None, self) \
+                and frame.delta is not None and isinstance(frame.delta.voice, str):
+            # another voice from here on: its own recordings, or none
+            self._phrase_stage = self._voice_stages.get(frame.delta.voice)
         phrase = frame.text.strip() if isinstance(frame, TTSSpeakFrame) else None
-        if self._phrase_store is None or phrase not in self._phrases:
+        if self._phrase_store is None or self._phrase_stage is None or phrase not in self._phrases:
             await super().process_frame(frame, direction)
             return
         self._speaking_phrase = phrase  # the base synthesizes it before returning
@@ -132,7 +140,8 @@ class PhraseCaching(_TTSMixin):
             self._speaking_phrase = None
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        if self._phrase_store is None or text.strip() != self._speaking_phrase:
+        if self._phrase_store is None or self._phrase_stage is None \
+                or text.strip() != self._speaking_phrase:
             async for frame in super().run_tts(text, context_id):
                 yield frame
             return

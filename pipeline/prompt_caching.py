@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from tollbridge.agents import HANDOFF_PROPERTIES
 from tollbridge.stage import BRAIN_ROLES, BrainOptions
 
 if TYPE_CHECKING:
+    from tollbridge.agents import Agent
     from tollbridge.config import Stage, Vertical
 
 CHARS_PER_TOKEN = 4
@@ -57,6 +60,14 @@ def estimate_tokens(text: str) -> int:
 def caching_warnings(vertical: Vertical) -> list[str]:
     """One warning per brain stage (or fallback) whose prompt caching cannot take effect."""
     warnings = []
+    if vertical.agents:  # each agent's own prefix: its tools and handoffs, then its prompt
+        llm = next(s for s in vertical.chain if s.kind.role in BRAIN_ROLES)
+        for agent in vertical.agents:
+            warning = _stage_warning(replace(llm, options=agent.llm_options), vertical,
+                                     _agent_tool_schemas(agent, vertical))
+            if warning:
+                warnings.append(f"agents.{agent.name} ({llm.name}): {warning}")
+        return warnings
     for stage in vertical.chain:
         for where, current in stage.with_fallbacks():
             if current.kind.role in BRAIN_ROLES and isinstance(current.options, BrainOptions):
@@ -66,7 +77,25 @@ def caching_warnings(vertical: Vertical) -> list[str]:
     return warnings
 
 
-def _stage_warning(stage: Stage, vertical: Vertical) -> str:
+def _schema(name: str, description: str, properties: dict, required: list[str]) -> dict:
+    return {"name": name, "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required}}
+
+
+def _agent_tool_schemas(agent: Agent, vertical: Vertical) -> list[dict]:
+    llm = next(s for s in vertical.chain if s.kind.role in BRAIN_ROLES)
+    assert isinstance(llm.options, BrainOptions)
+    tools = {t.name: t for t in llm.options.load_tools(vertical.folder)}
+    agents = {a.name: a for a in vertical.agents}
+    return [
+        *(_schema(n, tools[n].description, tools[n].properties, tools[n].required)
+          for n in agent.tools),
+        *(_schema(agents[n].handoff_tool, agents[n].handoff_description, HANDOFF_PROPERTIES,
+                  list(HANDOFF_PROPERTIES)) for n in agent.hands_to),
+    ]
+
+
+def _stage_warning(stage: Stage, vertical: Vertical, schemas: list[dict] | None = None) -> str:
     billing = stage.kind.billing(stage.options)
     if billing is None:
         return ""
@@ -74,11 +103,9 @@ def _stage_warning(stage: Stage, vertical: Vertical) -> str:
     if minimum is None:
         return ""
     assert isinstance(stage.options, BrainOptions)
-    schemas = [
-        {"name": t.name, "description": t.description,
-         "parameters": {"type": "object", "properties": t.properties, "required": t.required}}
-        for t in stage.options.load_tools(vertical.folder)
-    ]
+    if schemas is None:
+        schemas = [_schema(t.name, t.description, t.properties, t.required)
+                   for t in stage.options.load_tools(vertical.folder)]
     tools = json.dumps(schemas) if schemas else ""
     prompt = stage.options.system_prompt()
     slot = _PLACEHOLDER.search(prompt)

@@ -39,9 +39,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self, runtime_checkable
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+)
 
 from tollbridge.tools import Tool, load_tools
 
@@ -174,6 +182,7 @@ class BrainOptions(StageOptions):
     prompt: ConfigFile | None = None
     tools: str | None = None
     """``module:ATTRIBUTE`` beside the vertical file, a list of `Tool`."""
+    _instructions: str | None = PrivateAttr(None)
 
     @field_validator("tools")
     @classmethod
@@ -183,7 +192,15 @@ class BrainOptions(StageOptions):
         return value
 
     def system_prompt(self) -> str:
+        if self._instructions is not None:
+            return self._instructions
         return _read_prompt(self.prompt) if self.prompt else "You are a helpful phone agent."
+
+    def instructed(self, instructions: str) -> Self:
+        """These options with `instructions` as the system prompt (one agent's of several)."""
+        copy = self.model_copy()
+        copy._instructions = instructions
+        return copy
 
     def load_tools(self, folder: Path) -> list[Tool]:
         return load_tools(self.tools, folder) if self.tools else []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
@@ -30,6 +31,7 @@ from tollbridge.costs.pricing import stt_row, telephony_rows, tts_row
 from tollbridge.stage import Billing, Role
 
 if TYPE_CHECKING:
+    from tollbridge.agents import Agent
     from tollbridge.config import PriceOverride, Stage, Telephony, Vertical
 
 # How the row pricing each role's usage is found (and checked for a fitting unit).
@@ -48,9 +50,14 @@ def vertical_catalog(catalog: Catalog, prices: Iterable[PriceOverride]) -> Catal
 
 
 def price_problems(
-    chain: list[Stage], telephony: Telephony, catalog: Catalog, at: dt.datetime
+    chain: list[Stage],
+    telephony: Telephony,
+    catalog: Catalog,
+    at: dt.datetime,
+    agents: Iterable[Agent] = (),
 ) -> list[tuple[str, str]]:
-    """(key path, message) for each stage or telephony item nothing in `catalog` prices."""
+    """(key path, message) for each stage, agent's model or voice, or telephony item nothing
+    in `catalog` prices."""
     problems = [
         ("telephony", f"{item} has no price in the catalog: {reason}")
         for item, reason in _telephony(telephony, catalog)
@@ -62,21 +69,33 @@ def price_problems(
             if problem:
                 key, message = problem
                 problems.append((f"{where}.{key}", message))
+    for agent in agents:
+        for stage in _agent_stages(chain, agent):
+            if problem := _stage_problem(stage, catalog, at):
+                key, message = problem
+                problems.append((f"agents.{agent.name}.{key}", message))
     return problems
+
+
+def _agent_stages(chain: Iterable[Stage], agent: Agent) -> list[Stage]:
+    """The chain's LLM and TTS stages as `agent` runs them (its model, its voice)."""
+    return [replace(stage, options=options, fallback=None)
+            for stage in chain if (options := agent.options_for(stage.kind.role)) is not None]
 
 
 def rows_in_use(vertical: Vertical, catalog: Catalog) -> list[CatalogRow]:
     """The catalog rows the vertical's calls are priced with (telephony, STT, TTS, compute)."""
     rows = [row for _, row in _telephony(vertical.telephony, catalog) if isinstance(row, CatalogRow)]
-    for stage in vertical.chain:
-        for _, current in stage.with_fallbacks():
-            billing = current.kind.billing(current.options)
-            find = _ROW_FINDERS.get(current.kind.role)
-            if billing and find:
-                try:
-                    rows.append(find(catalog, billing.provider, billing.model))
-                except UnknownPriceError:
-                    pass  # refused when the vertical loaded
+    stages = [current for stage in vertical.chain for _, current in stage.with_fallbacks()]
+    stages += [stage for agent in vertical.agents for stage in _agent_stages(vertical.chain, agent)]
+    for current in stages:
+        billing = current.kind.billing(current.options)
+        find = _ROW_FINDERS.get(current.kind.role)
+        if billing and find:
+            try:
+                rows.append(find(catalog, billing.provider, billing.model))
+            except UnknownPriceError:
+                pass  # refused when the vertical loaded
     try:
         rows.append(catalog.find("self", "compute"))
     except UnknownPriceError:

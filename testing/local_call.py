@@ -40,6 +40,7 @@ from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.spool import SpoolingLedger
 from tollbridge.costs.usage import CallUsage
 from tollbridge.errors import TollbridgeError
+from tollbridge.handoff import HandoffFrame
 from tollbridge.session import CallSession
 from tollbridge.testing import require_extra
 from tollbridge.testing.bridge import running_bridge
@@ -79,7 +80,11 @@ class LocalCall:
     cost: CallCost
     stats: ConnectionStats
     conversation: list[tuple[str, str]] = field(default_factory=list)
-    """(speaker, text) in order: "caller", "agent", or "tool" lines."""
+    """(speaker, text) in order: "caller", "agent", or "tool" lines, from the LLM's context
+    (a handoff that carries only a note leaves the earlier turns out)."""
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    """(who, text) as it happened (`ConversationTap`): on a vertical with several agents each
+    agent line is its agent's by name, and each handoff is a line of its own."""
     tools: list[ToolUse] = field(default_factory=list)
     replay_failures: list[str] = field(default_factory=list)
     provider_fakes: dict[str, Any] = field(default_factory=dict)
@@ -207,14 +212,20 @@ async def run_local_call(
     catalog = catalog or Catalog.load()
     bookkeeper = Bookkeeper(catalog, [vertical], ledger)
     sessions: list[CallSession] = []
+    lines: list[tuple[str, str]] = []
     recorded = asyncio.Event()
 
     recorders: list[CassetteRecorder] = []
 
     async def keep(session: CallSession) -> None:
         sessions.append(session)
-        if on_line is not None:
-            session.worker.add_observer(ConversationTap(on_line))
+        def heard(who: str, text: str) -> None:
+            lines.append((who, text))
+            if on_line is not None:
+                on_line(who, text)
+
+        first = vertical.agents[0].name if vertical.agents else "agent"
+        session.worker.add_observer(ConversationTap(heard, first))
         if record_to:
             stats = _stats(session)
             recorder = CassetteRecorder(lambda: stats.audio_bytes_in / 8000)
@@ -268,6 +279,7 @@ async def run_local_call(
         cost=bookkeeper.costs[session.call.call_sid],
         stats=_stats(session),
         conversation=conversation,
+        lines=lines,
         tools=tools,
         replay_failures=failures,
         provider_fakes=fakes,
@@ -313,11 +325,14 @@ async def call_bridge(
 class ConversationTap(BaseObserver):
     """Hands each line of the conversation to `on_line(who, text)` as it happens: what the
     caller said (each final transcript, each keypad entry), each sentence sent to the TTS
-    (whether or not the caller let it play), each tool call."""
+    (whether or not the caller let it play), each tool call, each handoff. An agent's lines
+    are the agent's by name on a vertical with several ("agent" otherwise)."""
 
-    def __init__(self, on_line: Callable[[str, str], None]) -> None:
+    def __init__(self, on_line: Callable[[str, str], None], agent: str = "agent") -> None:
         super().__init__()
         self._on_line = on_line
+        self._speaking = agent
+        """Whose voice the TTS speaks in now: it changes when a handoff reaches it."""
         self._told: set[int] = set()
         """Transcripts already told: the keypad aggregator passes the STT's on as well."""
 
@@ -328,7 +343,11 @@ class ConversationTap(BaseObserver):
             self._told.add(frame.id)
             self._on_line("caller", frame.text.strip())
         elif isinstance(frame, TTSSpeakFrame) and isinstance(data.destination, TTSService):
-            self._on_line("agent", frame.text.strip())
+            self._on_line(self._speaking, frame.text.strip())
+        elif isinstance(frame, HandoffFrame) and isinstance(data.destination, TTSService):
+            # told where the caller hears it: after the last words of the agent before
+            self._on_line("handoff", f"{frame.from_agent} → {frame.to_agent}: {frame.note}")
+            self._speaking = frame.to_agent
         elif isinstance(frame, FunctionCallsStartedFrame) and isinstance(data.source, LLMService) \
                 and data.direction is FrameDirection.DOWNSTREAM:
             for call in frame.function_calls:
@@ -342,10 +361,11 @@ def _stats(session: CallSession) -> ConnectionStats:
 
 
 def print_line(console: Console, who: str, text: str) -> None:
-    """One line of the conversation: who spoke, then the text as said (no markup)."""
-    style = {"caller": "cyan", "agent": "green", "tool": "yellow"}[who]
+    """One line of the conversation: who spoke (the caller, the agent or an agent by name,
+    a tool, a handoff), then the text as said (no markup)."""
+    style = {"caller": "cyan", "tool": "yellow", "handoff": "magenta"}.get(who, "green")
     shown = text if who != "tool" or len(text) <= 110 else text[:107] + "…"
-    console.print(Text.assemble((f"{who:>6}", style), "  ", shown))
+    console.print(Text.assemble((f"{who:>10}", style), "  ", shown))
 
 
 def print_call(call: LocalCall, console: Console, *, conversation: bool = True) -> None:
@@ -358,15 +378,25 @@ def print_call(call: LocalCall, console: Console, *, conversation: bool = True) 
     else:
         console.rule(f"call {call.cost.call_sid}")
     table = Table(title=f"cost — catalog {call.cost.catalog_version}")
-    for column in ("item", "provider", "quantity", "unit", "unit price $", "$"):
-        left = column in ("item", "provider", "unit")
+    agents = call.cost.agent_usd()
+    columns = ("item", "provider", *(("agent",) if agents else ()), "quantity", "unit",
+               "unit price $", "$")
+    for column in columns:
+        left = column in ("item", "provider", "agent", "unit")
         table.add_column(column, justify="left" if left else "right", no_wrap=column == "item")
     for item in call.cost.items:
         unit_price = item.unit_price_usd.quantize(Decimal("1e-12")).normalize()
-        table.add_row(item.item, item.provider, f"{item.quantity.normalize():f}", item.unit,
+        table.add_row(item.item, item.provider, *((item.agent,) if agents else ()),
+                      f"{item.quantity.normalize():f}", item.unit,
                       "unpriced" if item.unpriced else f"{unit_price:f}",
                       "—" if item.unpriced else f"{item.usd:.6f}")
     console.print(table)
+    if agents:
+        console.print("agents (LLM and TTS): " + ", ".join(
+            f"{agent} ${usd:.6f}" for agent, usd in agents.items()), highlight=False)
+        console.print("handoffs: " + (", ".join(
+            f"{h.from_agent} → {h.to_agent} at {h.at_seconds}s" for h in call.cost.handoffs)
+            or "none"), highlight=False)
     for warning in call.price_warnings:  # printed literally: no rich markup in prices' text
         console.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
     for line in call.cost.unpriced_items:

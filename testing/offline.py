@@ -15,6 +15,9 @@ with no cassette, are improvised deterministically from what was recognised:
   up (or, after ``end_call``, says goodbye);
 * anything else is answered "You said: …", so the caller hears back what
   the recogniser heard.
+
+On a vertical with several agents it improvises with the tools of the agent on
+the line, and a new agent greets the caller ("Hello, how can I help?").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -95,9 +99,14 @@ class OfflineScript(Script):
     def upcoming(self) -> ScriptedTurn | None:
         return self._turns[self._next] if self._replies_left else None
 
-    def check(self, last_message: str) -> ScriptedTurn:
-        """The next reply, whatever the request says (see the module's rules)."""
-        return self._turns[self._next] if self._replies_left else self._improvise(last_message)
+    def check(self, last_message: str, offered: Iterable[str] | None = None) -> ScriptedTurn:
+        """The next reply, whatever the request says (see the module's rules); improvised
+        with the tools the request `offered` (the agent on the line's), if it says."""
+        if self._replies_left:
+            return self._turns[self._next]
+        names = set(offered) if offered is not None else None
+        return self._improvise(last_message, [
+            tool for tool in self._tools if names is None or tool.name in names])
 
     def advance(self) -> None:
         self._took_reply = bool(self._replies_left)
@@ -108,16 +117,18 @@ class OfflineScript(Script):
         if self._took_reply:  # an improvised reply is simply improvised again
             super().give_back()
 
-    def _improvise(self, heard: str) -> ScriptedTurn:
+    def _improvise(self, heard: str, tools: list[Tool]) -> ScriptedTurn:
         result = _tool_result(heard)
+        if isinstance(result, dict) and "handed_to" in result:  # a new agent takes the call
+            return {"text": "Hello, how can I help?"}
         if result is not None:  # the request carries a tool's result
             ending = isinstance(result, dict) and result.get("ending_call")
             return {"text": "Thanks for calling. Goodbye!" if ending
                     else "I looked that up for you."}
-        names = {tool.name for tool in self._tools}
+        names = {tool.name for tool in tools}
         if GOODBYE.search(heard) and "end_call" in names:
             return {"tool_calls": [{"name": "end_call", "arguments": {}}]}
-        tool = _named_tool(heard, self._tools)
+        tool = _named_tool(heard, tools)
         if tool is not None:
             return {"tool_calls": [{"name": tool.name, "arguments": {}}]}
         said = " ".join(heard.split()) or "nothing"

@@ -29,7 +29,7 @@ ACME_PRICE = '''
 [[prices]]
 provider = "acme"
 item = "tts"
-model = "aura-2-andromeda-en"
+model = "aura-2"  # each agent's voice: aura-2-andromeda-en, aura-2-orion-en
 usd = "0.020"
 unit = "1k chars"
 granularity = "unit"
@@ -97,9 +97,11 @@ def test_a_replayed_call_runs_through_the_plugin_and_bills_its_provider(plugin_s
     assert result.returncode == 0, result.stdout + result.stderr
     assert "replay mismatch" not in result.stdout
     spoken = " ".join(result.stdout.split())
-    assert "agent Yes, one seven Oak Avenue" in spoken  # the digit reader ran before the TTS
+    assert "listings Yes, one seven Oak Avenue" in spoken  # the digit reader ran before the TTS
     [row] = [line for line in result.stdout.splitlines() if "tts:aura-2-andromeda-en" in line]
-    _item, provider, quantity, unit, unit_price, usd = (c.strip() for c in row.strip("│ ").split("│"))
+    _item, provider, agent, quantity, unit, unit_price, usd = (
+        c.strip() for c in row.strip("│ ").split("│"))
+    assert agent == "listings"
     assert (provider, unit, Decimal(unit_price)) == ("acme", "char", Decimal("0.00002"))
     assert Decimal(usd) == Decimal(quantity) * Decimal("0.00002")
     assert (tmp_path / "agent.wav").stat().st_size > 44

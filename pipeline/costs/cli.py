@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime as dt
+import enum
 import json
 import sys
 from decimal import Decimal, InvalidOperation
@@ -24,8 +25,8 @@ from rich.table import Table
 from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog, disagreement_warning, stale_warning
 from tollbridge.costs.database import DEFAULT_LEDGER_URL, TRANSIENT_ERRORS, LedgerError, safe_url
 from tollbridge.costs.estimate import load_profile
-from tollbridge.costs.ledger import Ledger, Report, ReportRow
-from tollbridge.costs.lineitem import CallCost
+from tollbridge.costs.ledger import AgentRow, Ledger, Report, ReportRow
+from tollbridge.costs.lineitem import CallCost, round_usd
 from tollbridge.costs.pricing import price_call
 
 costs_app = typer.Typer(help="Prices, cost estimates and the cost ledger.", no_args_is_help=True)
@@ -159,6 +160,13 @@ def _print_cost(cost: CallCost, title: str) -> None:
     _console.print(table)
 
 
+class Grouping(enum.StrEnum):
+    """What `costs report` totals: tenants then verticals, or each vertical's agents."""
+
+    vertical = "vertical"
+    agent = "agent"
+
+
 @costs_app.command("report")
 def report_command(
     db: Annotated[
@@ -189,18 +197,27 @@ def report_command(
             "more than this are flagged.",
         ),
     ] = Decimal("0.10"),
+    by: Annotated[
+        Grouping,
+        typer.Option(help="Totals per tenant and vertical, or per agent of each vertical."),
+    ] = Grouping.vertical,
 ) -> None:
-    """What calls cost per tenant and vertical, flagging those above the $/min floor."""
+    """What calls cost per tenant and vertical (or agent), flagging those above the $/min floor."""
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
     report = asyncio.run(_report(db, tenant, vertical, since, floor))
     _warn_about_prices(Catalog.load())
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
+    elif as_csv and by is Grouping.agent:
+        _write_agents_csv(report)
     elif as_csv:
         _write_csv(report)
+    elif by is Grouping.agent:
+        _print_agents(report)
     else:
         _print_report(report)
+
 
 
 async def _report(
@@ -259,6 +276,34 @@ def _write_csv(report: Report) -> None:
                 *(f"{row.shares[kind]:f}" if kind in row.shares else "" for kind in kinds),
             ]
         )
+
+
+_AGENT_COLUMNS = ("vertical", "agent", "calls", "llm $", "tts $", "total $", "$ per call")
+
+
+def _agent_cells(row: AgentRow) -> list[str]:
+    per_call = round_usd(row.total_usd / row.calls) if row.calls else Decimal(0)
+    return [row.vertical, row.agent, str(row.calls), f"{row.llm_usd:f}", f"{row.tts_usd:f}",
+            f"{row.total_usd:f}", f"{per_call:f}"]
+
+
+def _print_agents(report: Report) -> None:
+    """Each agent's LLM and TTS spend: the lines a vertical with several agents splits."""
+    table = Table(title="Agents (their LLM and TTS lines)")
+    for column in _AGENT_COLUMNS:
+        table.add_column(column, justify="left" if column in ("vertical", "agent") else "right")
+    for row in report.agents:
+        table.add_row(*_agent_cells(row))
+    _console.print(table)
+    if not report.agents:
+        _warn.print("no calls of a vertical with several agents in this range", highlight=False)
+
+
+def _write_agents_csv(report: Report) -> None:
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow([c.replace(" $", "_usd").replace(" ", "_") for c in _AGENT_COLUMNS])
+    for row in report.agents:
+        out.writerow(_agent_cells(row))
 
 
 def _print_report(report: Report) -> None:

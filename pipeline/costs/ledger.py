@@ -25,6 +25,7 @@ from tollbridge.costs.database import Database, Transaction, connect
 from tollbridge.costs.lineitem import CallCost, LineItem, round_usd, unheard_speech_usd
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
 from tollbridge.costs.pricing import rebill, with_recording, with_twilio_price
+from tollbridge.costs.usage import Handoff
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +62,7 @@ _ITEM_COLUMNS = (
     "unit_price_usd",
     "usd",
     "unpriced",
+    "agent",
 )
 _SHARE_PLACES = Decimal("0.0001")
 
@@ -139,19 +141,47 @@ class CallRow:
 
 
 @dataclass(frozen=True)
+class AgentRow:
+    """What one agent of a vertical cost: its LLM and TTS lines over the calls it spoke on."""
+
+    vertical: str
+    agent: str
+    calls: int
+    llm_usd: Decimal
+    tts_usd: Decimal
+
+    @property
+    def total_usd(self) -> Decimal:
+        return self.llm_usd + self.tts_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vertical": self.vertical,
+            "agent": self.agent,
+            "calls": self.calls,
+            "llm_usd": f"{self.llm_usd:f}",
+            "tts_usd": f"{self.tts_usd:f}",
+            "total_usd": f"{self.total_usd:f}",
+        }
+
+
+@dataclass(frozen=True)
 class Report:
-    """Per-tenant and per-vertical totals, plus the calls above the $/min floor if one was given."""
+    """Per-tenant, per-vertical and per-agent totals, plus the calls above the $/min floor
+    if one was given."""
 
     tenants: list[ReportRow]
     verticals: list[ReportRow]
     above_floor: list[CallRow]
     floor: Decimal | None = None
+    agents: list[AgentRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "floor_usd_per_minute": None if self.floor is None else f"{self.floor:f}",
             "tenants": [row.to_dict() for row in self.tenants],
             "verticals": [row.to_dict() for row in self.verticals],
+            "agents": [row.to_dict() for row in self.agents],
             "calls_above_floor": [row.to_dict() for row in self.above_floor],
         }
 
@@ -334,7 +364,7 @@ class Ledger:
         sql = (
             "SELECT c.call_sid, c.tenant, c.vertical, c.started_at, c.measured_seconds, "
             "c.billed_seconds, c.total_usd, c.unpriced_items, l.item, l.provider, l.quantity, "
-            "l.unit, l.unit_price_usd, l.usd, l.unpriced FROM calls c "
+            "l.unit, l.unit_price_usd, l.usd, l.unpriced, l.agent FROM calls c "
             "LEFT JOIN line_items l ON l.call_sid = c.call_sid"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.started_at, c.call_sid, l.position"
@@ -377,8 +407,14 @@ class Ledger:
                     _dec(i["unit_price_usd"]),
                     _dec(i["usd"]),
                     i["unpriced"],
+                    i["agent"],
                 )
                 for i in items
+            ),
+            handoffs=tuple(
+                Handoff(_dec(h["at_seconds"]), h["from_agent"], h["to_agent"])
+                for h in await tx.fetch(
+                    "SELECT * FROM handoffs WHERE call_sid = ? ORDER BY position", call_sid)
             ),
             ended_by=row["ended_by"],
             status=row["status"],
@@ -436,6 +472,14 @@ class Ledger:
                 line.unit_price_usd,
                 line.usd,
                 line.unpriced,
+                line.agent,
+            )
+        await tx.execute("DELETE FROM handoffs WHERE call_sid = ?", cost.call_sid)
+        for position, handoff in enumerate(cost.handoffs):
+            await tx.execute(
+                "INSERT INTO handoffs (call_sid, position, at_seconds, from_agent, to_agent) "
+                "VALUES (?, ?, ?, ?, ?)",
+                cost.call_sid, position, handoff.at_seconds, handoff.from_agent, handoff.to_agent,
             )
 
 
@@ -456,6 +500,7 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
     seconds: dict[str, Decimal] = {}
     kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     speech: dict[str, list[LineItem]] = defaultdict(list)
+    agents: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         sid = row["call_sid"]
         if sid not in calls:
@@ -473,12 +518,17 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
                 round_usd(total * 60 / secs) if secs else None,
                 complete=not row["unpriced_items"],
             )
+        if row["item"] is not None and row["agent"]:
+            spent = agents.setdefault((row["vertical"], row["agent"]),
+                                      {"calls": set(), "llm": Decimal(0), "tts": Decimal(0)})
+            spent["calls"].add(sid)
+            spent["tts" if row["item"].startswith("tts") else "llm"] += _dec(row["usd"])
         if row["item"] is not None:
             kinds[sid][row["item"].partition(":")[0]] += _dec(row["usd"])
             if row["item"].startswith("tts"):  # what unheard speech is priced from
                 speech[sid].append(LineItem(
                     row["item"], row["provider"], _dec(row["quantity"]), row["unit"],
-                    _dec(row["unit_price_usd"]), _dec(row["usd"]), row["unpriced"],
+                    _dec(row["unit_price_usd"]), _dec(row["usd"]), row["unpriced"], row["agent"],
                 ))
 
     def group(name: str) -> list[ReportRow]:
@@ -526,5 +576,7 @@ def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
         ]
     )
     return Report(
-        tenants=group("tenant"), verticals=group("vertical"), above_floor=above, floor=floor
+        tenants=group("tenant"), verticals=group("vertical"), above_floor=above, floor=floor,
+        agents=[AgentRow(vertical, agent, len(spent["calls"]), spent["llm"], spent["tts"])
+                for (vertical, agent), spent in sorted(agents.items())],
     )

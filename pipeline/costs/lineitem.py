@@ -14,6 +14,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from tollbridge.costs.usage import Handoff
+
 USD_PLACES = Decimal("0.000001")
 
 
@@ -42,30 +44,34 @@ class LineItem:
     usd: Decimal
     unpriced: str = ""
     """Why this line has no price (empty for a priced line)."""
+    agent: str = ""
+    """The agent this LLM or TTS line is for, on a vertical with several agents."""
 
     @classmethod
     def priced(
-        cls, item: str, provider: str, quantity: Decimal | int, unit: str, unit_price_usd: Decimal
+        cls, item: str, provider: str, quantity: Decimal | int, unit: str, unit_price_usd: Decimal,
+        agent: str = "",
     ) -> LineItem:
         """Build a line whose usd is computed, never typed in, so the invariant holds."""
         quantity = Decimal(quantity)
-        return cls(
-            item, provider, quantity, unit, unit_price_usd, round_usd(quantity * unit_price_usd)
-        )
+        return cls(item, provider, quantity, unit, unit_price_usd,
+                   round_usd(quantity * unit_price_usd), agent=agent)
 
     @classmethod
     def without_price(
-        cls, item: str, provider: str, quantity: Decimal | int, unit: str, reason: str
+        cls, item: str, provider: str, quantity: Decimal | int, unit: str, reason: str,
+        agent: str = "",
     ) -> LineItem:
         """A line for usage no price is known for: counted, flagged, charged nothing."""
-        return cls(item, provider, Decimal(quantity), unit, Decimal(0), Decimal(0), reason)
+        return cls(item, provider, Decimal(quantity), unit, Decimal(0), Decimal(0), reason,
+                   agent=agent)
 
     @property
     def kind(self) -> str:
         return self.item.partition(":")[0]
 
     def to_dict(self) -> dict[str, str]:
-        return {
+        line = {
             "item": self.item,
             "provider": self.provider,
             "quantity": f"{self.quantity:f}",
@@ -74,6 +80,7 @@ class LineItem:
             "usd": f"{self.usd:f}",
             "unpriced": self.unpriced,
         }
+        return {**line, "agent": self.agent} if self.agent else line
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LineItem:
@@ -85,6 +92,7 @@ class LineItem:
             unit_price_usd=Decimal(data["unit_price_usd"]),
             usd=Decimal(data["usd"]),
             unpriced=data.get("unpriced", ""),
+            agent=data.get("agent", ""),
         )
 
 
@@ -118,6 +126,8 @@ class CallCost:
     recorded_seconds: int | None = None
     failed_provider: str = ""
     """The provider whose failure ended the call, if one did."""
+    handoffs: tuple[Handoff, ...] = ()
+    """Where the caller was handed between agents (a vertical with several agents)."""
 
     @property
     def seconds(self) -> Decimal:
@@ -143,6 +153,14 @@ class CallCost:
         characters at its TTS line's price, in the share of that voice's speech that was
         synthesized rather than served from the phrase cache. Already in the TTS lines."""
         return unheard_speech_usd(self.items)
+
+    def agent_usd(self) -> dict[str, Decimal]:
+        """What each agent's LLM and TTS lines cost, in the order they first bill."""
+        totals: dict[str, Decimal] = {}
+        for line in self.items:
+            if line.agent:
+                totals[line.agent] = totals.get(line.agent, Decimal(0)) + line.usd
+        return totals
 
     @property
     def unpriced_items(self) -> tuple[LineItem, ...]:
@@ -181,6 +199,8 @@ class CallCost:
             "drift_usd": _str_or_none(self.drift_usd),
             "recorded_seconds": self.recorded_seconds,
             "failed_provider": self.failed_provider,
+            "handoffs": [handoff.to_dict() for handoff in self.handoffs],
+            "agent_usd": {agent: f"{usd:f}" for agent, usd in self.agent_usd().items()},
             "total_usd": f"{self.total_usd:f}",
             "complete": self.complete,
             "usd_per_minute": _str_or_none(self.usd_per_minute),
@@ -209,6 +229,7 @@ class CallCost:
             drift_usd=_decimal_or_none(data.get("drift_usd")),
             recorded_seconds=data.get("recorded_seconds"),
             failed_provider=data.get("failed_provider", ""),
+            handoffs=tuple(Handoff.from_dict(h) for h in data.get("handoffs", ())),
         )
 
 
@@ -223,13 +244,14 @@ def _decimal_or_none(value: str | None) -> Decimal | None:
 def unheard_speech_usd(items: Iterable[LineItem]) -> Decimal:
     """`CallCost.unheard_speech_usd` of one call's line items (as the ledger stores them)."""
     lines = tuple(items)
-    by_item = {line.item: line for line in lines}
+    by_item = {(line.item, line.agent): line for line in lines}
     total = Decimal(0)
     for line in lines:
         if not line.item.startswith("tts.unheard:"):
             continue
         model = line.item.removeprefix("tts.unheard:")
-        paid, cached = by_item.get(f"tts:{model}"), by_item.get(f"tts.avoided:{model}")
+        paid = by_item.get((f"tts:{model}", line.agent))
+        cached = by_item.get((f"tts.avoided:{model}", line.agent))
         if paid is None or paid.unpriced:
             continue
         share = paid.quantity / (paid.quantity + (cached.quantity if cached else 0))

@@ -111,4 +111,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         # e.g. 'deepgram.stt/nova-3'; '' when no provider failure ended the call
         ("ALTER TABLE calls ADD COLUMN failed_provider TEXT NOT NULL DEFAULT ''",),
     ),
+    Migration(
+        6,
+        "agents: whose each LLM and TTS line is, and the handoffs between them",
+        (
+            # '' on a vertical with one agent
+            "ALTER TABLE line_items ADD COLUMN agent TEXT NOT NULL DEFAULT ''",
+            """
+            CREATE TABLE handoffs (
+                call_sid TEXT NOT NULL REFERENCES calls (call_sid) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                at_seconds {money} NOT NULL,
+                from_agent TEXT NOT NULL,
+                to_agent TEXT NOT NULL,
+                PRIMARY KEY (call_sid, position)
+            )
+            """,
+        ),
+    ),
 )

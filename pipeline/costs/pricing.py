@@ -78,6 +78,7 @@ def price_call(usage: CallUsage, catalog: Catalog) -> CallCost:
         items=tuple(items),
         ended_by=usage.ended_by,
         failed_provider=usage.failed_provider,
+        handoffs=tuple(usage.handoffs),
     )
 
 
@@ -280,28 +281,31 @@ def _stt_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
 
 
 def _tts_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
-    chars: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    chars: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for tts in usage.tts:
-        counts = chars[(tts.provider, tts.model)]
+        counts = chars[(tts.provider, tts.model, tts.agent)]
         counts[0] += tts.characters
         counts[1] += tts.avoided_characters
-    lines = []
     unheard = max(0, sum(map(sum, chars.values())) - (usage.heard_characters or 0))
-    for (provider, model), (sent, avoided) in chars.items():
+    never_heard: dict[tuple[str, str, str], int] = {}
+    for key, (sent, avoided) in reversed(chars.items()):  # the caller cuts the last one off
+        never_heard[key] = min(unheard, sent + avoided) if usage.heard_characters is not None else 0
+        unheard -= never_heard[key]
+    lines = []
+    for (provider, model, agent), (sent, avoided) in chars.items():
         row = _price_or_reason(tts_row, catalog, provider, model)
         if sent and isinstance(row, str):
-            lines.append(LineItem.without_price(f"tts:{model}", provider, sent, "char", row))
+            lines.append(LineItem.without_price(f"tts:{model}", provider, sent, "char", row, agent))
         elif sent and isinstance(row, CatalogRow):
-            lines.append(LineItem.priced(f"tts:{model}", provider, sent, "char", row.unit_price))
+            lines.append(LineItem.priced(f"tts:{model}", provider, sent, "char", row.unit_price,
+                                         agent))
         if avoided:  # memo: what the phrase cache saved, at no cost
-            lines.append(
-                LineItem.priced(f"tts.avoided:{model}", provider, avoided, "char", Decimal(0))
-            )
-        if usage.heard_characters is not None and (never_heard := min(unheard, sent + avoided)):
-            unheard -= never_heard  # memo: synthesized (or cached), then cut off by the caller
-            lines.append(
-                LineItem.priced(f"tts.unheard:{model}", provider, never_heard, "char", Decimal(0))
-            )
+            lines.append(LineItem.priced(f"tts.avoided:{model}", provider, avoided, "char",
+                                         Decimal(0), agent))
+        if cut := never_heard[(provider, model, agent)]:
+            # memo: synthesized (or cached), then cut off by the caller
+            lines.append(LineItem.priced(f"tts.unheard:{model}", provider, cut, "char",
+                                         Decimal(0), agent))
     return lines
 
 
@@ -311,7 +315,7 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
     A tiered model can charge two requests different rates; those stay on
     separate lines so every line's arithmetic still checks out.
     """
-    tokens: dict[tuple[str, str, Decimal | str], int] = defaultdict(int)
+    tokens: dict[tuple[str, str, Decimal | str, str], int] = defaultdict(int)
     requests = [
         (
             "llm",
@@ -319,6 +323,7 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
             req.model,
             req.total_input_tokens,
             {kind: getattr(req, f"{kind}_tokens") for kind in _LLM_KINDS},
+            req.agent,
         )
         for req in usage.llm
     ] + [
@@ -328,22 +333,23 @@ def _token_lines(usage: CallUsage, catalog: Catalog) -> list[LineItem]:
             req.model,
             req.total_input_tokens,
             {kind: getattr(req, kind) for kind in _REALTIME_KINDS},
+            "",
         )
         for req in usage.realtime
     ]
-    for family, provider, model, total_input, counts in requests:
+    for family, provider, model, total_input, counts, agent in requests:
         rates = _price_or_reason(catalog.llm_rates, provider, model, usage.started_at)
         for kind, count in counts.items():
             if count:  # a price per token, or why nothing prices these tokens
                 price = rates if isinstance(rates, str) else _price_or_reason(
                     rates.per_token, kind, total_input
                 )
-                tokens[(f"{family}.{kind}:{model}", provider, price)] += count
+                tokens[(f"{family}.{kind}:{model}", provider, price, agent)] += count
     return [
-        LineItem.without_price(item, provider, count, "token", price)
+        LineItem.without_price(item, provider, count, "token", price, agent)
         if isinstance(price, str)
-        else LineItem.priced(item, provider, count, "token", price)
-        for (item, provider, price), count in tokens.items()
+        else LineItem.priced(item, provider, count, "token", price, agent)
+        for (item, provider, price, agent), count in tokens.items()
     ]
 
 

@@ -48,6 +48,8 @@ class LLMRequestUsage:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     output_tokens: int = 0
+    agent: str = ""
+    """The agent whose prompt the request ran with (a vertical with several agents)."""
 
     @property
     def total_input_tokens(self) -> int:
@@ -68,6 +70,25 @@ class TTSUsage:
     model: str
     characters: int
     avoided_characters: int = 0
+    agent: str = ""
+    """The agent who said it (a vertical with several agents)."""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The caller handed from one agent to another, `at_seconds` into the call."""
+
+    at_seconds: Decimal
+    from_agent: str
+    to_agent: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"at_seconds": f"{self.at_seconds:f}", "from_agent": self.from_agent,
+                "to_agent": self.to_agent}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> Handoff:
+        return cls(Decimal(data["at_seconds"]), data["from_agent"], data["to_agent"])
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,7 @@ class CallUsage:
     heard_characters: int | None = None
     """Characters of agent speech the caller heard (None: the transport cannot tell)."""
     failed_provider: str = ""
+    handoffs: list[Handoff] = field(default_factory=list)
     """The provider whose failure ended the call (e.g. "deepgram.stt/nova-3"), if one did."""
 
     def __post_init__(self) -> None:

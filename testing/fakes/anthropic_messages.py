@@ -304,7 +304,8 @@ class AnthropicMessagesFake(FakeServer[RequestRecord]):
             _validate(body)
             blocks = prompt_blocks(body)
             _check_breakpoints(blocks)
-            turn = self.script.check(last_user_text(body["messages"]))
+            offered = [tool["name"] for tool in body.get("tools") or []]
+            turn = self.script.check(last_user_text(body["messages"]), offered)
         except ScriptMismatch as e:
             return self.reject(_bad(str(e)), record)
         except Rejection as rejection:

@@ -233,7 +233,8 @@ class OpenAIChatFake(OpenAIFakeServer):
         try:
             self.gate(request)
             _validate(body)
-            turn = self.script.check(last_user_or_tool_text(body["messages"]))
+            offered = [tool["function"]["name"] for tool in body.get("tools") or []]
+            turn = self.script.check(last_user_or_tool_text(body["messages"]), offered)
         except ScriptMismatch as e:
             mismatch = Rejection(400, "fake_script_mismatch", str(e), param="messages")
             return self.reject(mismatch, record)

@@ -9,7 +9,7 @@ wrong, with a diff, instead of later on a confusing assertion.
 import difflib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NotRequired, TypedDict
 
 
@@ -78,11 +78,13 @@ class Script:
         """The reply the next request will get, if the script has one left."""
         return self._turns[self._next] if self.remaining else None
 
-    def check(self, last_message: str) -> ScriptedTurn:
-        """The reply for a request whose last user/tool message is ``last_message``.
+    def check(self, last_message: str, offered: Iterable[str] | None = None) -> ScriptedTurn:
+        """The reply for a request whose last user/tool message is ``last_message`` and that
+        offers the model the tools named `offered` (None: not checked).
 
         Does not consume the reply (`advance` does). Raises `ScriptMismatch` if the
-        script expected other text or has run out.
+        script expected other text, calls a tool the request did not offer (a model
+        can only call what it is shown), or has run out.
         """
         turn = self.upcoming()
         if turn is None:
@@ -103,6 +105,14 @@ class Script:
                 f"script turn {self._next + 1} of {len(self._turns)}: the last user/tool "
                 f"message does not contain {expected!r}\n{diff}"
             )
+        names = set(offered) if offered is not None else None
+        for call in turn.get("tool_calls", []):
+            if names is not None and call["name"] not in names:
+                raise ScriptMismatch(
+                    f"script turn {self._next + 1} of {len(self._turns)}: calls "
+                    f"{call['name']!r}, which the request does not offer (it offers: "
+                    f"{', '.join(sorted(names)) or 'no tools'})"
+                )
         return turn
 
     def advance(self) -> None:

@@ -152,7 +152,7 @@ def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "caller  Sorry, what are your opening hours?" in done.stdout
-    assert "agent  A beard trim is twenty dollars." in done.stdout
+    assert "front_desk  A beard trim is twenty dollars." in done.stdout
     assert "voice.inbound_local" in done.stdout and "/min" in done.stdout
     assert "replay mismatch" not in done.stdout
     # under the cost table, before the totals: the call's prices in dispute

@@ -326,7 +326,7 @@ async def test_a_ledger_with_only_the_first_migration_gets_the_later_ones(ledger
     gets whatever it lacks, in number order."""
     async with await Ledger.open(ledger_url) as ledger:
         async with ledger._db.transaction() as tx:
-            for table in ("line_items", "calls", "pending_callbacks"):
+            for table in ("handoffs", "line_items", "calls", "pending_callbacks"):
                 await tx.execute(f"DROP TABLE {table}")
             await tx.execute("DELETE FROM schema_migrations")
             first = MIGRATIONS[0]

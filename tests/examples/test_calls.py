@@ -56,10 +56,18 @@ def items(result) -> dict[str, Decimal]:
     return {item.kind: item.quantity for item in result.cost.items}
 
 
+def cached_after_each_agents_first_turn(result: LocalCall) -> bool:
+    """Every LLM request after an agent's first read its prefix (its tools, its prompt) from
+    the provider's cache."""
+    agents = dict.fromkeys(request.agent for request in result.usage.llm)
+    return all(request.cached_input_tokens > 0 for agent in agents
+               for request in [r for r in result.usage.llm if r.agent == agent][1:])
+
+
 async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
     result = await call(replay_call, tmp_path, "salon", "salon_booking")
-    assert [t.name for t in result.tools] == ["find_slots", "book", "end_call"]
-    assert result.tools[1].result["reference"] == "GB-101"
+    assert [t.name for t in result.tools] == ["hand_to_booking", "find_slots", "book", "end_call"]
+    assert result.tools[2].result["reference"] == "GB-101"
     async with aiosqlite.connect(tmp_path / "glambook.db") as db:
         rows = await (await db.execute(
             "SELECT reference, customer_name, stylist, day, starts, status FROM appointments"
@@ -74,9 +82,51 @@ async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
     assert abs(float(result.cost.seconds) - line_seconds) < 1.5
     assert {"voice.inbound_local", "media_streams", "number.local", "stt", "llm.input",
             "llm.cached_input", "llm.output", "tts"} <= set(items(result))
-    # system prompt + tools form a stable prefix over 1,024 tokens: every turn after
-    # the first is served from OpenAI's prompt cache
-    assert result.prompt_cache_hit_after_first_turn
+    # each agent's tools and prompt are a stable prefix: once the conversation is over
+    # 1,024 tokens, every turn after an agent's first is served from OpenAI's prompt cache
+    assert cached_after_each_agents_first_turn(result)
+    assert [(h.from_agent, h.to_agent) for h in result.cost.handoffs] == [("front_desk", "booking")]
+
+
+async def test_salon_colour_call_is_handed_on_twice_and_each_agent_billed(replay_call, tmp_path):
+    result = await call(replay_call, tmp_path, "salon", "salon_colour")
+    # who answered each turn, as the caller heard it
+    spoke = [who for who, _ in result.lines if who not in ("caller", "tool", "handoff")]
+    assert list(dict.fromkeys(spoke)) == ["front_desk", "colour", "booking"]
+    assert ("colour", "Hello, I'm Priya, the colour specialist.") in result.lines  # entry line
+    assert [(h.from_agent, h.to_agent) for h in result.cost.handoffs] == [
+        ("front_desk", "colour"), ("colour", "booking")]
+    assert 0 < result.cost.handoffs[0].at_seconds < result.cost.handoffs[1].at_seconds
+    # each agent's requests ran with its prompt, its tools and its model
+    requests = [r.messages[0] for r in result.provider_fakes["openai.llm"].requests]
+    offered = [sorted(t["function"]["name"] for t in body["tools"]) for body in requests]
+    assert offered[0] == ["end_call", "hand_to_billing", "hand_to_booking", "hand_to_colour",
+                          "opening_hours", "services_and_prices"]
+    assert offered[1] == ["end_call", "find_slots", "hand_to_booking", "services_and_prices"]
+    assert offered[-1] == ["book", "end_call", "find_slots", "hand_to_colour",
+                           "hand_to_front_desk", "services_and_prices"]
+    # the colour specialist's four requests (the last hands the caller on) run on gpt-4o
+    assert [body["model"] for body in requests] == ["gpt-4o-mini"] + ["gpt-4o"] * 4 + \
+        ["gpt-4o-mini"] * (len(requests) - 5)
+    assert "colour specialist" in requests[1]["messages"][0]["content"]
+    # each LLM and TTS line is one agent's; the colour specialist speaks in her own voice
+    lines = [i for i in result.cost.items if i.kind.startswith(("llm", "tts"))]
+    assert all(line.agent for line in lines)
+    assert {i.item for i in lines if i.agent == "colour"} >= {
+        "llm.input:gpt-4o", "llm.output:gpt-4o", "tts:aura-2-athena-en"}
+    assert not any(i.item.endswith(("gpt-4o", "athena-en")) for i in lines if i.agent != "colour")
+    spent = result.cost.agent_usd()
+    assert list(spent) == ["front_desk", "colour", "booking"]
+    assert sum(spent.values()) == sum(line.usd for line in lines)
+    # her voice's characters, as Deepgram received them, are hers and billed to her alone
+    athena = sum(r.characters for r in result.provider_fakes["deepgram.tts"].requests
+                 if r.query.get("model") == "aura-2-athena-en")
+    assert [(i.agent, i.quantity) for i in lines if i.item == "tts:aura-2-athena-en"] == [
+        ("colour", athena)]
+    async with aiosqlite.connect(tmp_path / "glambook.db") as db:
+        rows = await (await db.execute(
+            "SELECT reference, customer_name, stylist, starts FROM appointments")).fetchall()
+    assert rows == [("GB-101", "Jane Doe", "Maria", "10:00")]
 
 
 async def test_salon_barge_in_and_keypad(replay_call, tmp_path):

@@ -158,6 +158,7 @@ async def test_stream_has_anthropics_event_order() -> None:
         "max_tokens": 100,
         "stream": True,
         "messages": [{"role": "user", "content": "zip?"}],
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
     }
     async with AnthropicMessagesFake(script, api_key=KEY) as fake:
         async with httpx.AsyncClient() as http:

@@ -176,13 +176,27 @@ async def test_non_streaming_reply_with_tool_call() -> None:
     async with OpenAIChatFake(script, api_key=KEY) as fake:
         client = openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url + "/v1", max_retries=0)
         reply = await client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "zip?"}]
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "zip?"}],
+            tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
         )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == "Checking."
     assert choice.message.tool_calls[0].function.arguments == '{"zip": "94107"}'
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+async def test_a_scripted_call_to_a_tool_the_request_does_not_offer_is_refused() -> None:
+    """A model calls only what it is shown: an agent offered the wrong tools fails loudly."""
+    script = [{"tool_calls": [{"name": "lookup", "arguments": {}}]}]
+    async with OpenAIChatFake(script, api_key=KEY) as fake:
+        client = openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url + "/v1", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="calls 'lookup', which the request "
+                           r"does not offer \(it offers: book\)"):
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "zip?"}],
+                tools=[{"type": "function", "function": {"name": "book", "parameters": {}}}],
+            )
 
 
 async def test_script_mismatch_fails_loudly() -> None:

@@ -265,7 +265,7 @@ async def test_the_fallback_takes_over_when_a_provider_dies_mid_call(dying, tmp_
     models = {"stt": [s.model for s in usage.stt], "llm": [r.provider for r in usage.llm],
               "tts": [t.provider for t in usage.tts]}
     expected = {"stt": ["nova-3", "nova-3-general"], "llm": ["openai", "anthropic"],
-                "tts": ["deepgram", "elevenlabs"]}
+                "tts": ["elevenlabs", "deepgram"]}
     assert models[dying] == expected[dying], "both billed: the primary, then its fallback"
     for other in {"stt", "llm", "tts"} - {dying}:
         assert len(set(models[other])) == 1, f"the {other} stage kept its provider"
