@@ -140,23 +140,30 @@ def estimate_command(
 
 def _print_cost(cost: CallCost, title: str) -> None:
     table = Table(title=title, caption=f"prices: {cost.catalog_version}")
-    for column in ("item", "provider", "quantity", "unit", "unit price", "usd"):
+    agents = cost.agent_usd()
+    columns = ("item", "provider", *(("agent",) if agents else ()), "quantity", "unit",
+               "unit price", "usd")
+    for column in columns:
         table.add_column(
-            column, justify="left" if column in ("item", "provider", "unit") else "right"
+            column, justify="left" if column in ("item", "provider", "agent", "unit") else "right"
         )
+    blank = ("",) if agents else ()
     for line in cost.items:
         table.add_row(
             line.item,
             line.provider,
+            *((line.agent,) if agents else ()),
             f"{line.quantity:f}",
             line.unit,
             "UNPRICED" if line.unpriced else f"{line.unit_price_usd:f}",
             "—" if line.unpriced else f"{line.usd:f}",
         )
     table.add_section()
+    for agent, usd in agents.items():
+        table.add_row("agent total", "", agent, "", "", "", _money(usd))
     total = _money(cost.total_usd) + ("" if cost.complete else " [bold yellow]INCOMPLETE[/]")
-    table.add_row("total", "", f"{cost.minutes:.2f}", "minute", "", total)
-    table.add_row("per minute", "", "", "", "", _money(cost.usd_per_minute))
+    table.add_row("total", "", *blank, f"{cost.minutes:.2f}", "minute", "", total)
+    table.add_row("per minute", "", *blank, "", "", "", _money(cost.usd_per_minute))
     _console.print(table)
 
 

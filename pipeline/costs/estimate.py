@@ -46,6 +46,8 @@ class _LLM(_Strict):
     cache_write_5m_tokens: int = Field(0, ge=0)
     cache_write_1h_tokens: int = Field(0, ge=0)
     output_tokens: int = Field(0, ge=0)
+    agent: str = ""
+    """Which agent of a vertical with several these requests are (its line items say so)."""
 
 
 class _TTS(_Strict):
@@ -53,6 +55,7 @@ class _TTS(_Strict):
     model: str
     characters: int = Field(ge=0)
     avoided_characters: int = Field(0, ge=0)
+    agent: str = ""
 
 
 class _Realtime(_Strict):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -39,9 +41,12 @@ def free_port() -> int:
 
 
 def test_validate_prints_each_chain_and_exits_zero():
-    done = run("validate", "examples/")
+    done = run("validate", "examples/", env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "4 vertical(s) valid" in done.stdout
+    assert "salon: agents (the first answers)" in done.stdout
+    [colour] = [line for line in done.stdout.splitlines() if line.startswith("│ colour ")]
+    assert "booking" in colour and "gpt-4o " in colour and "aura-2-athena-en" in colour
     assert "fallback" in done.stdout and "deepgram.tts" in done.stdout
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == len(set(warnings))  # each printed once
@@ -139,6 +144,25 @@ def test_serve_answers_a_signed_webhook_and_stops_cleanly(tmp_path):
     # start-up logs the prices the verticals use that are in dispute (a JSON line)
     [disputed] = [line for line in logged.splitlines() if "prices_disagree" in line]
     assert "deepgram stt nova-3" in disputed and disputed.startswith("{")
+
+
+def test_call_json_prints_the_record_alone(tmp_path):
+    hangup = "tests/fixtures/calls/real_estate_hangup"
+    done = run("call", "examples/real_estate", "--audio", f"{hangup}.wav", "--cassette",
+               f"{hangup}.cassette.json", "--out", str(tmp_path / "agent.wav"), "--json",
+               env={"ONEROOF_DB_URL": f"sqlite:///{tmp_path / 'oneroof.db'}"})
+    record = json.loads(done.stdout)  # nothing else on stdout: it pipes
+    assert record["vertical"] == "real_estate" and record["ended_by"] == "caller_hung_up"
+    assert Decimal(record["total_usd"]) == sum(Decimal(i["usd"]) for i in record["items"])
+    # no handoff: every LLM and TTS line is the listings agent's, who answered
+    assert record["handoffs"] == [] and list(record["agent_usd"]) == ["listings"]
+    lines = [i for i in record["items"] if i["item"].startswith(("llm", "tts"))]
+    assert lines and all(i["agent"] == "listings" for i in lines)
+    assert Decimal(record["agent_usd"]["listings"]) == sum(Decimal(i["usd"]) for i in lines)
+    assert "agent audio written to" in done.stderr
+    clash = run("call", "examples/real_estate", "--audio", f"{hangup}.wav", "--json",
+                "--bridge", "http://127.0.0.1:9")
+    assert clash.returncode != 0 and "--json prints a record this process keeps" in clash.stderr
 
 
 @pytest.mark.long(35)

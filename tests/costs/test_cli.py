@@ -162,3 +162,43 @@ def test_report_shows_speech_paid_for_but_not_heard(
     as_csv = runner.invoke(costs_app, ["report", "--db", url, "--csv"]).stdout
     rows = {(r["group"], r["key"]): r for r in csv.DictReader(io.StringIO(as_csv))}
     assert rows[("vertical", "salon")]["unheard_speech_usd"] == f"{expected:f}"
+
+
+def test_an_estimate_prices_each_agent(tmp_path: Path) -> None:
+    result = runner.invoke(costs_app, ["estimate", str(PROFILES / "salon_agents.toml"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    spent = {agent: Decimal(usd) for agent, usd in data["agent_usd"].items()}
+    assert list(spent) == ["front_desk", "colour", "booking"]
+    for agent, usd in spent.items():
+        assert usd == sum(Decimal(i["usd"]) for i in data["items"] if i.get("agent") == agent)
+    assert {i["item"] for i in data["items"] if i.get("agent") == "colour"} == {
+        "llm.input:gpt-4o", "llm.cached_input:gpt-4o", "llm.output:gpt-4o", "tts:aura-2-athena-en"}
+    assert not any("agent" in i for i in data["items"] if i["item"].startswith(("stt", "voice")))
+
+
+def test_report_by_agent(tmp_path: Path, make_usage, catalog: Catalog) -> None:
+    from tollbridge.costs.estimate import load_profile
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    estimated = load_profile(PROFILES / "salon_agents.toml")
+
+    async def fill() -> None:
+        async with await Ledger.open(url) as ledger:
+            for _ in range(2):
+                await ledger.record(price_call(make_usage(llm=estimated.llm, tts=estimated.tts),
+                                               catalog))
+
+    asyncio.run(fill())
+    table = runner.invoke(costs_app, ["report", "--db", url, "--by", "agent"],
+                          env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    [colour] = [line for line in table.output.splitlines() if "│ colour" in line]
+    cells = [cell.strip() for cell in colour.strip("│ ").split("│")]
+    assert cells[:3] == ["salon", "colour", "2"]
+    expected = 2 * price_call(estimated, catalog).agent_usd()["colour"]
+    assert Decimal(cells[5]) == expected and Decimal(cells[6]) == expected / 2
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(
+        costs_app, ["report", "--db", url, "--by", "agent", "--csv"]).stdout)))
+    assert [row["agent"] for row in rows] == ["booking", "colour", "front_desk"]
+    assert Decimal(next(r for r in rows if r["agent"] == "colour")["total_usd"]) == expected

@@ -15,7 +15,7 @@ from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.lineitem import CallCost, round_usd
 from tollbridge.costs.migrations import MIGRATIONS
 from tollbridge.costs.pricing import price_call
-from tollbridge.costs.usage import CallUsage, LLMRequestUsage, STTUsage, TTSUsage
+from tollbridge.costs.usage import CallUsage, Handoff, LLMRequestUsage, STTUsage, TTSUsage
 
 from .conftest import STARTED
 
@@ -356,3 +356,34 @@ async def test_the_provider_whose_failure_ended_a_call_is_stored(
     assert stored_failed == failed and stored_failed.failed_provider == "deepgram.stt/nova-3"
     assert stored_fine is not None and stored_fine.failed_provider == ""
     assert CallCost.from_dict(failed.to_dict()) == failed  # as the spool keeps it
+
+
+async def test_each_agents_lines_and_the_handoffs_are_stored_and_reported(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    two_agents = priced(
+        llm=[LLMRequestUsage("openai", "gpt-4o-mini", 900, 0, 0, 0, 40, agent="front_desk"),
+             LLMRequestUsage("openai", "gpt-4o", 3100, 1024, 0, 0, 90, agent="colour"),
+             LLMRequestUsage("openai", "gpt-4o", 3500, 1024, 0, 0, 60, agent="colour")],
+        tts=[TTSUsage("deepgram", "aura-2-thalia-en", 130, agent="front_desk"),
+             TTSUsage("deepgram", "aura-2-athena-en", 280, agent="colour")],
+        handoffs=[Handoff(D("12.792"), "front_desk", "colour")],
+    )
+    one_agent = priced()
+    async with await Ledger.open(ledger_url) as ledger:
+        for cost in (two_agents, one_agent):
+            await ledger.record(cost)
+        got = await ledger.get(two_agents.call_sid)
+        report = await ledger.report()
+    assert got == two_agents
+    assert got.handoffs == (Handoff(D("12.792"), "front_desk", "colour"),)
+    colour = [line for line in got.items if line.agent == "colour"]
+    assert {line.item for line in colour} == {
+        "llm.input:gpt-4o", "llm.cached_input:gpt-4o", "llm.output:gpt-4o", "tts:aura-2-athena-en"}
+    by_agent = {(row.vertical, row.agent): row for row in report.agents}
+    assert set(by_agent) == {("salon", "front_desk"), ("salon", "colour")}  # not the 1-agent call
+    assert by_agent[("salon", "colour")].calls == 1
+    assert by_agent[("salon", "colour")].total_usd == sum(line.usd for line in colour)
+    assert by_agent[("salon", "colour")].tts_usd == next(
+        line.usd for line in colour if line.item.startswith("tts"))
+    assert two_agents.agent_usd() == {row.agent: row.total_usd for row in report.agents}
