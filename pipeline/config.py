@@ -115,6 +115,10 @@ class Telephony(BaseModel):
     monthly_minutes_per_number: int = Field(1000, gt=0)
     caller_id: PhoneNumber | None = None
     """The number outbound calls come from (defaults to the first of `numbers`)."""
+    voicemail: str | None = Field(None, min_length=1)
+    """Outbound only: the message left when an answering machine picks up. Setting it asks
+    Twilio to detect machines on every call (waiting for the greeting to end; priced per
+    call), so a machine costs the minutes and the message, never the AI stages."""
 
 
 class OnFailure(BaseModel):
@@ -484,6 +488,9 @@ def load_vertical(
         problems += _price_problems(stages, agents, top, catalog)
     if top.telephony.direction == "outbound" and not (top.telephony.caller_id or top.numbers):
         problems.append(("numbers", "an outbound vertical needs a number to call from"))
+    if top.telephony.direction == "inbound" and top.telephony.voicemail:
+        problems.append(("telephony.voicemail", "only outbound calls detect answering machines "
+                         "(direction is inbound)"))
 
     vertical = Vertical(
         path=path,

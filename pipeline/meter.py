@@ -209,6 +209,7 @@ class CostMeter:
             realtime=list(self.realtime),
             ended_by=ended_by,
             handoffs=list(self.handoffs),
+            answered_by=self.call.answered_by,
         )
 
 

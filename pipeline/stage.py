@@ -119,6 +119,8 @@ class CallContext:
     """Where API keys are read from (the process environment unless replaying)."""
     user_speech_timeout: float = 0.6
     """Seconds of caller silence after a final transcript that end the caller's turn."""
+    answered_by: str = ""
+    """Twilio's machine detection verdict for an outbound call that asked for one."""
 
     def base_url(self, kind: str, configured: str | None) -> str | None:
         return self.base_urls.get(kind) or configured

@@ -27,7 +27,7 @@ from tollbridge.costs.catalog import (
     disagreement_warning,
     stale_warning,
 )
-from tollbridge.costs.pricing import stt_row, telephony_rows, tts_row
+from tollbridge.costs.pricing import AMD_ITEM, stt_row, telephony_rows, tts_row
 from tollbridge.stage import Billing, Role
 
 if TYPE_CHECKING:
@@ -114,9 +114,15 @@ def price_warnings(verticals: Iterable[Vertical], catalog: Catalog, today: dt.da
 
 
 def _telephony(telephony: Telephony, catalog: Catalog) -> list[tuple[str, CatalogRow | str]]:
-    return telephony_rows(
+    rows = telephony_rows(
         catalog, telephony.direction, telephony.number_type, telephony.recording
     )
+    if telephony.voicemail:  # every call asks Twilio to detect a machine
+        try:
+            rows.append((AMD_ITEM, catalog.find("twilio", AMD_ITEM)))
+        except UnknownPriceError as missing:
+            rows.append((AMD_ITEM, str(missing)))
+    return rows
 
 
 def _stage_problem(stage: Stage, catalog: Catalog, at: dt.datetime) -> tuple[str, str] | None:

@@ -285,3 +285,13 @@ def test_the_schema_describes_the_failure_policy():
     policy = schema["$defs"]["OnFailure"]["properties"]
     assert set(policy) == {"apology", "transfer_to", "transfer_message"}
     assert policy["apology"]["default"] == DEFAULT_APOLOGY
+
+
+def test_only_an_outbound_vertical_leaves_voicemail(tmp_path):
+    voicemail = '[telephony]\ndirection = "{}"\nvoicemail = "Please call us back."\n'
+    inbound = write(tmp_path, GOOD + voicemail.format("inbound"))
+    [message] = problems(inbound)
+    assert message.endswith("telephony.voicemail: only outbound calls detect answering machines "
+                            "(direction is inbound)")
+    outbound = load_vertical(write(tmp_path, GOOD + voicemail.format("outbound")))
+    assert outbound.telephony.voicemail == "Please call us back."

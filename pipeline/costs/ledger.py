@@ -51,6 +51,7 @@ _CALL_COLUMNS = (
     "recorded_seconds",
     "unpriced_items",
     "failed_provider",
+    "answered_by",
 )
 _ITEM_COLUMNS = (
     "call_sid",
@@ -422,6 +423,7 @@ class Ledger:
             drift_usd=_dec_or_none(row["drift_usd"]),
             recorded_seconds=row["recorded_seconds"],
             failed_provider=row["failed_provider"],
+            answered_by=row["answered_by"],
         )
 
     async def _store(self, tx: Transaction, cost: CallCost) -> None:
@@ -447,6 +449,7 @@ class Ledger:
             cost.recorded_seconds,
             len(cost.unpriced_items),
             cost.failed_provider,
+            cost.answered_by,
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS[1:])
         await tx.execute(

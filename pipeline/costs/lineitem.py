@@ -128,6 +128,8 @@ class CallCost:
     """The provider whose failure ended the call, if one did."""
     handoffs: tuple[Handoff, ...] = ()
     """Where the caller was handed between agents (a vertical with several agents)."""
+    answered_by: str = ""
+    """Twilio's machine detection verdict, when the call asked for one."""
 
     @property
     def seconds(self) -> Decimal:
@@ -199,6 +201,7 @@ class CallCost:
             "drift_usd": _str_or_none(self.drift_usd),
             "recorded_seconds": self.recorded_seconds,
             "failed_provider": self.failed_provider,
+            "answered_by": self.answered_by,
             "handoffs": [handoff.to_dict() for handoff in self.handoffs],
             "agent_usd": {agent: f"{usd:f}" for agent, usd in self.agent_usd().items()},
             "total_usd": f"{self.total_usd:f}",
@@ -230,6 +233,7 @@ class CallCost:
             recorded_seconds=data.get("recorded_seconds"),
             failed_provider=data.get("failed_provider", ""),
             handoffs=tuple(Handoff.from_dict(h) for h in data.get("handoffs", ())),
+            answered_by=data.get("answered_by", ""),
         )
 
 

@@ -113,10 +113,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         6,
-        "agents: whose each LLM and TTS line is, and the handoffs between them",
+        "agents: whose each LLM and TTS line is, the handoffs between them; machine detection",
         (
             # '' on a vertical with one agent
             "ALTER TABLE line_items ADD COLUMN agent TEXT NOT NULL DEFAULT ''",
+            # Twilio's AnsweredBy (human, machine_end_beep, …); '' when detection was not asked
+            "ALTER TABLE calls ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''",
             """
             CREATE TABLE handoffs (
                 call_sid TEXT NOT NULL REFERENCES calls (call_sid) ON DELETE CASCADE,

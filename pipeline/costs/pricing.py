@@ -37,6 +37,12 @@ UNBILLED_STATUSES = frozenset({"busy", "no-answer", "failed", "canceled"})
 # Line kinds (before the first ".") whose quantity is the call's own duration,
 # so they are re-priced when Twilio reports the billed duration.
 CALL_TIME_KINDS = frozenset({"number", "voice", "media_streams"})
+AMD_ITEM = "amd"
+"""Twilio's answering-machine detection: one per call that asked for it, whatever answered."""
+UNSTREAMED_ANSWERS = frozenset({"machine_start", "machine_end_beep", "machine_end_silence",
+                                "machine_end_other", "fax"})
+"""Machine detection verdicts the bridge answers with TwiML alone (a voicemail, a hang-up):
+such a call never opens a Media Stream."""
 RECORDING_ITEM = "recording"
 """Bills Twilio's RecordingDuration (whole minutes), not the call's: nothing until
 Twilio reports a recording really happened."""
@@ -79,6 +85,7 @@ def price_call(usage: CallUsage, catalog: Catalog) -> CallCost:
         ended_by=usage.ended_by,
         failed_provider=usage.failed_provider,
         handoffs=tuple(usage.handoffs),
+        answered_by=usage.answered_by,
     )
 
 
@@ -147,13 +154,15 @@ def tts_row(catalog: Catalog, provider: str, model: str) -> CatalogRow:
 
 
 def telephony_rows(
-    catalog: Catalog, direction: str, number_type: str, recording: bool
+    catalog: Catalog, direction: str, number_type: str, recording: bool, *,
+    streamed: bool = True,
 ) -> list[tuple[str, CatalogRow | str]]:
-    """Each call-time item a call of this kind bills, with its row or why none prices it."""
+    """Each call-time item a call of this kind bills, with its row or why none prices it
+    (no Media Streams for a call that never streamed: a machine, answered by TwiML alone)."""
     items = [
         f"number.{number_type}",
         "voice.outbound" if direction == "outbound" else f"voice.inbound_{number_type}",
-        "media_streams",
+        *(["media_streams"] if streamed else []),
         *([RECORDING_ITEM] if recording else []),
     ]
     return [(item, _price_or_reason(_call_time_row, catalog, item)) for item in items]
@@ -238,7 +247,9 @@ def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> li
     later reconciliation has their unit prices to re-bill with."""
     lines = []
     minutes = call_quantity("minute", seconds)
-    rows = telephony_rows(catalog, usage.direction, usage.number_type, usage.recording)
+    streamed = usage.answered_by not in UNSTREAMED_ANSWERS
+    rows = telephony_rows(catalog, usage.direction, usage.number_type, usage.recording,
+                          streamed=streamed)
     for item, row in rows:
         # the recording bills what Twilio recorded: zero until its callback says how much
         item_seconds = Decimal(usage.recorded_seconds or 0) if item == RECORDING_ITEM else seconds
@@ -253,6 +264,11 @@ def _telephony_lines(usage: CallUsage, catalog: Catalog, seconds: Decimal) -> li
             lines.append(
                 LineItem.priced(row.item, row.provider, quantity, row.line_unit, row.unit_price)
             )
+    if usage.answered_by:  # the call asked Twilio to tell a person from a machine
+        amd = _price_or_reason(catalog.find, "twilio", AMD_ITEM)
+        lines.append(LineItem.without_price(AMD_ITEM, "twilio", 1, "call", amd)
+                     if isinstance(amd, str)
+                     else LineItem.priced(AMD_ITEM, "twilio", 1, "call", amd.unit_price))
     return lines
 
 

@@ -147,6 +147,9 @@ class CallUsage:
     """Characters of agent speech the caller heard (None: the transport cannot tell)."""
     failed_provider: str = ""
     handoffs: list[Handoff] = field(default_factory=list)
+    answered_by: str = ""
+    """Twilio's machine detection verdict (human, machine_end_beep, …); "" when the call did
+    not ask for detection."""
     """The provider whose failure ended the call (e.g. "deepgram.stt/nova-3"), if one did."""
 
     def __post_init__(self) -> None:

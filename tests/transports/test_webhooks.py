@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
+from decimal import Decimal
 from urllib.parse import parse_qs
 from xml.etree import ElementTree
 
@@ -10,8 +12,12 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.conftest import AUTH_TOKEN, running_bridge
+from tests.conftest import AUTH_TOKEN, FIXTURES, running_bridge
+from tollbridge.costs.catalog import Catalog
+from tollbridge.costs.pricing import price_call, rebill
 from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.softphone import CallScript
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
 from tollbridge.transports.twilio.rest import TwilioRest
 from tollbridge.transports.twilio.signature import SignatureChecker
 
@@ -299,3 +305,91 @@ async def test_an_outbound_recording_call_records_once_through_its_twiml(frontde
     assert [child.tag for child in root] == ["Start", "Connect"]
     callback = root.find("./Start/Recording").get("recordingStatusCallback")
     assert callback == running.url + "/recording-status"
+
+
+VOICEMAIL = "Hi, it's Acme. Please call us back."
+SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
+
+
+def script(parameters: dict[str, str]) -> CallScript:
+    return CallScript(audio=SPEECH[: 8000 * 4], parameters=parameters, settle_s=1.0,
+                      speed=2.0, max_s=20)
+
+
+@contextlib.asynccontextmanager
+async def twilio_api(account: str):
+    """Twilio's Calls endpoint on loopback, and a dialer pointed at it."""
+    fake = FakeTwilioCalls(account, AUTH_TOKEN)
+    app = web.Application()
+    app.router.add_post(f"/2010-04-01/Accounts/{account}/Calls.json", fake.create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    dialer = TwilioRest(account, AUTH_TOKEN,
+                        api_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        yield fake, dialer
+    finally:
+        await dialer.close()
+        await runner.cleanup()
+
+
+def leaving_voicemail(frontdesk):
+    return replace(frontdesk, telephony=frontdesk.telephony.model_copy(
+        update={"direction": "outbound", "voicemail": VOICEMAIL}))
+
+
+async def test_a_vertical_with_a_voicemail_dials_with_machine_detection(frontdesk):
+    sales = leaving_voicemail(frontdesk)
+    async with twilio_api("AC" + "6" * 32) as (fake, dialer):
+        async with running_bridge(sales, Cassette()) as running:
+            await dialer.dial(running.bridge, sales, "+15550108888")
+    [form] = fake.created
+    assert form["MachineDetection"] == ["DetectMessageEnd"]
+    # Twilio asks us what to do once it knows who answered: no fixed TwiML
+    assert form["Url"] == [running.url + "/answered?vertical=frontdesk"] and "Twiml" not in form
+
+
+OUTBOUND = {**INBOUND, "From": "+15550100900", "To": "+15550108888",
+            "Direction": "outbound-api", "CallStatus": "in-progress"}
+
+
+async def test_a_machine_gets_the_voicemail_and_a_record_with_no_ai(frontdesk):
+    sales = leaving_voicemail(frontdesk)
+    async with running_bridge(sales, Cassette()) as running:
+        beep = await post(running, "/answered?vertical=frontdesk",
+                          {**OUTBOUND, "AnsweredBy": "machine_end_beep"})
+        fax = await post(running, "/answered?vertical=frontdesk",
+                         {**OUTBOUND, "CallSid": "CA" + "7" * 32, "AnsweredBy": "fax"})
+        forged = await post(running, "/answered?vertical=frontdesk",
+                            {**OUTBOUND, "AnsweredBy": "human"}, signature="Zm9yZ2Vk")
+    root = ElementTree.fromstring(beep.text)
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert root.find("Say").text == VOICEMAIL
+    assert [child.tag for child in ElementTree.fromstring(fax.text)] == ["Hangup"]
+    assert forged.status_code == 403
+    voicemail, hung_up = running.usages
+    assert (voicemail.ended_by, voicemail.answered_by) == ("voicemail", "machine_end_beep")
+    assert (hung_up.ended_by, hung_up.answered_by) == ("machine", "fax")
+    assert not (voicemail.stt or voicemail.llm or voicemail.tts)
+    cost = rebill(price_call(voicemail, Catalog.load()), 25, "completed")  # Twilio's CallDuration
+    lines = {line.item: line for line in cost.items}
+    assert set(lines) == {"number.local", "voice.outbound", "amd"}  # no Media Streams
+    assert (lines["amd"].quantity, lines["amd"].usd) == (1, Decimal("0.0075"))
+    assert lines["voice.outbound"].quantity == 1  # 25 s: one minute
+
+
+async def test_a_person_gets_the_agent_and_the_detection_is_billed(frontdesk):
+    sales = leaving_voicemail(frontdesk)
+    async with running_bridge(sales, Cassette()) as running:
+        answer = await post(running, "/answered?vertical=frontdesk",
+                            {**OUTBOUND, "AnsweredBy": "human"})
+        stream = ElementTree.fromstring(answer.text).find("./Connect/Stream")
+        parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        assert parameters["answered_by"] == "human"
+        await running.softphone().call(script(parameters=parameters))
+        [usage] = await running.finished()
+    assert usage.answered_by == "human" and usage.tts  # the agent spoke
+    items = {line.item for line in price_call(usage, Catalog.load()).items}
+    assert {"amd", "media_streams", "voice.outbound"} <= items

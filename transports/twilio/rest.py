@@ -46,7 +46,6 @@ class TwilioRest:
         *,
         api_base_url: str | None = None,
         ring_timeout_s: int = 30,
-        machine_detection: bool = False,
     ):
         if not account_sid or not auth_token:
             raise ValueError("outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
@@ -54,7 +53,6 @@ class TwilioRest:
         if api_base_url:  # a regional edge, a proxy, or a local fake
             self._client.api.base_url = api_base_url
         self.ring_timeout_s = ring_timeout_s
-        self.machine_detection = machine_detection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TwilioRest:
@@ -69,16 +67,18 @@ class TwilioRest:
         """Place the call; returns its Call SID. `bridge` provides the TwiML and URLs."""
         to = e164(to)
         caller_id = e164(vertical.telephony.caller_id or vertical.numbers[0])
-        twiml = bridge.stream_twiml(vertical, caller=caller_id, callee=to)
-        if len(twiml) > MAX_INLINE_TWIML:
-            raise ValueError(f"the call's TwiML is {len(twiml)} characters; Twilio takes 4000")
-        options = {}
-        if self.machine_detection:
-            options["machine_detection"] = "Enable"
+        options: dict[str, str] = {}
+        if vertical.telephony.voicemail:  # Twilio asks what to do once it knows who answered
+            options.update(machine_detection="DetectMessageEnd",
+                           url=bridge.answered_url(vertical), method="POST")
+        else:
+            twiml = bridge.stream_twiml(vertical, caller=caller_id, callee=to)
+            if len(twiml) > MAX_INLINE_TWIML:
+                raise ValueError(f"the call's TwiML is {len(twiml)} characters; Twilio takes 4000")
+            options.update(twiml=twiml)
         call = await self._client.calls.create_async(
             to=to,
             from_=caller_id,
-            twiml=twiml,
             status_callback=public_url(bridge.settings.public_url, STATUS_PATH),
             status_callback_event=STATUS_EVENTS,
             status_callback_method="POST",

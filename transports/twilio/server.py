@@ -36,6 +36,8 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
@@ -58,6 +60,7 @@ from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
 from tollbridge.builder import render_phrases
 from tollbridge.config import Vertical, e164
+from tollbridge.costs.usage import CallUsage
 from tollbridge.errors import TollbridgeError
 from tollbridge.logs import get_logger
 from tollbridge.session import CallSession, Pricer
@@ -73,6 +76,10 @@ MEDIA_PATH = "/media"
 STATUS_PATH = "/status"
 STREAM_STATUS_PATH = "/stream-status"
 RECORDING_STATUS_PATH = "/recording-status"
+ANSWERED_PATH = "/answered"
+"""Where Twilio asks what to do with an outbound call once it knows who (or what) answered."""
+HUMAN_ANSWERS = frozenset({"human", "unknown", ""})
+"""Detection verdicts the agent takes (an unsure one too: a person hung up on is worse)."""
 UNKNOWN_NUMBER_MESSAGE = "Sorry, this number is not in service. Goodbye."
 UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please call back in a minute."
 SHUTDOWN_FAREWELL = "Sorry, we have to end this call now. Please call back. Goodbye."
@@ -234,7 +241,12 @@ class Bridge:
     def media_url(self) -> str:
         return public_url(self.settings.public_url, MEDIA_PATH, websocket=True)
 
-    def stream_twiml(self, vertical: Vertical, caller: str, callee: str) -> str:
+    def answered_url(self, vertical: Vertical) -> str:
+        return public_url(self.settings.public_url, ANSWERED_PATH, f"vertical={vertical.name}")
+
+    def stream_twiml(
+        self, vertical: Vertical, caller: str, callee: str, answered_by: str = ""
+    ) -> str:
         """TwiML connecting the call to our Media Streams socket, recording it first if
         the vertical asks (`<Start>` goes on at once; `<Connect>` cannot record)."""
         response = VoiceResponse()
@@ -258,6 +270,7 @@ class Bridge:
             ("tenant", vertical.tenant),
             ("from", caller),
             ("to", callee),
+            *((("answered_by", answered_by),) if answered_by else ()),
         ):
             stream.parameter(name=name, value=value)
         response.append(connect)
@@ -289,7 +302,35 @@ class Bridge:
             base_urls=self.settings.base_urls,
             env=os.environ if self.settings.env is None else self.settings.env,
             user_speech_timeout=self.settings.user_speech_timeout,
+            answered_by=params.get("answered_by", ""),
         )
+
+    async def machine_answered(self, vertical: Vertical, form: FormData) -> str:
+        """TwiML for an outbound call a machine answered: the vertical's voicemail once the
+        greeting has ended, else (a fax, a machine still talking) a hang-up. Its record
+        goes to the ledger now: minutes, detection and no AI; Twilio's status callback
+        then bills its duration."""
+        answered_by = str(form.get("AnsweredBy", ""))
+        response = VoiceResponse()
+        leave_message = answered_by.startswith("machine_end")
+        if leave_message and vertical.telephony.voicemail:
+            response.say(vertical.telephony.voicemail)
+        response.hangup()
+        now = datetime.now(UTC)
+        usage = CallUsage(
+            call_sid=str(form.get("CallSid", "")), tenant=vertical.tenant,
+            vertical=vertical.name, direction=vertical.telephony.direction,
+            number_type=vertical.telephony.number_type, from_number=str(form.get("From", "")),
+            to_number=str(form.get("To", "")), started_at=now, ended_at=now,
+            measured_seconds=Decimal(0), billed_seconds=None, recording=False,
+            monthly_minutes_per_number=vertical.telephony.monthly_minutes_per_number,
+            ended_by="voicemail" if leave_message else "machine", answered_by=answered_by,
+        )
+        log.info("machine_answered", call_sid=usage.call_sid, vertical=vertical.name,
+                 answered_by=answered_by, voicemail=leave_message)
+        if self.on_finished:
+            await self.on_finished(usage)
+        return str(response)
 
     async def prepare(self) -> None:
         """What start-up does before the first call, in the background: warm up the stages,
@@ -491,6 +532,22 @@ async def voice(form: SignedForm, bridge: BridgeDep) -> Response:
         return Response(apology_twiml(UNAVAILABLE_MESSAGE), media_type="text/xml")
     log.info("incoming_call", call_sid=form.get("CallSid"), vertical=vertical.name)
     return Response(bridge.stream_twiml(vertical, caller, callee), media_type="text/xml")
+
+
+@twilio_routes.post(ANSWERED_PATH)
+async def answered(form: SignedForm, bridge: BridgeDep, vertical: str = "") -> Response:
+    """An outbound call that asked for machine detection, now answered: the agent for a
+    person, the voicemail (or a hang-up) for a machine."""
+    found = bridge.verticals.get(vertical)
+    if found is None:
+        log.warning("unknown_vertical", vertical=vertical, call_sid=form.get("CallSid"))
+        return Response(apology_twiml(UNAVAILABLE_MESSAGE), media_type="text/xml")
+    answered_by = str(form.get("AnsweredBy", ""))
+    if answered_by not in HUMAN_ANSWERS:
+        return Response(await bridge.machine_answered(found, form), media_type="text/xml")
+    twiml = bridge.stream_twiml(found, caller=str(form.get("From", "")),
+                                callee=str(form.get("To", "")), answered_by=answered_by)
+    return Response(twiml, media_type="text/xml")
 
 
 @twilio_routes.post(STATUS_PATH)
