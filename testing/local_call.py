@@ -97,9 +97,11 @@ class LocalCall:
 
     @property
     def prompt_cache_hit_after_first_turn(self) -> bool:
-        """Every LLM request after the first read its prefix from the provider's cache."""
-        requests = self.usage.llm
-        return len(requests) > 1 and all(r.cached_input_tokens > 0 for r in requests[1:])
+        """Every LLM request after the first (each agent's first, with several agents: a new
+        agent's prefix is new) read its prefix from the provider's cache."""
+        agents = dict.fromkeys(request.agent for request in self.usage.llm)
+        later = [r for agent in agents for r in [q for q in self.usage.llm if q.agent == agent][1:]]
+        return bool(later) and all(request.cached_input_tokens > 0 for request in later)
 
     @property
     def problems(self) -> list[str]:

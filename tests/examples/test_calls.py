@@ -56,14 +56,6 @@ def items(result) -> dict[str, Decimal]:
     return {item.kind: item.quantity for item in result.cost.items}
 
 
-def cached_after_each_agents_first_turn(result: LocalCall) -> bool:
-    """Every LLM request after an agent's first read its prefix (its tools, its prompt) from
-    the provider's cache."""
-    agents = dict.fromkeys(request.agent for request in result.usage.llm)
-    return all(request.cached_input_tokens > 0 for agent in agents
-               for request in [r for r in result.usage.llm if r.agent == agent][1:])
-
-
 async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
     result = await call(replay_call, tmp_path, "salon", "salon_booking")
     assert [t.name for t in result.tools] == ["hand_to_booking", "find_slots", "book", "end_call"]
@@ -84,7 +76,7 @@ async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
             "llm.cached_input", "llm.output", "tts"} <= set(items(result))
     # each agent's tools and prompt are a stable prefix: once the conversation is over
     # 1,024 tokens, every turn after an agent's first is served from OpenAI's prompt cache
-    assert cached_after_each_agents_first_turn(result)
+    assert result.prompt_cache_hit_after_first_turn
     assert [(h.from_agent, h.to_agent) for h in result.cost.handoffs] == [("front_desk", "booking")]
 
 
