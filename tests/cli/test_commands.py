@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import wave
 from decimal import Decimal
 from pathlib import Path
 from xml.etree import ElementTree
@@ -147,20 +148,29 @@ def test_serve_answers_a_signed_webhook_and_stops_cleanly(tmp_path):
 
 
 def test_call_json_prints_the_record_alone(tmp_path):
-    hangup = "tests/fixtures/calls/real_estate_hangup"
-    done = run("call", "examples/real_estate", "--audio", f"{hangup}.wav", "--cassette",
-               f"{hangup}.cassette.json", "--out", str(tmp_path / "agent.wav"), "--json",
+    """A caller who says nothing: the listings agent greets them, and the record is all."""
+    silence = tmp_path / "silence.wav"
+    with wave.open(str(silence), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"\x00\x00" * 8000)
+    cassette = tmp_path / "nothing.cassette.json"
+    cassette.write_text('{"version": 1}')
+    done = run("call", "examples/real_estate", "--audio", str(silence), "--cassette",
+               str(cassette), "--out", str(tmp_path / "agent.wav"), "--json",
                env={"ONEROOF_DB_URL": f"sqlite:///{tmp_path / 'oneroof.db'}"})
     record = json.loads(done.stdout)  # nothing else on stdout: it pipes
     assert record["vertical"] == "real_estate" and record["ended_by"] == "caller_hung_up"
     assert Decimal(record["total_usd"]) == sum(Decimal(i["usd"]) for i in record["items"])
-    # no handoff: every LLM and TTS line is the listings agent's, who answered
+    # no handoff: the greeting is the listings agent's, and its only line
     assert record["handoffs"] == [] and list(record["agent_usd"]) == ["listings"]
-    lines = [i for i in record["items"] if i["item"].startswith(("llm", "tts"))]
-    assert lines and all(i["agent"] == "listings" for i in lines)
-    assert Decimal(record["agent_usd"]["listings"]) == sum(Decimal(i["usd"]) for i in lines)
+    spoken = [i for i in record["items"] if i.get("agent")]
+    assert {(i["item"].partition(":")[0], i["agent"]) for i in spoken} <= {
+        ("tts", "listings"), ("tts.unheard", "listings")}
+    assert Decimal(record["agent_usd"]["listings"]) == sum(Decimal(i["usd"]) for i in spoken) > 0
     assert "agent audio written to" in done.stderr
-    clash = run("call", "examples/real_estate", "--audio", f"{hangup}.wav", "--json",
+    clash = run("call", "examples/real_estate", "--audio", str(silence), "--json",
                 "--bridge", "http://127.0.0.1:9")
     assert clash.returncode != 0 and "--json prints a record this process keeps" in clash.stderr
 

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import aiosqlite
 import pytest
-import pytest_asyncio
 
 from tests.conftest import FIXTURES
 from tests.examples.conftest import EXAMPLES, example_env
 from tollbridge.costs.ledger import Ledger
-from tollbridge.phrase_cache import PHRASES
-from tollbridge.testing.local_call import LocalCall
-from tollbridge.testing.plugin import replayer
 
 CALLS = FIXTURES / "calls"
 pytestmark = [pytest.mark.usefixtures("example_databases"), pytest.mark.long(25)]
@@ -38,18 +33,6 @@ async def call(replay_call, tmp_path, vertical: str, name: str, **options):
         stored = await opened.get(result.cost.call_sid)
     assert stored == result.cost  # the record in the ledger is the call's priced record
     return result
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def real_estate_listing(tmp_path_factory) -> tuple[LocalCall, Path]:
-    """The cascaded real-estate call, replayed once per worker for the tests that look at it,
-    and the folder its databases are in."""
-    folder = tmp_path_factory.mktemp("real_estate_listing")
-    PHRASES.clear()  # as the function-scoped empty_phrase_cache, which runs after this
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        example_env(monkeypatch, folder)
-        result = await call(replayer(folder), folder, "real_estate", "real_estate_listing")
-    return result, folder
 
 
 def items(result) -> dict[str, Decimal]:
@@ -80,6 +63,7 @@ async def test_salon_booking_books_a_real_appointment(replay_call, tmp_path):
     assert [(h.from_agent, h.to_agent) for h in result.cost.handoffs] == [("front_desk", "booking")]
 
 
+@pytest.mark.long(40)
 async def test_salon_colour_call_is_handed_on_twice_and_each_agent_billed(replay_call, tmp_path):
     result = await call(replay_call, tmp_path, "salon", "salon_colour")
     # who answered each turn, as the caller heard it
@@ -159,8 +143,11 @@ async def test_sales_call_ends_politely_when_not_interested(replay_call, tmp_pat
     assert result.phone.ended_by == "agent_hung_up"
 
 
-async def test_real_estate_search_and_showing(real_estate_listing):
-    result, folder = real_estate_listing
+@pytest.mark.long(40)
+async def test_real_estate_search_and_showing_then_the_realtime_brain_costs_more(
+    replay_call, tmp_path, monkeypatch
+):
+    result = await call(replay_call, tmp_path, "real_estate", "real_estate_listing")
     search = result.tools[0]
     assert search.name == "search_listings"
     assert search.result["listings"] and all(
@@ -169,9 +156,29 @@ async def test_real_estate_search_and_showing(real_estate_listing):
     )
     showing = next(t for t in result.tools if t.name == "schedule_showing")
     assert showing.result["scheduled"] is True and showing.result["day"] == "2026-11-28"
-    async with aiosqlite.connect(folder / "oneroof.db") as db:
+    async with aiosqlite.connect(tmp_path / "oneroof.db") as db:
         rows = await (await db.execute("SELECT listing_id, day, starts, name FROM showings")).fetchall()
     assert rows == [("OR-1001", "2026-11-28", "11:00", "Alex Kim")]
+    assert [(h.from_agent, h.to_agent) for h in result.cost.handoffs] == [("listings", "showings")]
+
+    # the same call through a speech-to-speech brain (one agent), on a book of its own
+    (own := tmp_path / "realtime").mkdir()
+    example_env(monkeypatch, own)
+    realtime = await replay_call(
+        EXAMPLES / "real_estate" / "realtime.vertical.toml", audio=CALLS / "real_estate_listing.wav",
+        cassette=CALLS / "real_estate_listing.realtime.cassette.json",
+        ledger_url=f"sqlite:///{tmp_path / 'realtime.db'}", settle_s=2.0, speed=2.0,
+    )
+    showing = next(t for t in realtime.tools if t.name == "schedule_showing")
+    assert showing.result["scheduled"] is True
+    assert realtime.phone.ended_by == "agent_hung_up"
+    # the model was asked to greet, and the caller heard it before speaking
+    assert realtime.conversation[0] == ("agent", realtime.vertical.greeting)
+    assert realtime.phone.first_agent_audio_s is not None and realtime.phone.first_agent_audio_s < 1.0
+    kinds = set(items(realtime))
+    assert {"realtime.audio_in", "realtime.audio_out", "realtime.text_in"} <= kinds
+    assert not {"stt", "tts"} & kinds  # one brain: no separate STT or TTS bill
+    assert realtime.cost.usd_per_minute > result.cost.usd_per_minute
 
 
 async def test_a_caller_hanging_up_mid_sentence_still_leaves_a_record(replay_call, tmp_path):
@@ -183,25 +190,3 @@ async def test_a_caller_hanging_up_mid_sentence_still_leaves_a_record(replay_cal
     stt = items(result)["stt"]
     assert Decimal("9.5") <= stt <= Decimal("10.5")  # Deepgram bills the audio it got
     assert result.cost.total_usd > 0
-
-
-async def test_the_realtime_brain_handles_the_same_call_and_costs_more(
-    replay_call, tmp_path, real_estate_listing
-):
-    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
-    realtime = await replay_call(
-        EXAMPLES / "real_estate" / "realtime.vertical.toml", audio=CALLS / "real_estate_listing.wav",
-        cassette=CALLS / "real_estate_listing.realtime.cassette.json", ledger_url=ledger,
-        settle_s=2.0, speed=2.0,
-    )
-    showing = next(t for t in realtime.tools if t.name == "schedule_showing")
-    assert showing.result["scheduled"] is True
-    assert realtime.phone.ended_by == "agent_hung_up"
-    # the model was asked to greet, and the caller heard it before speaking
-    assert realtime.conversation[0] == ("agent", realtime.vertical.greeting)
-    assert realtime.phone.first_agent_audio_s is not None and realtime.phone.first_agent_audio_s < 1.0
-    kinds = set(items(realtime))
-    assert {"realtime.audio_in", "realtime.audio_out", "realtime.text_in"} <= kinds
-    assert not {"stt", "tts"} & kinds  # one brain: no separate STT or TTS bill
-    cascaded, _ = real_estate_listing  # the same call through the cascaded chain
-    assert realtime.cost.usd_per_minute > cascaded.cost.usd_per_minute
