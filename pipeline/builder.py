@@ -3,11 +3,12 @@
 The chain runs in the file's order. The config says what the agent is; the
 builder adds what pipecat needs around it so the file stays about intent:
 the LLM context and its user/assistant aggregators, telephony turn-taking,
-the tools, keypad presses, fallbacks, the meter's billing identities, the
-phrase cache, what a failure policy needs (which processor is which provider,
-and a way to the caller past a dead TTS), and a codec only where two
-neighbours disagree on audio format (none on a μ-law chain such as Deepgram +
-Aura-2).
+the tools, a vertical's agents (their handoff tools, and markers that tell
+the meter whose usage is whose), keypad presses, fallbacks, the meter's
+billing identities (each agent's model and voice), the phrase cache, what a
+failure policy needs (which processor is which provider, and a way to the
+caller past a dead TTS), and a codec only where two neighbours disagree on
+audio format (none on a μ-law chain such as Deepgram + Aura-2).
 """
 
 from __future__ import annotations
@@ -127,16 +128,21 @@ def _register_tools(
                 await params.result_callback(
                     {"error": f"{tool.name} is not one of {desk.current.name}'s tools"})
                 return
+            failed = False
             try:
                 result = await tool.handler(dict(params.arguments or {}), tool_context)
             except Exception as error:  # a broken tool is the model's problem, not the call's
                 log.warning("tool_failed", tool=tool.name, error=repr(error))
-                result = {"error": f"{tool.name} failed: {error}"}
-            await params.result_callback(result)
+                result, failed = {"error": f"{tool.name} failed: {error}"}, True
+            if desk is not None:  # with the caller handed on, if the tool asked
+                await desk.answer(params, result, failed=failed)
+            else:
+                await params.result_callback(result)
 
         llm.register_function(tool.name, handler)
     if desk is not None:
         desk.register(llm)
+        tool_context.hand_to = desk.request
 
 
 def _telephony_turns(call: CallContext) -> LLMUserAggregatorParams:

@@ -1,7 +1,7 @@
 """Handoffs inside one call: the agent on the line changes, the call goes on.
 
 The model hands the caller over by calling ``hand_to_NAME`` with a note for
-the next agent. The desk gives the context the new agent's tools and sends,
+the next agent, or a tool does, through ``ToolContext.hand_to``. The desk gives the context the new agent's tools and sends,
 into the brain behind the reply it is giving, the new agent's system prompt
 (and model), a `HandoffFrame`, its voice for the TTS, and its entry line. A
 processor takes frames in order, so each change reaches the LLM or the TTS
@@ -108,6 +108,8 @@ class AgentDesk:
         self._answer_again = answer_again
         self.speaker: FrameProcessor | None = None
         """The TTS a new voice is for (the primary of a switcher); set once built."""
+        self._requested: tuple[Agent, str] | None = None
+        """A handoff a tool asked for, done with its result."""
         by_name = {tool.name: tool for tool in tools}
         self._schemas = {
             agent.name: ToolsSchema(standard_tools=[
@@ -139,18 +141,42 @@ class AgentDesk:
         return FunctionSchema(name=agent.handoff_tool, description=agent.handoff_description,
                               properties=HANDOFF_PROPERTIES, required=list(HANDOFF_PROPERTIES))
 
+    async def request(self, agent: str, note: str) -> None:
+        """A tool's `ToolContext.hand_to`: the handoff happens with the tool's result."""
+        to = self.agents.get(agent)
+        if to is None or to.name not in self.current.hands_to:
+            raise ValueError(f"{self.current.name} cannot hand the caller to {agent!r} "
+                             f"(only to: {', '.join(self.current.hands_to) or 'no one'})")
+        self._requested = (to, note)
+
+    async def answer(self, params: FunctionCallParams, result: Any, *, failed: bool) -> None:
+        """Give a tool's result to the model, and the caller to the agent the tool asked for
+        (unless the tool failed after asking)."""
+        requested, self._requested = self._requested, None
+        if requested is None or failed:
+            await params.result_callback(result)
+            return
+        to, note = requested
+        merged = {**result} if isinstance(result, dict) else {"result": result}
+        await self._take_over(params, to, note, {**merged, "handed_to": to.name})
+
     async def _hand_off(self, params: FunctionCallParams, to: Agent) -> None:
-        before = self.current
-        if to.name not in before.hands_to:
+        if to.name not in self.current.hands_to:
             await params.result_callback(
-                {"error": f"{before.name} cannot hand the caller to {to.name}"})
+                {"error": f"{self.current.name} cannot hand the caller to {to.name}"})
             return
         note = str((params.arguments or {}).get("note", "")).strip()
-        self.current = to
+        await self._take_over(params, to, note, {"handed_to": to.name})
+
+    async def _take_over(
+        self, params: FunctionCallParams, to: Agent, note: str, result: dict[str, Any]
+    ) -> None:
+        """`to` takes the call: its tools now, its prompt, model, voice and entry line behind
+        the reply being given; then the model answers `result` as `to`."""
+        before, self.current = self.current, to
         self._context.set_tools(self.tools_schema(to))
         for frame in self._changes(before, to, note):
             await self._brain.queue_frame(frame)
-        result = {"handed_to": to.name}
         if to.carry == "whole":
             await params.result_callback(result)
             return

@@ -3,10 +3,12 @@
 It is neither a processor in the audio path nor a pipecat observer (an
 observer costs a queue item and a task wake-up for every frame pushed
 anywhere): the pipeline worker hands it each `MetricsFrame` that reaches the
-end of the pipeline, and nothing else. Usage arrives in pipecat's provider-neutral shapes
-(STT audio seconds, LLM tokens, TTS characters); the builder tells the meter
-which service is which provider and model, so no provider code lives here.
-The call's record is produced by `usage()` when the call ends, however it ends.
+end of the pipeline (and, on a vertical with several agents, each
+`AgentOnLine` mark: from then on that stage's usage is the new agent's).
+Usage arrives in pipecat's provider-neutral shapes (STT audio seconds, LLM
+tokens, TTS characters); the builder tells the meter which service is which
+provider and model (per agent), so no provider code lives here. The call's
+record is produced by `usage()` when the call ends, however it ends.
 """
 
 from __future__ import annotations
@@ -169,15 +171,15 @@ class CostMeter:
         ]
 
     def _tts_usage(self) -> list[TTSUsage]:
-        """Characters per voice and agent, in the order first spoken; what the phrase cache
-        saved goes with the first agent using that voice (it serves fixed phrases such as
-        the greeting, which the first agent says)."""
+        """Characters per voice and agent, in the order first spoken. What the phrase cache
+        saved is the first agent's: the phrases it serves (the greeting above all) open the
+        call, before any handoff."""
         avoided = self._avoided(Role.TTS)
         first = self.agent_names[0] if self.agent_names else ""
         spoken = dict.fromkeys([*self.tts, *((*key, first) for key, v in avoided.items() if v)])
         return [
             TTSUsage(provider, model, self.tts.get((provider, model, agent), 0),
-                     int(avoided.pop((provider, model), 0)), agent)
+                     int(avoided.get((provider, model), 0)) if agent == first else 0, agent)
             for provider, model, agent in spoken
         ]
 

@@ -2,8 +2,9 @@
 
 A vertical's config names them as ``tools = "tools:TOOLS"``: the module file
 ``tools.py`` beside the config, attribute ``TOOLS``, a list of `Tool`. A
-handler gets the model's arguments and the `ToolContext` (who is calling, and a
-way to end the call) and returns anything JSON-serializable; an exception is
+handler gets the model's arguments and the `ToolContext` (who is calling, and
+ways to end the call or hand it to another agent) and returns anything
+JSON-serializable; an exception is
 reported to the model as an error result, so a broken tool never ends a call.
 """
 
@@ -32,6 +33,10 @@ class ToolContext:
     caller: str = ""
     callee: str = ""
     end_call: Callable[[], Awaitable[None]] | None = None
+    hand_to: Callable[[str, str], Awaitable[None]] | None = None
+    """On a vertical with several agents: `await hand_to(agent, note)` hands the caller to
+    one the agent on the line may hand to, as soon as this tool's result is in (ValueError
+    for one it may not)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-call scratch space shared by the call's tools."""
 

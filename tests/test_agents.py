@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from tests.conftest import FIXTURES, running_bridge
 from tests.examples.conftest import EXAMPLES
 from tollbridge.config import ConfigError, load_vertical
 from tollbridge.prompt_caching import caching_warnings
 from tollbridge.schema import vertical_schema
+from tollbridge.testing.cassette import Cassette
+from tollbridge.testing.softphone import CallScript
+from tollbridge.transports.twilio.caller_audio import load_caller_audio
+
+SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
 
 TOOLS = '''
 from tollbridge.tools import Tool
@@ -18,8 +25,22 @@ from tollbridge.tools import Tool
 async def _noop(args, call):
     return {}
 
+
+async def _check_account(args, call):
+    """A tool that decides the caller is bookings' business."""
+    await call.hand_to("bookings", "Account in good standing; wants to book.")
+    return {"account": "ok"}
+
+
+async def _hand_to_a_stranger(args, call):
+    await call.hand_to("billing", "no such agent")
+    return {"never": "returned"}
+
 TOOLS = [Tool(name=n, description=f"the {n} tool", handler=_noop)
-         for n in ("hours", "book", "cancel", "end_call")]
+         for n in ("hours", "book", "cancel", "end_call")] + [
+    Tool(name="check_account", description="Check the account", handler=_check_account),
+    Tool(name="stray", description="Hand to no one", handler=_hand_to_a_stranger),
+]
 '''
 
 CHAIN = """
@@ -46,7 +67,7 @@ use = "cost.meter"
 AGENTS = """
 [agents.front]
 prompt = "front.md"
-tools = ["hours", "end_call"]
+tools = ["hours", "check_account", "stray", "end_call"]
 hands_to = ["bookings"]
 
 [agents.bookings]
@@ -99,7 +120,7 @@ def test_a_vertical_without_agents_has_none(tmp_path):
      "(agents: front, bookings)"),
     (('tools = ["book", "end_call"]', 'tools = ["boook", "end_call"]'),
      'agents.bookings.tools[0]: unknown tool "boook"; did you mean "book"? '
-     "(tools: hours, book, cancel, end_call)"),
+     "(tools: hours, book, cancel, end_call, check_account, stray)"),
     (('hands_to = ["front"]', 'hands_to = ["bookings"]'),
      "agents.bookings.hands_to[0]: an agent cannot hand the caller to itself"),
     (('model = "gpt-4o"', 'model = "gpt-4o-mni"'),
@@ -154,3 +175,34 @@ def test_the_schema_and_the_examples_cover_agents():
     assert [a.name for a in salon.agents] == ["front_desk", "booking", "colour", "billing"]
     estate = load_vertical(EXAMPLES / "real_estate")
     assert [a.name for a in estate.agents] == ["listings", "showings"]
+
+
+def final(at: float, text: str) -> dict:
+    return {"at": at, "transcript": text, "is_final": True, "speech_final": True}
+
+
+async def test_a_tool_can_hand_the_caller_on_with_its_result(tmp_path):
+    vertical = load_vertical(write(tmp_path))
+    cassette = Cassette(stt=[final(2.0, "I'd like to book, my account is 42")], llm=[
+        {"match": "account is 42", "tool_calls": [{"name": "stray", "arguments": {}},
+                                                   {"name": "check_account", "arguments": {}}]},
+        # bookings carries only the note: the front desk's tool wrote it
+        {"match": "front handed the caller to you: Account in good standing",
+         "text": "Bookings here. Which day?"},
+    ])
+    params = {"vertical": "desk", "tenant": "acme", "from": "+15550109999", "to": "+15550100200"}
+    async with running_bridge(vertical, cassette) as running:
+        with capture_logs() as logged:
+            await running.softphone().call(CallScript(
+                audio=SPEECH[: 8000 * 5], parameters=params, settle_s=1.0, speed=2.0, max_s=20))
+            [usage] = await running.finished()
+        bodies = [r.messages[0] for r in running.fakes.fakes["openai.llm"].requests]
+        assert running.fakes.failures == []
+    assert [(h.from_agent, h.to_agent) for h in usage.handoffs] == [("front", "bookings")]
+    assert [body["model"] for body in bodies] == ["gpt-4o-mini", "gpt-4o"]
+    assert sorted(t["function"]["name"] for t in bodies[1]["tools"]) == [
+        "book", "end_call", "hand_to_front"]
+    # the tool that named an agent its agent cannot reach failed, and handed no one on
+    [stray] = [line for line in logged if line.get("tool") == "stray"]
+    assert stray["event"] == "tool_failed"
+    assert "front cannot hand the caller to 'billing' (only to: bookings)" in stray["error"]

@@ -200,8 +200,9 @@ class FakeTwilioCalls:
         )
 
 
-async def test_outbound_dial_sends_the_stream_twiml_and_status_callback(frontdesk):
-    account = "AC" + "5" * 32
+@contextlib.asynccontextmanager
+async def twilio_api(account: str):
+    """Twilio's Calls endpoint on loopback, and a dialer pointed at it."""
     fake = FakeTwilioCalls(account, AUTH_TOKEN)
     app = web.Application()
     app.router.add_post(f"/2010-04-01/Accounts/{account}/Calls.json", fake.create)
@@ -209,16 +210,21 @@ async def test_outbound_dial_sends_the_stream_twiml_and_status_callback(frontdes
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    dialer = TwilioRest(account, AUTH_TOKEN, api_base_url=api)
+    dialer = TwilioRest(account, AUTH_TOKEN,
+                        api_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
     try:
+        yield fake, dialer
+    finally:
+        await dialer.close()
+        await runner.cleanup()
+
+
+async def test_outbound_dial_sends_the_stream_twiml_and_status_callback(frontdesk):
+    async with twilio_api("AC" + "5" * 32) as (fake, dialer):
         async with running_bridge(frontdesk, Cassette()) as running:
             call_sid = await dialer.dial(running.bridge, frontdesk, "+15550108888")
             with pytest.raises(ValueError, match=r"not an E\.164 phone number"):
                 await dialer.dial(running.bridge, frontdesk, "555-0188")
-    finally:
-        await dialer.close()
-        await runner.cleanup()
     assert call_sid == "CA" + f"{1:032d}"
     [form] = fake.created  # the bad number never reached Twilio
     assert form["To"] == ["+15550108888"] and form["From"] == ["+15550100900"]
@@ -314,25 +320,6 @@ SPEECH = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")
 def script(parameters: dict[str, str]) -> CallScript:
     return CallScript(audio=SPEECH[: 8000 * 4], parameters=parameters, settle_s=1.0,
                       speed=2.0, max_s=20)
-
-
-@contextlib.asynccontextmanager
-async def twilio_api(account: str):
-    """Twilio's Calls endpoint on loopback, and a dialer pointed at it."""
-    fake = FakeTwilioCalls(account, AUTH_TOKEN)
-    app = web.Application()
-    app.router.add_post(f"/2010-04-01/Accounts/{account}/Calls.json", fake.create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    dialer = TwilioRest(account, AUTH_TOKEN,
-                        api_base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
-    try:
-        yield fake, dialer
-    finally:
-        await dialer.close()
-        await runner.cleanup()
 
 
 def leaving_voicemail(frontdesk):
