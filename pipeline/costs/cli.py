@@ -308,7 +308,7 @@ def _print_agents(report: Report) -> None:
 
 def _write_agents_csv(report: Report) -> None:
     out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow([c.replace(" $", "_usd").replace(" ", "_") for c in _AGENT_COLUMNS])
+    out.writerow(["vertical", "agent", "calls", "llm_usd", "tts_usd", "total_usd", "usd_per_call"])
     for row in report.agents:
         out.writerow(_agent_cells(row))
 

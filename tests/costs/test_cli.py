@@ -201,4 +201,6 @@ def test_report_by_agent(tmp_path: Path, make_usage, catalog: Catalog) -> None:
     rows = list(csv.DictReader(io.StringIO(runner.invoke(
         costs_app, ["report", "--db", url, "--by", "agent", "--csv"]).stdout)))
     assert [row["agent"] for row in rows] == ["booking", "colour", "front_desk"]
+    assert list(rows[0]) == ["vertical", "agent", "calls", "llm_usd", "tts_usd", "total_usd",
+                             "usd_per_call"]
     assert Decimal(next(r for r in rows if r["agent"] == "colour")["total_usd"]) == expected
