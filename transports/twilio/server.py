@@ -55,6 +55,7 @@ from fastapi.datastructures import FormData
 from fastapi.exceptions import RequestValidationError
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
@@ -63,6 +64,7 @@ from tollbridge.config import Vertical, e164
 from tollbridge.costs.usage import CallUsage
 from tollbridge.errors import TollbridgeError
 from tollbridge.logs import get_logger
+from tollbridge.metrics import CallMetrics
 from tollbridge.session import CallSession, Pricer
 from tollbridge.stage import CallContext
 from tollbridge.transports.twilio import protocol
@@ -218,7 +220,8 @@ class Bridge:
                 "(or turn the check off for local development only)"
             )
         self.signatures = SignatureChecker(settings.auth_token) if settings.auth_token else None
-        self.on_finished = on_finished
+        self.on_finished = self._counted(on_finished)
+        self.metrics = CallMetrics(active_calls=lambda: len(self.sessions))
         self.on_status = on_status
         self.on_recording = on_recording
         self.on_session = on_session
@@ -236,6 +239,24 @@ class Bridge:
         self._streams = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
+
+    def _counted(
+        self, on_finished: Callable[[Any], Awaitable[object]] | None
+    ) -> Callable[[Any], Awaitable[object]]:
+        """`on_finished`, then the call counted in the metrics (never at the record's cost)."""
+
+        async def finished(usage: Any) -> object:
+            try:
+                return await on_finished(usage) if on_finished else None
+            finally:
+                if self.pricer is not None:
+                    try:
+                        self.metrics.call_priced(self.pricer(usage))
+                    except Exception as error:  # a metric is not worth a call's record
+                        log.warning("call_not_counted", call_sid=usage.call_sid,
+                                    error=repr(error))
+
+        return finished
 
     @property
     def media_url(self) -> str:
@@ -328,8 +349,7 @@ class Bridge:
         )
         log.info("machine_answered", call_sid=usage.call_sid, vertical=vertical.name,
                  answered_by=answered_by, voicemail=leave_message)
-        if self.on_finished:
-            await self.on_finished(usage)
+        await self.on_finished(usage)
         return str(response)
 
     async def prepare(self) -> None:
@@ -613,6 +633,12 @@ async def dial(
         raise HTTPException(status_code=503, detail="outbound dialing is not configured")
     call_sid = await bridge.dialer.dial(bridge, vertical, to)
     return JSONResponse({"call_sid": call_sid}, status_code=201)
+
+
+@api_routes.get("/metrics", dependencies=[Depends(bearer_token)])
+async def metrics(bridge: BridgeDep) -> Response:
+    """The bridge's calls in Prometheus' text format (see `tollbridge.metrics`)."""
+    return Response(bridge.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @api_routes.get("/healthz")
