@@ -176,7 +176,7 @@ async def test_a_long_utterance_is_heard_as_it_goes_and_ended_by_the_pause(tmp_p
     assert recall(first["transcript"], final.text) >= RECALL_MIN, final.text
     # the final comes once the pause has been heard (fed in real time from `began`), and
     # then takes only its transcription: about 0.6 s of CPU, which on a loaded 2-core machine
-    # (the suite's seven workers) may wait several seconds for a core
+    # (the suite's eight workers) may wait several seconds for a core
     pause_heard = final.result.end_s + 0.6
     assert pause_heard - 0.05 <= final_at <= pause_heard + 6.0
     assert late < 0.25, f"the audio feed woke {late:.2f} s late: the event loop was blocked"
