@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import EndFrame, LLMRunFrame, MetricsFrame, TTSSpeakFrame
 from pipecat.pipeline.llm_switcher import LLMSwitcher
@@ -44,7 +43,7 @@ from tollbridge.codec import codec_between
 from tollbridge.config import Stage, Vertical
 from tollbridge.failover import FailOverOnAnyError
 from tollbridge.failure import LastWords, ProviderFailure
-from tollbridge.handoff import AgentDesk, AgentMarker, AgentOnLine
+from tollbridge.handoff import AgentDesk, AgentMarker, AgentOnLine, tool_schema
 from tollbridge.hangup import HangUpAfterReply
 from tollbridge.logs import get_logger
 from tollbridge.meter import CostMeter
@@ -100,14 +99,7 @@ class StageBuildError(RuntimeError):
 
 
 def _tool_schemas(tools: list[Tool]) -> ToolsSchema:
-    return ToolsSchema(
-        standard_tools=[
-            FunctionSchema(
-                name=t.name, description=t.description, properties=t.properties, required=t.required
-            )
-            for t in tools
-        ]
-    )
+    return ToolsSchema(standard_tools=[tool_schema(t) for t in tools])
 
 
 def _register_tools(

@@ -78,7 +78,8 @@ class AgentMarker(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-def _tool_schema(tool: Tool) -> FunctionSchema:
+def tool_schema(tool: Tool) -> FunctionSchema:
+    """A vertical's tool as the model is shown it."""
     return FunctionSchema(name=tool.name, description=tool.description,
                           properties=tool.properties, required=tool.required)
 
@@ -113,7 +114,7 @@ class AgentDesk:
         by_name = {tool.name: tool for tool in tools}
         self._schemas = {
             agent.name: ToolsSchema(standard_tools=[
-                *(_tool_schema(by_name[name]) for name in agent.tools),
+                *(tool_schema(by_name[name]) for name in agent.tools),
                 *(self._handoff_schema(self.agents[name]) for name in agent.hands_to),
             ])
             for agent in agents

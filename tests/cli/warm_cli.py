@@ -104,14 +104,12 @@ def run_cli(args: list[str], *, env: dict[str, str], cwd: Path,
 
 def _preload() -> None:
     """Import what every command imports: the CLI's modules and every installed stage kind."""
+    import importlib
     from importlib.metadata import entry_points
 
-    import tollbridge.costs.cli
-    import tollbridge.schema
-    import tollbridge.serve
-    import tollbridge.testing.local_call
-    import tollbridge.transports.twilio.rest  # noqa: F401
-
+    for module in ("tollbridge.costs.cli", "tollbridge.schema", "tollbridge.serve",
+                   "tollbridge.testing.local_call", "tollbridge.transports.twilio.rest"):
+        importlib.import_module(module)
     for entry_point in entry_points(group="tollbridge.stages"):
         entry_point.load()
 
