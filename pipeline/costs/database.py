@@ -68,6 +68,10 @@ class Database(Protocol):
 
     def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]: ...
 
+    def day_of(self, column: str) -> str:
+        """SQL for the UTC day of a stored timestamp, as `YYYY-MM-DD` text."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -110,6 +114,9 @@ class _SQLite:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
+
+    def day_of(self, column: str) -> str:
+        return f"substr({column}, 1, 10)"  # stored as UTC ISO 8601 text
 
     @classmethod
     async def connect(cls, path: str) -> _SQLite:
@@ -187,6 +194,9 @@ class _Postgres:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    def day_of(self, column: str) -> str:
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
     @classmethod
     async def connect(cls, dsn: str) -> _Postgres:

@@ -13,18 +13,18 @@ For writes that must survive a database outage, see `spool.SpoolingLedger`.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from tollbridge.costs.database import Database, Transaction, connect
-from tollbridge.costs.lineitem import CallCost, LineItem, round_usd, unheard_speech_usd
+from tollbridge.costs.lineitem import CallCost, LineItem
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
 from tollbridge.costs.pricing import rebill, with_recording, with_twilio_price
+from tollbridge.costs.queries import AgentRow, CallFilter, CallRow, Queries, ReportRow
 from tollbridge.costs.usage import Handoff
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,7 @@ _CALL_COLUMNS = (
     "unpriced_items",
     "failed_provider",
     "answered_by",
+    "unheard_speech_usd",
 )
 _ITEM_COLUMNS = (
     "call_sid",
@@ -65,7 +66,6 @@ _ITEM_COLUMNS = (
     "unpriced",
     "agent",
 )
-_SHARE_PLACES = Decimal("0.0001")
 
 
 def _dec(value: Any) -> Decimal:
@@ -79,91 +79,6 @@ def _dec_or_none(value: Any) -> Decimal | None:
 
 def _moment(value: Any) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
-
-
-@dataclass(frozen=True)
-class ReportRow:
-    """Totals for one tenant or one vertical; `shares` maps item kind to fraction of the total."""
-
-    group: str
-    key: str
-    calls: int
-    minutes: Decimal
-    total_usd: Decimal
-    usd_per_minute: Decimal | None
-    shares: dict[str, Decimal] = field(default_factory=dict)
-    incomplete_calls: int = 0
-    """Calls with usage no price was known for: the totals count only their priced lines."""
-    unheard_characters: Decimal = Decimal(0)
-    """TTS characters synthesized (or cached) but never heard: the `tts.unheard` memos."""
-    unheard_speech_usd: Decimal = Decimal(0)
-    """Speech paid but not heard: each call's `CallCost.unheard_speech_usd`, summed."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "key": self.key,
-            "calls": self.calls,
-            "incomplete_calls": self.incomplete_calls,
-            "unheard_characters": f"{self.unheard_characters:f}",
-            "unheard_speech_usd": f"{self.unheard_speech_usd:f}",
-            "minutes": f"{self.minutes:f}",
-            "total_usd": f"{self.total_usd:f}",
-            "usd_per_minute": None if self.usd_per_minute is None else f"{self.usd_per_minute:f}",
-            "shares": {kind: f"{share:f}" for kind, share in self.shares.items()},
-        }
-
-
-@dataclass(frozen=True)
-class CallRow:
-    """One call in a report: what the margin floor is checked against."""
-
-    call_sid: str
-    tenant: str
-    vertical: str
-    started_at: dt.datetime
-    minutes: Decimal
-    total_usd: Decimal
-    usd_per_minute: Decimal | None
-    complete: bool = True
-    """False when some usage had no price: `total_usd` counts only the priced lines."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "call_sid": self.call_sid,
-            "tenant": self.tenant,
-            "vertical": self.vertical,
-            "started_at": self.started_at.isoformat(),
-            "minutes": f"{self.minutes:f}",
-            "total_usd": f"{self.total_usd:f}",
-            "complete": self.complete,
-            "usd_per_minute": None if self.usd_per_minute is None else f"{self.usd_per_minute:f}",
-        }
-
-
-@dataclass(frozen=True)
-class AgentRow:
-    """What one agent of a vertical cost: its LLM and TTS lines over the calls it spoke on."""
-
-    vertical: str
-    agent: str
-    calls: int
-    llm_usd: Decimal
-    tts_usd: Decimal
-
-    @property
-    def total_usd(self) -> Decimal:
-        return self.llm_usd + self.tts_usd
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "vertical": self.vertical,
-            "agent": self.agent,
-            "calls": self.calls,
-            "llm_usd": f"{self.llm_usd:f}",
-            "tts_usd": f"{self.tts_usd:f}",
-            "total_usd": f"{self.total_usd:f}",
-        }
 
 
 @dataclass(frozen=True)
@@ -241,7 +156,19 @@ class Ledger:
                     migration.name,
                     dt.datetime.now(dt.UTC),
                 )
+                if migration.version == 7:
+                    await self._store_unheard_speech(tx)
                 log.info("ledger migrated", version=migration.version, name=migration.name)
+
+    async def _store_unheard_speech(self, tx: Transaction) -> None:
+        """Fill in `calls.unheard_speech_usd` for the calls recorded before it was stored."""
+        rows = await tx.fetch(
+            "SELECT DISTINCT call_sid FROM line_items WHERE item LIKE 'tts.unheard:%'")
+        for row in rows:
+            cost = await self._load(tx, row["call_sid"])
+            if cost is not None and cost.unheard_speech_usd:
+                await tx.execute("UPDATE calls SET unheard_speech_usd = ? WHERE call_sid = ?",
+                                 cost.unheard_speech_usd, cost.call_sid)
 
     async def record(self, cost: CallCost) -> CallCost:
         """Store a priced call, replacing any earlier record of it (safe to repeat).
@@ -340,6 +267,12 @@ class Ledger:
                 )
         return rows
 
+    @property
+    def queries(self) -> Queries:
+        """Totals, pages and daily series, computed by the database (`costs report`, the
+        dashboard)."""
+        return Queries(self._db)
+
     async def report(
         self,
         tenant: str | None = None,
@@ -347,32 +280,19 @@ class Ledger:
         since: dt.datetime | dt.date | None = None,
         floor: Decimal | None = None,
     ) -> Report:
-        """Calls, minutes, dollars, $/min and each item kind's share, per tenant and vertical.
-
-        Sums are done here in Decimal, not in SQL, because SQLite would sum TEXT as floats.
-        """
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("tenant", tenant), ("vertical", vertical)):
-            if value is not None:
-                where.append(f"c.{column} = ?")
-                args.append(value)
-        if since is not None:
-            if not isinstance(since, dt.datetime):
-                since = dt.datetime.combine(since, dt.time(), dt.UTC)
-            where.append("c.started_at >= ?")
-            args.append(since)
-        sql = (
-            "SELECT c.call_sid, c.tenant, c.vertical, c.started_at, c.measured_seconds, "
-            "c.billed_seconds, c.total_usd, c.unpriced_items, l.item, l.provider, l.quantity, "
-            "l.unit, l.unit_price_usd, l.usd, l.unpriced, l.agent FROM calls c "
-            "LEFT JOIN line_items l ON l.call_sid = c.call_sid"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY c.started_at, c.call_sid, l.position"
+        """Calls, minutes, dollars, $/min and each item kind's share, per tenant and vertical,
+        each agent's spend, and the calls above the $/min floor if one is given."""
+        if since is not None and not isinstance(since, dt.datetime):
+            since = dt.datetime.combine(since, dt.time(), dt.UTC)
+        where = CallFilter(tenant=tenant, vertical=vertical, since=since)
+        return Report(
+            tenants=await self.queries.totals("tenant", where),
+            verticals=await self.queries.totals("vertical", where),
+            above_floor=[] if floor is None else await self.queries.calls(
+                replace(where, above=floor), newest_first=False),
+            floor=floor,
+            agents=await self.queries.agents(where),
         )
-        async with self._db.transaction(write=False) as tx:
-            rows = await tx.fetch(sql, *args)
-        return _summarise(rows, floor)
 
     async def _lock_call(self, tx: Transaction, call_sid: str) -> None:
         if self._db.call_lock:
@@ -450,6 +370,7 @@ class Ledger:
             len(cost.unpriced_items),
             cost.failed_provider,
             cost.answered_by,
+            cost.unheard_speech_usd,
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS[1:])
         await tx.execute(
@@ -496,90 +417,3 @@ def _apply_callbacks(cost: CallCost, stored: Mapping[str, Any]) -> CallCost:
     if stored["recorded_seconds"] is not None and cost.recorded_seconds is None:
         cost = with_recording(cost, stored["recorded_seconds"])
     return cost
-
-
-def _summarise(rows: list[dict[str, Any]], floor: Decimal | None) -> Report:
-    calls: dict[str, CallRow] = {}
-    seconds: dict[str, Decimal] = {}
-    kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    speech: dict[str, list[LineItem]] = defaultdict(list)
-    agents: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        sid = row["call_sid"]
-        if sid not in calls:
-            billed = row["billed_seconds"]
-            secs = Decimal(billed) if billed is not None else _dec(row["measured_seconds"])
-            total = _dec(row["total_usd"])
-            seconds[sid] = secs
-            calls[sid] = CallRow(
-                sid,
-                row["tenant"],
-                row["vertical"],
-                _moment(row["started_at"]),
-                (secs / 60).quantize(_SHARE_PLACES),
-                total,
-                round_usd(total * 60 / secs) if secs else None,
-                complete=not row["unpriced_items"],
-            )
-        if row["item"] is not None and row["agent"]:
-            spent = agents.setdefault((row["vertical"], row["agent"]),
-                                      {"calls": set(), "llm": Decimal(0), "tts": Decimal(0)})
-            spent["calls"].add(sid)
-            spent["tts" if row["item"].startswith("tts") else "llm"] += _dec(row["usd"])
-        if row["item"] is not None:
-            kinds[sid][row["item"].partition(":")[0]] += _dec(row["usd"])
-            if row["item"].startswith("tts"):  # what unheard speech is priced from
-                speech[sid].append(LineItem(
-                    row["item"], row["provider"], _dec(row["quantity"]), row["unit"],
-                    _dec(row["unit_price_usd"]), _dec(row["usd"]), row["unpriced"], row["agent"],
-                ))
-
-    def group(name: str) -> list[ReportRow]:
-        members: dict[str, list[str]] = defaultdict(list)
-        for sid, call in calls.items():
-            members[getattr(call, name)].append(sid)
-        out = []
-        for key in sorted(members):
-            sids = members[key]
-            secs = sum((seconds[s] for s in sids), Decimal(0))
-            total = sum((calls[s].total_usd for s in sids), Decimal(0))
-            by_kind: dict[str, Decimal] = defaultdict(Decimal)
-            for s in sids:
-                for kind, usd in kinds[s].items():
-                    by_kind[kind] += usd
-            out.append(
-                ReportRow(
-                    group=name,
-                    key=key,
-                    calls=len(sids),
-                    minutes=(secs / 60).quantize(_SHARE_PLACES),
-                    total_usd=total,
-                    usd_per_minute=round_usd(total * 60 / secs) if secs else None,
-                    shares={
-                        k: (v / total).quantize(_SHARE_PLACES) if total else Decimal(0)
-                        for k, v in sorted(by_kind.items())
-                    },
-                    incomplete_calls=sum(not calls[s].complete for s in sids),
-                    unheard_characters=sum(
-                        (line.quantity for s in sids for line in speech[s]
-                         if line.item.startswith("tts.unheard:")), Decimal(0)),
-                    unheard_speech_usd=sum(
-                        (unheard_speech_usd(speech[s]) for s in sids), Decimal(0)),
-                )
-            )
-        return out
-
-    above = (
-        []
-        if floor is None
-        else [
-            call
-            for call in calls.values()
-            if call.usd_per_minute is not None and call.usd_per_minute > floor
-        ]
-    )
-    return Report(
-        tenants=group("tenant"), verticals=group("vertical"), above_floor=above, floor=floor,
-        agents=[AgentRow(vertical, agent, len(spent["calls"]), spent["llm"], spent["tts"])
-                for (vertical, agent), spent in sorted(agents.items())],
-    )

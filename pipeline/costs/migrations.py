@@ -131,4 +131,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        7,
+        "reports in SQL: each call's unheard speech, a day index; the turn timeline",
+        (
+            # `CallCost.unheard_speech_usd`, so a report sums it in SQL (filled in for
+            # earlier calls when the migration runs: `Ledger._migrate`)
+            "ALTER TABLE calls ADD COLUMN unheard_speech_usd {money} NOT NULL DEFAULT 0",
+            "CREATE INDEX calls_started ON calls (started_at)",
+            """
+            CREATE TABLE turns (
+                call_sid TEXT NOT NULL REFERENCES calls (call_sid) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                at_seconds {money} NOT NULL,
+                first_audio_ms INTEGER,
+                stt_ms INTEGER,
+                llm_ms INTEGER,
+                tts_ms INTEGER,
+                agent TEXT NOT NULL,
+                PRIMARY KEY (call_sid, position)
+            )
+            """,
+        ),
+    ),
 )

@@ -326,7 +326,7 @@ async def test_a_ledger_with_only_the_first_migration_gets_the_later_ones(ledger
     gets whatever it lacks, in number order."""
     async with await Ledger.open(ledger_url) as ledger:
         async with ledger._db.transaction() as tx:
-            for table in ("handoffs", "line_items", "calls", "pending_callbacks"):
+            for table in ("turns", "handoffs", "line_items", "calls", "pending_callbacks"):
                 await tx.execute(f"DROP TABLE {table}")
             await tx.execute("DELETE FROM schema_migrations")
             first = MIGRATIONS[0]
@@ -387,3 +387,24 @@ async def test_each_agents_lines_and_the_handoffs_are_stored_and_reported(
     assert by_agent[("salon", "colour")].tts_usd == next(
         line.usd for line in colour if line.item.startswith("tts"))
     assert two_agents.agent_usd() == {row.agent: row.total_usd for row in report.agents}
+
+
+async def test_calls_recorded_before_migration_7_get_their_unheard_speech_filled_in(
+    ledger_url: str, priced: Callable[..., CallCost]
+) -> None:
+    """Reports sum each call's stored unheard speech in SQL; calls recorded before it was
+    stored get it computed from their line items when the ledger migrates."""
+    cut_off = priced(tts=[TTSUsage("deepgram", "aura-2-thalia-en", 300, 100)], heard_characters=250)
+    assert cut_off.unheard_speech_usd > 0
+    async with await Ledger.open(ledger_url) as ledger:
+        await ledger.record(cut_off)
+        await ledger.record(priced())
+        async with ledger._db.transaction() as tx:  # back to the schema before migration 7
+            for statement in ("DROP TABLE turns", "DROP INDEX calls_started",
+                              "ALTER TABLE calls DROP COLUMN unheard_speech_usd",
+                              "DELETE FROM schema_migrations WHERE version = 7"):
+                await tx.execute(statement)
+    async with await Ledger.open(ledger_url) as ledger:
+        [tenant] = (await ledger.report()).tenants
+    assert tenant.unheard_speech_usd == cut_off.unheard_speech_usd
+    assert tenant.unheard_characters == 150
