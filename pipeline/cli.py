@@ -381,6 +381,49 @@ def dial(
     console.print(f"call placed: {asyncio.run(place(loaded))}")
 
 
+@app.command()
+def dashboard(
+    ledger: Annotated[
+        str,
+        typer.Option(envvar="TOLLBRIDGE_LEDGER_URL",
+                     help="Ledger URL: sqlite:///file.db or postgresql://…"),
+    ] = DEFAULT_LEDGER_URL,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8085,
+    floor: Annotated[
+        str | None,
+        typer.Option(help="Margin floor in USD per minute; calls above it are flagged "
+                          "[default: TOLLBRIDGE_MARGIN_FLOOR]."),
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Price catalog to show [default: the bundled one].")
+    ] = None,
+) -> None:
+    """Serve the cost dashboard on a ledger, behind TOLLBRIDGE_API_TOKEN (SIGINT stops it)."""
+    from decimal import Decimal, InvalidOperation
+
+    from tollbridge.costs.catalog import Catalog
+    from tollbridge.serve import run_service, serve_dashboard
+
+    settings = _settings()
+    token = settings.tollbridge_api_token.get_secret_value()
+    if not token:
+        raise fail("the dashboard is never open: set TOLLBRIDGE_API_TOKEN to the token "
+                   "a browser signs in with")
+    margin = settings.tollbridge_margin_floor
+    if floor is not None:
+        try:
+            margin = Decimal(floor)
+        except InvalidOperation:
+            raise ValueError(f"--floor: {floor!r} is not a number of dollars") from None
+        if not margin.is_finite() or margin < 0:
+            raise ValueError(f"--floor: {floor!r} must be 0 or more")
+    run_service(serve_dashboard(
+        ledger, host=host, port=port, token=token, floor=margin, catalog=Catalog.load(catalog),
+        announce=lambda line: console.print(line, soft_wrap=True, highlight=False),
+    ))
+
+
 def _press(spec: str) -> tuple[float, str]:
     seconds, _, digit = spec.partition(":")
     try:

@@ -21,11 +21,17 @@ import gc
 import os
 import signal
 from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
+from tollbridge.costs.catalog import Catalog
+from tollbridge.dashboard import Dashboard
 from tollbridge.logs import get_logger
 from tollbridge.settings import Settings
 from tollbridge.tools import shutdown as shutdown_tools
@@ -122,6 +128,12 @@ async def _serve(
         base_urls=fakes.base_urls if fakes else {},
         env={**os.environ, **fakes.env} if fakes else None,
     )
+    dashboard = Dashboard(
+        ledger_url, token=lambda: bridge_settings.api_token,
+        floor=settings.tollbridge_margin_floor,
+        catalogs=_catalogs({v.name: bookkeeper.catalog_for(v.name) for v in verticals}),
+        budgets={v.name: v.budget_usd for v in verticals if v.budget_usd is not None},
+    )
     dialer = None
     try:  # the ledger is open: whatever fails from here on must still close it
         if settings.can_dial and fakes is None:  # offline: no call reaches Twilio's API
@@ -135,12 +147,17 @@ async def _serve(
         bridge = Bridge(verticals, bridge_settings, on_finished=bookkeeper.call_finished,
                         on_status=on_status, on_recording=on_recording,
                         pricer=bookkeeper.price, dialer=dialer)
-        async with running(create_app(bridge), host, port) as url:
+        app = create_app(bridge)
+        app.mount("/dashboard", dashboard.app)
+        async with running(app, host, port) as url:
             rendering = asyncio.create_task(bridge.prepare())  # calls need not wait
             freeze_startup_heap()
             announce(f"tollbridge listening on {url}")
             announce(f"voice webhook (paste into Twilio): {public_url.rstrip('/')}/voice")
             announce(f"status callback: {public_url.rstrip('/')}/status")
+            announce(f"dashboard: {url}/dashboard (sign in with TOLLBRIDGE_API_TOKEN)"
+                     if bridge_settings.api_token
+                     else "dashboard, /metrics and POST /calls off: set TOLLBRIDGE_API_TOKEN")
             for vertical in verticals:
                 numbers = ", ".join(vertical.numbers) or "no numbers"
                 announce(f"  {vertical.name} ({vertical.tenant}): {numbers}")
@@ -155,12 +172,51 @@ async def _serve(
             rendering.cancel()
             await drain(bridge, grace_s=grace_s, now=signals.now)
     finally:
+        await dashboard.close()
         if dialer:
             await dialer.close()
         await bookkeeper.close()
         spooled = bookkeeper.ledger.pending if bookkeeper.ledger else 0
         log.warning("ledger_closed", records_priced=bookkeeper.priced, spooled=spooled)
         await shutdown_tools()
+
+
+def _catalogs(by_vertical: dict[str, Catalog]) -> dict[str, Catalog]:
+    """Each distinct catalog once, named by the verticals that price with it."""
+    shared: dict[int, tuple[list[str], Catalog]] = {}
+    for name, catalog in by_vertical.items():
+        shared.setdefault(id(catalog), ([], catalog))[0].append(name)
+    return {", ".join(names): catalog for names, catalog in shared.values()}
+
+
+async def serve_dashboard(
+    ledger_url: str,
+    *,
+    host: str,
+    port: int,
+    token: str,
+    floor: Decimal | None,
+    catalog: Catalog,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """`tollbridge dashboard`: the dashboard alone on a ledger, until SIGTERM or SIGINT."""
+    dashboard = Dashboard(ledger_url, token=lambda: token, floor=floor,
+                          catalogs={"catalog": catalog})
+    try:
+        await dashboard.ledger()  # a ledger that is not there stops the command now
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        app.mount("/dashboard", dashboard.app)
+
+        @app.get("/")
+        async def home() -> RedirectResponse:
+            return RedirectResponse("/dashboard/")
+
+        with ShutdownSignals() as signals:
+            async with running(app, host, port) as url:
+                announce(f"dashboard on {url}/dashboard/ (sign in with TOLLBRIDGE_API_TOKEN)")
+                await signals.drain.wait()
+    finally:
+        await dashboard.close()
 
 
 class ShutdownSignals:

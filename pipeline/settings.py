@@ -8,10 +8,18 @@ names its own variable (`api_key_env`) and the vertical config checks it.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, NonNegativeFloat, PositiveFloat, SecretStr, ValidationError
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    SecretStr,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tollbridge.errors import TollbridgeError
@@ -39,6 +47,8 @@ class Settings(BaseSettings):
     """Twilio's REST API somewhere else: a regional edge, a proxy, a local fake."""
     tollbridge_api_token: SecretStr = SecretStr("")
     """Bearer token for the bridge's `POST /calls`; unset turns that endpoint off."""
+    tollbridge_margin_floor: Decimal | None = Field(None, ge=0)
+    """USD per minute a call should cost at most: the dashboard flags the calls above it."""
     tollbridge_spool: Path = Path("tollbridge-ledger.spool")
     """Where ledger writes wait while the database is down."""
     tollbridge_log_level: LogLevel = "WARNING"

@@ -33,7 +33,7 @@ DEFAULT_LEDGER_URL = "sqlite:///tollbridge-ledger.db"
 TOLLBRIDGE_LEDGER_URL)."""
 
 # Errors that mean "the database is not reachable right now", as opposed to a bug.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     sqlite3.OperationalError,

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from tollbridge.costs import daily
 from tollbridge.costs.database import Database, Transaction, connect
 from tollbridge.costs.lineitem import CallCost, LineItem
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
@@ -158,7 +159,15 @@ class Ledger:
                 )
                 if migration.version == 7:
                     await self._store_unheard_speech(tx)
+                    await daily.rebuild(tx, self._db.day_of("c.started_at"))
                 log.info("ledger migrated", version=migration.version, name=migration.name)
+
+    async def rebuild_daily_totals(self) -> None:
+        """Recompute the daily totals reports read from every stored call (they are kept
+        up to date as calls are stored; this is for a ledger whose calls were written by
+        other means)."""
+        async with self._db.transaction() as tx:
+            await daily.rebuild(tx, self._db.day_of("c.started_at"))
 
     async def _store_unheard_speech(self, tx: Transaction) -> None:
         """Fill in `calls.unheard_speech_usd` for the calls recorded before it was stored."""
@@ -187,7 +196,7 @@ class Ledger:
                 if rows:
                     cost = _apply_callbacks(cost, rows[0])
             await tx.execute("DELETE FROM pending_callbacks WHERE call_sid = ?", cost.call_sid)
-            await self._store(tx, cost)
+            await self._store(tx, cost, await self._load(tx, cost.call_sid))
         return cost
 
     async def get(self, call_sid: str) -> CallCost | None:
@@ -211,9 +220,9 @@ class Ledger:
                     dt.datetime.now(dt.UTC),
                 )
                 return None
-            cost = rebill(cost, billed_seconds, status)
-            await self._store(tx, cost)
-            return cost
+            rebilled = rebill(cost, billed_seconds, status)
+            await self._store(tx, rebilled, cost)
+            return rebilled
 
     async def set_twilio_price(self, call_sid: str, price_usd: Decimal) -> CallCost | None:
         """Store Twilio's own price for the call and our drift from it (kept if early)."""
@@ -230,9 +239,9 @@ class Ledger:
                     dt.datetime.now(dt.UTC),
                 )
                 return None
-            cost = with_twilio_price(cost, Decimal(price_usd))
-            await self._store(tx, cost)
-            return cost
+            priced = with_twilio_price(cost, Decimal(price_usd))
+            await self._store(tx, priced, cost)
+            return priced
 
     async def set_recording(self, call_sid: str, recorded_seconds: int) -> CallCost | None:
         """Bill the call's recording from Twilio's RecordingDuration (kept if early)."""
@@ -249,9 +258,9 @@ class Ledger:
                     dt.datetime.now(dt.UTC),
                 )
                 return None
-            cost = with_recording(cost, recorded_seconds)
-            await self._store(tx, cost)
-            return cost
+            recorded = with_recording(cost, recorded_seconds)
+            await self._store(tx, recorded, cost)
+            return recorded
 
     async def expire_pending(self, received_before: dt.datetime) -> list[dict[str, Any]]:
         """Drop, and return, callbacks received before `received_before` whose call was
@@ -346,7 +355,9 @@ class Ledger:
             answered_by=row["answered_by"],
         )
 
-    async def _store(self, tx: Transaction, cost: CallCost) -> None:
+    async def _store(self, tx: Transaction, cost: CallCost, old: CallCost | None) -> None:
+        """Write `cost` over `old` (its stored record, None if new), daily totals included."""
+        await daily.apply(tx, *daily.change(old, cost))
         values = (
             cost.call_sid,
             cost.tenant,

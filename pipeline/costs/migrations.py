@@ -133,12 +133,43 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         7,
-        "reports in SQL: each call's unheard speech, a day index; the turn timeline",
+        "reports in SQL: daily totals kept as calls are stored; the turn timeline",
         (
-            # `CallCost.unheard_speech_usd`, so a report sums it in SQL (filled in for
-            # earlier calls when the migration runs: `Ledger._migrate`)
+            # `CallCost.unheard_speech_usd`, so a day's total of it can be kept
             "ALTER TABLE calls ADD COLUMN unheard_speech_usd {money} NOT NULL DEFAULT 0",
             "CREATE INDEX calls_started ON calls (started_at)",
+            # Running totals per UTC day, tenant, vertical and outcome (and per line item),
+            # in whole millionths of a dollar or second so SQL adds them exactly. The ledger
+            # updates them in the transaction that stores a call, so a report of any size
+            # reads a few thousand rows, not every call (`Ledger.rebuild_daily_totals`).
+            """
+            CREATE TABLE daily_calls (
+                day TEXT NOT NULL,
+                tenant TEXT NOT NULL,
+                vertical TEXT NOT NULL,
+                ended_by TEXT NOT NULL,
+                calls INTEGER NOT NULL,
+                seconds_micros BIGINT NOT NULL,
+                usd_micros BIGINT NOT NULL,
+                incomplete_calls INTEGER NOT NULL,
+                unheard_usd_micros BIGINT NOT NULL,
+                PRIMARY KEY (day, tenant, vertical, ended_by)
+            )
+            """,
+            """
+            CREATE TABLE daily_items (
+                day TEXT NOT NULL,
+                tenant TEXT NOT NULL,
+                vertical TEXT NOT NULL,
+                item TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                unit TEXT NOT NULL,
+                lines INTEGER NOT NULL,
+                quantity_micros BIGINT NOT NULL,
+                usd_micros BIGINT NOT NULL,
+                PRIMARY KEY (day, tenant, vertical, item, provider, unit)
+            )
+            """,
             """
             CREATE TABLE turns (
                 call_sid TEXT NOT NULL REFERENCES calls (call_sid) ON DELETE CASCADE,

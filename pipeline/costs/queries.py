@@ -1,27 +1,29 @@
 """The ledger's read side: totals, pages of calls and daily series, computed by the database.
 
 `costs report` and the dashboard ask the same questions, so they share these
-queries. SQLite holds money as exact text, which SQL's SUM would add as floats;
-but every amount is rounded to a millionth of a dollar when it is priced
-(`round_usd`) and every duration to a millisecond, so the queries add integer
-millionths, `CAST(ROUND(x * 1000000) AS BIGINT)`, exact on both databases, and
-only the sums (a row per group, never a row per call) come back to Python.
+queries. Totals come from the daily totals the ledger keeps as it stores
+calls (`tollbridge.costs.daily`): whole days from those tables, and only the
+calls of a day cut by a time in `since` or `until` from the calls
+themselves. Either way SQL adds whole millionths, exact on both databases,
+and what comes back to Python is a few rows per day, never a row per call.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from tollbridge.costs import daily
+from tollbridge.costs.daily import MILLION, Totals, from_micros, micros_sql
 from tollbridge.costs.database import Database
 from tollbridge.costs.lineitem import round_usd
+from tollbridge.costs.usage import Direction
 
 _SHARE_PLACES = Decimal("0.0001")
-_MILLION = 1_000_000
 
 Group = Literal["tenant", "vertical"]
 LEGS = ("telephony", "stt", "llm", "tts", "realtime")
@@ -32,15 +34,6 @@ def leg_of(kind: str) -> str:
     """`stt`, `llm.cached_input`, `voice.inbound_local` → stt, llm, telephony."""
     family = kind.split(".")[0]
     return family if family in LEGS else "telephony"
-
-
-def micros(column: str) -> str:
-    """SQL for a stored money or seconds value in exact integer millionths."""
-    return f"CAST(ROUND({column} * {_MILLION}) AS BIGINT)"
-
-
-def _from_micros(value: Any) -> Decimal:
-    return Decimal(0) if value is None else Decimal(value).scaleb(-6)
 
 
 def _plain(quantity: Decimal) -> Decimal:
@@ -58,13 +51,6 @@ def _per_minute(usd: Decimal, seconds: Decimal) -> Decimal | None:
 
 def _moment(value: Any) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
-
-
-# Twilio's billed seconds once known, our measurement before (`CallCost.seconds`).
-_SECONDS = (
-    f"CASE WHEN c.billed_seconds IS NULL THEN {micros('c.measured_seconds')} "
-    f"ELSE c.billed_seconds * {_MILLION} END"
-)
 
 
 @dataclass(frozen=True)
@@ -99,8 +85,8 @@ class CallFilter:
             args.append(self.until)
         if self.above is not None:
             # $/min is stored in whole millionths: k > x exactly when k > floor(x)
-            clauses.append(f"{micros('c.usd_per_minute')} > ?")
-            args.append(int((self.above * _MILLION).to_integral_value(rounding="ROUND_FLOOR")))
+            clauses.append(f"{micros_sql('c.usd_per_minute')} > ?")
+            args.append(int((self.above * MILLION).to_integral_value(rounding="ROUND_FLOOR")))
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
     def to_dict(self) -> dict[str, str]:
@@ -214,7 +200,6 @@ class ItemRow:
 
     item: str
     provider: str
-    calls: int
     quantity: Decimal
     unit: str
     usd: Decimal
@@ -235,6 +220,16 @@ class DayRow:
         return _per_minute(self.total_usd, self.minutes * 60)
 
 
+@dataclass(frozen=True)
+class OutcomeRow:
+    """How one vertical's calls ended (`ended_by`), and what they cost."""
+
+    vertical: str
+    ended_by: str
+    calls: int
+    total_usd: Decimal
+
+
 class Queries:
     """The questions asked of a ledger; each answer is computed by its database."""
 
@@ -247,37 +242,24 @@ class Queries:
 
     async def totals(self, by: Group, where: CallFilter = CallFilter()) -> list[ReportRow]:
         """One row per tenant (or vertical): calls, minutes, dollars, $/min, shares and legs."""
-        clause, args = where.where()
-        calls = await self._fetch(
-            f"SELECT c.{by} AS key, COUNT(*) AS calls, SUM({_SECONDS}) AS seconds, "
-            f"SUM({micros('c.total_usd')}) AS usd, "
-            "SUM(CASE WHEN c.unpriced_items > 0 THEN 1 ELSE 0 END) AS incomplete, "
-            f"SUM({micros('c.unheard_speech_usd')}) AS unheard_usd "
-            f"FROM calls c{clause} GROUP BY c.{by} ORDER BY c.{by}",
-            args,
-        )
-        items = await self._fetch(
-            f"SELECT c.{by} AS key, l.item, SUM({micros('l.usd')}) AS usd, "
-            f"SUM({micros('l.quantity')}) AS quantity "
-            f"FROM calls c JOIN line_items l ON l.call_sid = c.call_sid{clause} "
-            f"GROUP BY c.{by}, l.item",
-            args,
-        )
+        calls = _fold(await self._daily_calls(where), ("tenant", "vertical").index(by) + 1)
+        items = await self._daily_items(where)
         kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
         unheard_characters: dict[str, Decimal] = defaultdict(Decimal)
-        for row in items:
-            kind = row["item"].partition(":")[0]
-            kinds[row["key"]][kind] += _from_micros(row["usd"])
+        for (_, tenant, vertical, item, _, _), sums in items.items():
+            key, kind = (tenant, vertical)[by == "vertical"], item.partition(":")[0]
+            kinds[key][kind] += from_micros(sums["usd_micros"])
             if kind == "tts.unheard":
-                unheard_characters[row["key"]] += _from_micros(row["quantity"])
+                unheard_characters[key] += from_micros(sums["quantity_micros"])
         out = []
-        for row in calls:
-            seconds, total = _from_micros(row["seconds"]), _from_micros(row["usd"])
-            by_kind = kinds[row["key"]]
+        for key in sorted(calls):
+            sums = calls[key]
+            seconds, total = from_micros(sums["seconds_micros"]), from_micros(sums["usd_micros"])
+            by_kind = kinds[key]
             out.append(ReportRow(
                 group=by,
-                key=row["key"],
-                calls=int(row["calls"]),
+                key=key,
+                calls=sums["calls"],
                 minutes=_minutes(seconds),
                 total_usd=total,
                 usd_per_minute=_per_minute(total, seconds),
@@ -285,12 +267,97 @@ class Queries:
                     kind: (usd / total).quantize(_SHARE_PLACES) if total else Decimal(0)
                     for kind, usd in sorted(by_kind.items())
                 },
-                incomplete_calls=int(row["incomplete"]),
-                unheard_characters=_plain(unheard_characters[row["key"]]),
-                unheard_speech_usd=_from_micros(row["unheard_usd"]),
+                incomplete_calls=sums["incomplete_calls"],
+                unheard_characters=_plain(unheard_characters[key]),
+                unheard_speech_usd=from_micros(sums["unheard_usd_micros"]),
                 legs=_legs(by_kind),
             ))
         return out
+
+    async def days(self, where: CallFilter = CallFilter()) -> list[DayRow]:
+        """Spend per UTC day, oldest first, with each day's dollars per leg."""
+        calls = _fold(await self._daily_calls(where), 0)
+        kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+        for (day, _, _, item, _, _), sums in (await self._daily_items(where)).items():
+            kinds[day][item.partition(":")[0]] += from_micros(sums["usd_micros"])
+        return [
+            DayRow(
+                dt.date.fromisoformat(day),
+                calls[day]["calls"],
+                _minutes(from_micros(calls[day]["seconds_micros"])),
+                from_micros(calls[day]["usd_micros"]),
+                _legs(kinds[day]),
+            )
+            for day in sorted(calls)
+        ]
+
+    async def top_items(self, where: CallFilter = CallFilter(), *, limit: int = 10) -> list[ItemRow]:
+        """The line items that cost the most over the calls `where` covers."""
+        items: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+        for (_, _, _, item, provider, unit), sums in (await self._daily_items(where)).items():
+            items[(item, provider, unit)].update(sums)
+        ranked = sorted(items.items(), key=lambda kv: (-kv[1]["usd_micros"], kv[0]))[:limit]
+        return [
+            ItemRow(item, provider, _plain(from_micros(sums["quantity_micros"])), unit,
+                    from_micros(sums["usd_micros"]))
+            for (item, provider, unit), sums in ranked
+        ]
+
+    async def outcomes(self, where: CallFilter = CallFilter()) -> list[OutcomeRow]:
+        """Calls and dollars per vertical and the way the call ended."""
+        rows: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        for (_, _, vertical, ended_by), sums in (await self._daily_calls(where)).items():
+            rows[(vertical, ended_by)].update(sums)
+        return [OutcomeRow(vertical, ended_by, sums["calls"], from_micros(sums["usd_micros"]))
+                for (vertical, ended_by), sums in sorted(rows.items())]
+
+    async def _daily_calls(self, where: CallFilter) -> Totals:
+        return await self._daily(where, "daily_calls", daily.CALL_KEY, daily.CALL_SUMS,
+                                 "FROM calls c", daily.call_sums_sql, daily.CALL_GROUP)
+
+    async def _daily_items(self, where: CallFilter) -> Totals:
+        return await self._daily(where, "daily_items", daily.ITEM_KEY, daily.ITEM_SUMS,
+                                 daily.ITEM_SOURCE, daily.item_sums_sql, daily.ITEM_GROUP)
+
+    async def _daily(
+        self, where: CallFilter, table: str, key: tuple[str, ...], sums: tuple[str, ...],
+        source: str, sums_sql: Callable[[str], str], group: str,
+    ) -> Totals:
+        """Sums per key over the calls `where` covers: its whole days from `table`, the
+        calls of a day cut by `since` or `until` from `source`."""
+        if where.direction or where.ended_by or where.above is not None:
+            raise ValueError("totals are kept per tenant, vertical and time: "
+                             "direction, outcome and floor filter lists of calls only")
+        first, last, edges = _whole_days(where.since, where.until)
+        same: list[str] = []
+        args: list[Any] = []
+        for column in ("tenant", "vertical"):
+            value = getattr(where, column)
+            if value is not None:
+                same.append(f"{column} = ?")
+                args.append(value)
+        clauses, day_args = list(same), list(args)
+        if first is not None:
+            clauses.append("day >= ?")
+            day_args.append(first)
+        if last is not None:
+            clauses.append("day < ?")
+            day_args.append(last)
+        totals: Totals = {}
+        if first is None or last is None or first < last:
+            totals = daily.as_totals(await self._fetch(
+                f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(clauses) if clauses else ""),
+                day_args), key, sums)
+        day = self._db.day_of("c.started_at")
+        for start, end in edges:
+            rows = await self._fetch(
+                f"SELECT {sums_sql(day)} {source} WHERE "
+                + " AND ".join([*(f"c.{c}" for c in same), "c.started_at >= ?", "c.started_at < ?"])
+                + f" GROUP BY {day}, {group}",
+                [*args, start, end])
+            for k, v in daily.as_totals(rows, key, sums).items():
+                totals.setdefault(k, Counter()).update(v)
+        return totals
 
     async def agents(self, where: CallFilter = CallFilter()) -> list[AgentRow]:
         """Each agent's LLM and TTS dollars, per vertical, over the calls it spoke on."""
@@ -298,15 +365,15 @@ class Queries:
         clause += (" AND" if clause else " WHERE") + " l.agent <> ''"
         rows = await self._fetch(
             "SELECT c.vertical, l.agent, COUNT(DISTINCT c.call_sid) AS calls, "
-            f"SUM(CASE WHEN l.item LIKE 'tts%' THEN {micros('l.usd')} ELSE 0 END) AS tts, "
-            f"SUM(CASE WHEN l.item LIKE 'tts%' THEN 0 ELSE {micros('l.usd')} END) AS llm "
+            f"SUM(CASE WHEN l.item LIKE 'tts%' THEN {micros_sql('l.usd')} ELSE 0 END) AS tts, "
+            f"SUM(CASE WHEN l.item LIKE 'tts%' THEN 0 ELSE {micros_sql('l.usd')} END) AS llm "
             f"FROM calls c JOIN line_items l ON l.call_sid = c.call_sid{clause} "
             "GROUP BY c.vertical, l.agent ORDER BY c.vertical, l.agent",
             args,
         )
         return [
-            AgentRow(r["vertical"], r["agent"], int(r["calls"]), _from_micros(r["llm"]),
-                     _from_micros(r["tts"]))
+            AgentRow(r["vertical"], r["agent"], int(r["calls"]), from_micros(r["llm"]),
+                     from_micros(r["tts"]))
             for r in rows
         ]
 
@@ -322,10 +389,16 @@ class Queries:
         newest_first: bool = True,
         limit: int | None = None,
         offset: int = 0,
+        after: CallRow | None = None,
     ) -> list[CallRow]:
-        """The calls `where` covers, a page at a time."""
+        """The calls `where` covers, a page at a time: `offset` rows in, or the rows that
+        come after `after` (a cursor that stays fast however deep the page)."""
         clause, args = where.where()
         order = "DESC" if newest_first else "ASC"
+        if after is not None:
+            clause += (" AND" if clause else " WHERE") + \
+                f" (c.started_at, c.call_sid) {'<' if newest_first else '>'} (?, ?)"
+            args = [*args, after.started_at, after.call_sid]
         page = ""
         if limit is not None:
             page = " LIMIT ? OFFSET ?"
@@ -339,57 +412,48 @@ class Queries:
         )
         return [_call_row(row) for row in rows]
 
-    async def days(self, where: CallFilter = CallFilter()) -> list[DayRow]:
-        """Spend per UTC day, oldest first, with each day's dollars per leg."""
-        clause, args = where.where()
-        day = self._db.day_of("c.started_at")
-        totals = await self._fetch(
-            f"SELECT {day} AS day, COUNT(*) AS calls, SUM({_SECONDS}) AS seconds, "
-            f"SUM({micros('c.total_usd')}) AS usd FROM calls c{clause} "
-            f"GROUP BY {day} ORDER BY {day}",
-            args,
-        )
-        items = await self._fetch(
-            f"SELECT {day} AS day, l.item, SUM({micros('l.usd')}) AS usd "
-            f"FROM calls c JOIN line_items l ON l.call_sid = c.call_sid{clause} "
-            f"GROUP BY {day}, l.item",
-            args,
-        )
-        kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-        for row in items:
-            kinds[row["day"]][row["item"].partition(":")[0]] += _from_micros(row["usd"])
-        return [
-            DayRow(
-                dt.date.fromisoformat(row["day"]),
-                int(row["calls"]),
-                _minutes(_from_micros(row["seconds"])),
-                _from_micros(row["usd"]),
-                _legs(kinds[row["day"]]),
-            )
-            for row in totals
-        ]
+    async def choices(self) -> dict[str, list[str]]:
+        """Every value the tenant, vertical, direction and ended_by filters can take."""
+        menus = {"direction": list(get_args(Direction))}
+        for column in ("tenant", "vertical", "ended_by"):  # from the totals: a few rows
+            rows = await self._fetch(f"SELECT DISTINCT {column} AS v FROM daily_calls", ())
+            menus[column] = sorted(row["v"] for row in rows)
+        return menus
 
-    async def top_items(self, where: CallFilter = CallFilter(), *, limit: int = 10) -> list[ItemRow]:
-        """The line items that cost the most over the calls `where` covers."""
-        clause, args = where.where()
-        rows = await self._fetch(
-            "SELECT l.item, l.provider, l.unit, COUNT(DISTINCT c.call_sid) AS calls, "
-            f"SUM({micros('l.quantity')}) AS quantity, SUM({micros('l.usd')}) AS usd "
-            f"FROM calls c JOIN line_items l ON l.call_sid = c.call_sid{clause} "
-            "GROUP BY l.item, l.provider, l.unit ORDER BY usd DESC, l.item LIMIT ?",
-            [*args, limit],
-        )
-        return [
-            ItemRow(r["item"], r["provider"], int(r["calls"]), _plain(_from_micros(r["quantity"])),
-                    r["unit"], _from_micros(r["usd"]))
-            for r in rows
-        ]
+def _whole_days(since: dt.datetime | None, until: dt.datetime | None
+                ) -> tuple[str | None, str | None, list[tuple[dt.datetime, dt.datetime]]]:
+    """The whole UTC days in [since, until) as ISO days [first, last) (None: unbounded), and
+    the parts of days cut by a time of day, which are read from the calls themselves."""
+    def midnight(day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(), dt.UTC)
 
-    async def distinct(self, column: Literal["tenant", "vertical", "direction", "ended_by"]
-                       ) -> list[str]:
-        """Every value a filter could take, for its menu."""
-        rows = await self._fetch(f"SELECT DISTINCT {column} AS v FROM calls ORDER BY v", ())
-        return [row["v"] for row in rows]
+    first = last = None
+    edges = []
+    if since is not None:
+        since = since.astimezone(dt.UTC)
+        day = since.date()
+        if since != midnight(day):
+            day += dt.timedelta(days=1)
+            edges.append((since, midnight(day)))
+        first = day
+    if until is not None:
+        until = until.astimezone(dt.UTC)
+        last = until.date()
+        if until != midnight(last):
+            edges.append((midnight(last), until))
+    if first is not None and last is not None and first >= last:  # no whole day between
+        assert since is not None and until is not None
+        return first.isoformat(), first.isoformat(), [(since, until)] if since < until else []
+    return (None if first is None else first.isoformat(),
+            None if last is None else last.isoformat(), edges)
+
+
+def _fold(totals: Totals, index: int) -> dict[str, Counter[str]]:
+    """Sums per one part of the key (0: day, 1: tenant, 2: vertical)."""
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for key, sums in totals.items():
+        out[key[index]].update(sums)
+    return out
 
 
 def _legs(kinds: Mapping[str, Decimal]) -> dict[str, Decimal]:

@@ -326,7 +326,8 @@ async def test_a_ledger_with_only_the_first_migration_gets_the_later_ones(ledger
     gets whatever it lacks, in number order."""
     async with await Ledger.open(ledger_url) as ledger:
         async with ledger._db.transaction() as tx:
-            for table in ("turns", "handoffs", "line_items", "calls", "pending_callbacks"):
+            for table in ("daily_calls", "daily_items", "turns", "handoffs", "line_items", "calls",
+                          "pending_callbacks"):
                 await tx.execute(f"DROP TABLE {table}")
             await tx.execute("DELETE FROM schema_migrations")
             first = MIGRATIONS[0]
@@ -393,14 +394,16 @@ async def test_calls_recorded_before_migration_7_get_their_unheard_speech_filled
     ledger_url: str, priced: Callable[..., CallCost]
 ) -> None:
     """Reports sum each call's stored unheard speech in SQL; calls recorded before it was
-    stored get it computed from their line items when the ledger migrates."""
+    stored get it computed from their line items, and the daily totals from the calls,
+    when the ledger migrates."""
     cut_off = priced(tts=[TTSUsage("deepgram", "aura-2-thalia-en", 300, 100)], heard_characters=250)
     assert cut_off.unheard_speech_usd > 0
     async with await Ledger.open(ledger_url) as ledger:
         await ledger.record(cut_off)
-        await ledger.record(priced())
+        await ledger.record(plain := priced())
         async with ledger._db.transaction() as tx:  # back to the schema before migration 7
-            for statement in ("DROP TABLE turns", "DROP INDEX calls_started",
+            for statement in ("DROP TABLE turns", "DROP TABLE daily_calls", "DROP TABLE daily_items",
+                              "DROP INDEX calls_started",
                               "ALTER TABLE calls DROP COLUMN unheard_speech_usd",
                               "DELETE FROM schema_migrations WHERE version = 7"):
                 await tx.execute(statement)
@@ -408,3 +411,4 @@ async def test_calls_recorded_before_migration_7_get_their_unheard_speech_filled
         [tenant] = (await ledger.report()).tenants
     assert tenant.unheard_speech_usd == cut_off.unheard_speech_usd
     assert tenant.unheard_characters == 150
+    assert tenant.calls == 2 and tenant.total_usd == cut_off.total_usd + plain.total_usd
