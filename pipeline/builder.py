@@ -60,6 +60,7 @@ from tollbridge.stage import (
     Role,
 )
 from tollbridge.tools import Tool, ToolContext
+from tollbridge.turns import TurnClock
 
 __all__ = ["BuiltCall", "CallContext", "build_call"]
 
@@ -82,6 +83,8 @@ class BuiltCall:
     """Processor name → the provider stage (or fallback) that built it."""
     last_words: LastWords
     """Right after the stage that speaks."""
+    turn_clock: TurnClock
+    """Right before the transport's output: each caller turn and how fast it was answered."""
 
     def failure(self, processor: FrameProcessor | None, error: str) -> ProviderFailure | None:
         """The provider `processor` stands for, if it is one (a switcher: its active one)."""
@@ -338,7 +341,15 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup],
         last_words, desk,
     )
-    processors += [transport.output(), aggregators.assistant()]
+    roles = {name: stage.kind.role for name, stage in stages.providers.items()}
+    first = vertical.agents[0].name if vertical.agents else ""
+    clock = TurnClock(roles, first, meter.started_at if meter else None)
+
+    @aggregators.user().event_handler("on_user_turn_stopped")
+    async def caller_stopped(*_: Any) -> None:
+        clock.caller_stopped()
+
+    processors += [clock, transport.output(), aggregators.assistant()]
     return BuiltCall(
         worker=_worker(processors, call, observers, meter),
         processors=processors,
@@ -350,6 +361,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         brain=llm,
         providers=stages.providers,
         last_words=last_words,
+        turn_clock=clock,
     )
 
 

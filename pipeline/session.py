@@ -273,6 +273,7 @@ class CallSession:
         self.usage = meter.usage(ended_at=datetime.now(UTC), ended_by=self.ended_by)
         self.usage.failed_provider = self.failed_provider
         self.usage.compute_cpu_seconds = Decimal(str(round(self._cpu_seconds, 4)))
+        self.usage.turns = self.built.turn_clock.turns
         if self.built.playback is not None:
             heard = self.built.playback.heard()
             self.usage.heard_characters = heard.characters
