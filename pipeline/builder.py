@@ -38,6 +38,7 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
+from tollbridge import telemetry
 from tollbridge.agents import Agent
 from tollbridge.codec import codec_between
 from tollbridge.config import Stage, Vertical
@@ -95,6 +96,11 @@ class BuiltCall:
             return None
         billing = stage.kind.billing(stage.options)
         return ProviderFailure(stage.kind.role, stage.name, billing.model if billing else "", error)
+
+    def live_providers(self) -> list[str]:
+        """The providers the call uses now, once each (a stage with a fallback: its active one)."""
+        found = (self.failure(processor, "") for processor in self.processors)
+        return list(dict.fromkeys(failure.provider for failure in found if failure))
 
 
 class StageBuildError(RuntimeError):
@@ -181,9 +187,14 @@ class _StageBuilder:
         else:
             switcher = ServiceSwitcher([first, backup], strategy_type=FailOverOnAnyError)
 
+        labels = {first.name: provider_label(stage), backup.name: provider_label(fallback)}
+
         @switcher.strategy.event_handler("on_service_switched")
         async def switched(_strategy: Any, active: FrameProcessor) -> None:
             self.log.warning("provider_fallback", stage=stage.name, now=active.name)
+            if (watching := telemetry.active()) is not None:
+                left = labels[backup.name if active is first else first.name]
+                watching.fallback(stage.name, left, labels[active.name])
             if isinstance(active, LLMService) and self.on_llm_fallback:
                 await self.on_llm_fallback()
 
@@ -218,6 +229,13 @@ class _StageBuilder:
             if stage.kind.role in PROVIDER_ROLES:
                 self.providers[processor.name] = stage
         return processors
+
+
+def provider_label(stage: Stage) -> str:
+    """E.g. "deepgram.stt/nova-3": a provider as the record and the metrics name it."""
+    billing = stage.kind.billing(stage.options)
+    return ProviderFailure(stage.kind.role, stage.name, billing.model if billing else "",
+                           "").provider
 
 
 def _phrase_texts(vertical: Vertical) -> list[str]:
@@ -443,6 +461,7 @@ def _worker(
     observers: list[Any] | None,
     meter: CostMeter | None,
 ) -> PipelineWorker:
+    traced = telemetry.tracing()  # pipecat's turn and service spans, under the call's
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -454,7 +473,9 @@ def _worker(
         observers=list(observers or []),
         idle_timeout_secs=None,
         enable_rtvi=False,
-        enable_turn_tracking=False,  # an observer: a task wake-up for every frame pushed
+        enable_tracing=traced,
+        enable_turn_tracking=traced,  # observers: a task wake-up for every frame pushed
+        additional_span_attributes={"tollbridge.call_sid": call.call_sid} if traced else None,
         check_dangling_tasks=False,
         conversation_id=call.call_sid,
     )

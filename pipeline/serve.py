@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from tollbridge import telemetry
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
 from tollbridge.logs import get_logger
@@ -161,6 +162,8 @@ async def _serve(
         spooled = bookkeeper.ledger.pending if bookkeeper.ledger else 0
         log.warning("ledger_closed", records_priced=bookkeeper.priced, spooled=spooled)
         await shutdown_tools()
+        if (watching := telemetry.active()) is not None:
+            watching.shutdown()  # the last calls' spans and metrics, exported now
 
 
 class ShutdownSignals:
