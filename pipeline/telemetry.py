@@ -486,19 +486,22 @@ def configure(env: Mapping[str, str] | None = None) -> Telemetry | None:
         return _active
     _configured = True
     env = os.environ if env is None else env
-    traces, metrics = _wanted(env, "traces"), _wanted(env, "metrics")
-    if traces is None and metrics is None:
-        return None
     try:
-        _active = _from_env(env, traces, metrics)
+        _active = from_env(env)
     except TelemetryUnavailable as error:
         log.error("telemetry_unavailable", detail=str(error))
         return None
-    log.info("telemetry_on", traces=traces or "off", metrics=metrics or "off")
+    if _active is not None:
+        log.info("telemetry_on", traces=_wanted(env, "traces") or "off",
+                 metrics=_wanted(env, "metrics") or "off")
     return _active
 
 
-def _from_env(env: Mapping[str, str], traces: str | None, metrics: str | None) -> Telemetry:
+def from_env(env: Mapping[str, str]) -> Telemetry | None:
+    """The telemetry `env` asks for (None: off); TelemetryUnavailable says why it cannot be."""
+    traces, metrics = _wanted(env, "traces"), _wanted(env, "metrics")
+    if traces is None and metrics is None:
+        return None
     try:
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
