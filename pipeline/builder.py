@@ -38,6 +38,7 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
+from tollbridge import telemetry
 from tollbridge.agents import Agent
 from tollbridge.codec import codec_between
 from tollbridge.config import Stage, Vertical
@@ -60,6 +61,7 @@ from tollbridge.stage import (
     Role,
 )
 from tollbridge.tools import Tool, ToolContext
+from tollbridge.turns import TurnClock
 
 __all__ = ["BuiltCall", "CallContext", "build_call"]
 
@@ -82,6 +84,8 @@ class BuiltCall:
     """Processor name → the provider stage (or fallback) that built it."""
     last_words: LastWords
     """Right after the stage that speaks."""
+    turn_clock: TurnClock
+    """Right before the transport's output: each caller turn and how fast it was answered."""
 
     def failure(self, processor: FrameProcessor | None, error: str) -> ProviderFailure | None:
         """The provider `processor` stands for, if it is one (a switcher: its active one)."""
@@ -92,6 +96,11 @@ class BuiltCall:
             return None
         billing = stage.kind.billing(stage.options)
         return ProviderFailure(stage.kind.role, stage.name, billing.model if billing else "", error)
+
+    def live_providers(self) -> list[str]:
+        """The providers the call uses now, once each (a stage with a fallback: its active one)."""
+        found = (self.failure(processor, "") for processor in self.processors)
+        return list(dict.fromkeys(failure.provider for failure in found if failure))
 
 
 class StageBuildError(RuntimeError):
@@ -178,9 +187,14 @@ class _StageBuilder:
         else:
             switcher = ServiceSwitcher([first, backup], strategy_type=FailOverOnAnyError)
 
+        labels = {first.name: provider_label(stage), backup.name: provider_label(fallback)}
+
         @switcher.strategy.event_handler("on_service_switched")
         async def switched(_strategy: Any, active: FrameProcessor) -> None:
             self.log.warning("provider_fallback", stage=stage.name, now=active.name)
+            if (watching := telemetry.active()) is not None:
+                left = labels[backup.name if active is first else first.name]
+                watching.fallback(stage.name, left, labels[active.name])
             if isinstance(active, LLMService) and self.on_llm_fallback:
                 await self.on_llm_fallback()
 
@@ -215,6 +229,13 @@ class _StageBuilder:
             if stage.kind.role in PROVIDER_ROLES:
                 self.providers[processor.name] = stage
         return processors
+
+
+def provider_label(stage: Stage) -> str:
+    """E.g. "deepgram.stt/nova-3": a provider as the record and the metrics name it."""
+    billing = stage.kind.billing(stage.options)
+    return ProviderFailure(stage.kind.role, stage.name, billing.model if billing else "",
+                           "").provider
 
 
 def _phrase_texts(vertical: Vertical) -> list[str]:
@@ -338,7 +359,15 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         vertical, transport_stage, stages, playback, [aggregators.user(), *brain, hangup],
         last_words, desk,
     )
-    processors += [transport.output(), aggregators.assistant()]
+    roles = {name: stage.kind.role for name, stage in stages.providers.items()}
+    first = vertical.agents[0].name if vertical.agents else ""
+    clock = TurnClock(roles, first, meter.started_at if meter else None)
+
+    @aggregators.user().event_handler("on_user_turn_stopped")
+    async def caller_stopped(*_: Any) -> None:
+        clock.caller_stopped()
+
+    processors += [clock, transport.output(), aggregators.assistant()]
     return BuiltCall(
         worker=_worker(processors, call, observers, meter),
         processors=processors,
@@ -350,6 +379,7 @@ def build_call(call: CallContext, *, observers: list[Any] | None = None) -> Buil
         brain=llm,
         providers=stages.providers,
         last_words=last_words,
+        turn_clock=clock,
     )
 
 
@@ -431,6 +461,7 @@ def _worker(
     observers: list[Any] | None,
     meter: CostMeter | None,
 ) -> PipelineWorker:
+    traced = telemetry.tracing()  # pipecat's turn and service spans, under the call's
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -442,7 +473,9 @@ def _worker(
         observers=list(observers or []),
         idle_timeout_secs=None,
         enable_rtvi=False,
-        enable_turn_tracking=False,  # an observer: a task wake-up for every frame pushed
+        enable_tracing=traced,
+        enable_turn_tracking=traced,  # observers: a task wake-up for every frame pushed
+        additional_span_attributes={"tollbridge.call_sid": call.call_sid} if traced else None,
         check_dangling_tasks=False,
         conversation_id=call.call_sid,
     )

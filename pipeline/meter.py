@@ -115,6 +115,12 @@ class CostMeter:
         if by_agent:
             self.by_agent[processor.name] = by_agent
 
+    def billings(self) -> list[tuple[Role, Billing]]:
+        """Every billing identity of the call's stages, each agent's included."""
+        return [*((role, billing) for billing, role, _ in self.billed.values()),
+                *((self.billed[name][1], billing) for name, agents in self.by_agent.items()
+                  for billing in agents.values())]
+
     def on_agent(self, frame: AgentOnLine) -> None:
         """From here on, `frame.role`'s usage is `frame.agent`'s; the LLM's marks the handoff."""
         self.agent[frame.role] = frame.agent

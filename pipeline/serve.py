@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from tollbridge import telemetry
 from tollbridge.bookkeeper import Bookkeeper
 from tollbridge.config import Vertical
 from tollbridge.costs.catalog import Catalog
@@ -179,6 +180,8 @@ async def _serve(
         spooled = bookkeeper.ledger.pending if bookkeeper.ledger else 0
         log.warning("ledger_closed", records_priced=bookkeeper.priced, spooled=spooled)
         await shutdown_tools()
+        if (watching := telemetry.active()) is not None:
+            watching.shutdown()  # the last calls' spans and metrics, exported now
 
 
 def _catalogs(by_vertical: dict[str, Catalog]) -> dict[str, Catalog]:

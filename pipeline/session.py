@@ -34,12 +34,13 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
 
+from tollbridge import telemetry
 from tollbridge.builder import BuiltCall, build_call, cached_phrase
 from tollbridge.costs.lineitem import CallCost
 from tollbridge.costs.usage import CallUsage
 from tollbridge.failure import ProviderFailure, is_passing
 from tollbridge.logs import get_logger
-from tollbridge.stage import CallContext, Role
+from tollbridge.stage import Billing, CallContext, Role
 
 CANCEL_TIMEOUT_S = 5.0
 LAST_WORDS_START_S = 4.0
@@ -151,6 +152,8 @@ class CallSession:
         failure = self.built.failure(frame.processor, frame.error)
         if self.ended_by or failure is None:
             return
+        if (watching := telemetry.active()) is not None:
+            watching.provider_error(failure.provider)
         if is_passing(frame.error):
             self.log.warning("provider_warning", provider=failure.provider, error=frame.error)
             return
@@ -223,7 +226,10 @@ class CallSession:
         self._cpu_start, self._active_start = time.process_time(), CallSession.active
         runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
         await runner.add_workers(self.worker)
-        pipeline = asyncio.create_task(runner.run(), name=f"pipeline {self.call.call_sid}")
+        watching = telemetry.active()
+        with watching.call_started(self.call, self.built.live_providers(), self._billings()) \
+                if watching else contextlib.nullcontext():  # the pipeline runs in the call's trace
+            pipeline = asyncio.create_task(runner.run(), name=f"pipeline {self.call.call_sid}")
         reader = self._caller_side = asyncio.ensure_future(caller_side)
         if self._hang_up_now:
             reader.cancel()
@@ -254,7 +260,13 @@ class CallSession:
             )
             CallSession.active -= 1
             await self._finish()
+            if watching is not None:
+                watching.call_ended(self.call.call_sid, self.ended_by,
+                                    self.built.live_providers())
         return self.usage
+
+    def _billings(self) -> list[tuple[Role, Billing]]:
+        return self.built.meter.billings() if self.built.meter else []
 
     def _say(self, text: str, *, opening: bool = False) -> Frame:
         """The cascade's TTS says it as written; a speech-to-speech brain (which has no
@@ -273,6 +285,7 @@ class CallSession:
         self.usage = meter.usage(ended_at=datetime.now(UTC), ended_by=self.ended_by)
         self.usage.failed_provider = self.failed_provider
         self.usage.compute_cpu_seconds = Decimal(str(round(self._cpu_seconds, 4)))
+        self.usage.turns = self.built.turn_clock.turns
         if self.built.playback is not None:
             heard = self.built.playback.heard()
             self.usage.heard_characters = heard.characters

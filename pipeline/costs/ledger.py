@@ -26,7 +26,7 @@ from tollbridge.costs.lineitem import CallCost, LineItem
 from tollbridge.costs.migrations import BOOTSTRAP, MIGRATIONS
 from tollbridge.costs.pricing import rebill, with_recording, with_twilio_price
 from tollbridge.costs.queries import AgentRow, CallFilter, CallRow, Queries, ReportRow
-from tollbridge.costs.usage import Handoff
+from tollbridge.costs.usage import Handoff, Turn
 
 log = structlog.get_logger(__name__)
 
@@ -341,6 +341,12 @@ class Ledger:
                 )
                 for i in items
             ),
+            turns=tuple(
+                Turn(_dec(t["at_seconds"]), t["first_audio_ms"], t["stt_ms"], t["llm_ms"],
+                     t["tts_ms"], t["agent"])
+                for t in await tx.fetch(
+                    "SELECT * FROM turns WHERE call_sid = ? ORDER BY position", call_sid)
+            ),
             handoffs=tuple(
                 Handoff(_dec(h["at_seconds"]), h["from_agent"], h["to_agent"])
                 for h in await tx.fetch(
@@ -415,6 +421,14 @@ class Ledger:
                 "INSERT INTO handoffs (call_sid, position, at_seconds, from_agent, to_agent) "
                 "VALUES (?, ?, ?, ?, ?)",
                 cost.call_sid, position, handoff.at_seconds, handoff.from_agent, handoff.to_agent,
+            )
+        await tx.execute("DELETE FROM turns WHERE call_sid = ?", cost.call_sid)
+        for position, turn in enumerate(cost.turns):
+            await tx.execute(
+                "INSERT INTO turns (call_sid, position, at_seconds, first_audio_ms, stt_ms, "
+                "llm_ms, tts_ms, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                cost.call_sid, position, turn.at_seconds, turn.first_audio_ms, turn.stt_ms,
+                turn.llm_ms, turn.tts_ms, turn.agent,
             )
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from tollbridge.costs.usage import Handoff
+from tollbridge.costs.usage import Handoff, Turn
 
 USD_PLACES = Decimal("0.000001")
 
@@ -130,6 +130,8 @@ class CallCost:
     """Where the caller was handed between agents (a vertical with several agents)."""
     answered_by: str = ""
     """Twilio's machine detection verdict, when the call asked for one."""
+    turns: tuple[Turn, ...] = ()
+    """Each caller turn and how fast it was answered (`Turn`): the call page's timeline."""
 
     @property
     def seconds(self) -> Decimal:
@@ -203,6 +205,7 @@ class CallCost:
             "failed_provider": self.failed_provider,
             "answered_by": self.answered_by,
             "handoffs": [handoff.to_dict() for handoff in self.handoffs],
+            "turns": [turn.to_dict() for turn in self.turns],
             "agent_usd": {agent: f"{usd:f}" for agent, usd in self.agent_usd().items()},
             "total_usd": f"{self.total_usd:f}",
             "complete": self.complete,
@@ -234,6 +237,7 @@ class CallCost:
             failed_provider=data.get("failed_provider", ""),
             handoffs=tuple(Handoff.from_dict(h) for h in data.get("handoffs", ())),
             answered_by=data.get("answered_by", ""),
+            turns=tuple(Turn.from_dict(t) for t in data.get("turns", ())),
         )
 
 

@@ -86,6 +86,7 @@ def price_call(usage: CallUsage, catalog: Catalog) -> CallCost:
         failed_provider=usage.failed_provider,
         handoffs=tuple(usage.handoffs),
         answered_by=usage.answered_by,
+        turns=usage.turns,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 Direction = Literal["inbound", "outbound"]
 NumberType = Literal["local", "toll_free"]
@@ -92,6 +92,36 @@ class Handoff:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One caller turn and how long the agent took to answer it, for the latency dashboard.
+
+    `at_seconds`: when the caller stopped speaking, from the start of the call.
+    `first_audio_ms`: from then until the reply's first audio went to the caller (None: the
+    call ended before any reply). `stt_ms`, `llm_ms`, `tts_ms`: the providers' shares as
+    pipecat measures them (STT finalisation after speech end, LLM time to first token, TTS
+    time to first byte); None where the provider reported none (STT needs a VAD for it).
+    `agent`: who answered ("" on a vertical with one agent).
+    """
+
+    at_seconds: Decimal
+    first_audio_ms: int | None = None
+    stt_ms: int | None = None
+    llm_ms: int | None = None
+    tts_ms: int | None = None
+    agent: str = ""
+
+    def to_dict(self) -> dict[str, str | int | None]:
+        return {"at_seconds": f"{self.at_seconds:f}", "first_audio_ms": self.first_audio_ms,
+                "stt_ms": self.stt_ms, "llm_ms": self.llm_ms, "tts_ms": self.tts_ms,
+                "agent": self.agent}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Turn:
+        return cls(Decimal(data["at_seconds"]), data.get("first_audio_ms"), data.get("stt_ms"),
+                   data.get("llm_ms"), data.get("tts_ms"), data.get("agent", ""))
+
+
+@dataclass(frozen=True)
 class RealtimeUsage:
     """One speech-to-speech response's tokens, each bucket net (cached tokens not in `*_in`)."""
 
@@ -146,11 +176,13 @@ class CallUsage:
     heard_characters: int | None = None
     """Characters of agent speech the caller heard (None: the transport cannot tell)."""
     failed_provider: str = ""
+    """The provider whose failure ended the call (e.g. "deepgram.stt/nova-3"), if one did."""
     handoffs: list[Handoff] = field(default_factory=list)
     answered_by: str = ""
     """Twilio's machine detection verdict (human, machine_end_beep, …); "" when the call did
     not ask for detection."""
-    """The provider whose failure ended the call (e.g. "deepgram.stt/nova-3"), if one did."""
+    turns: tuple[Turn, ...] = ()
+    """Each caller turn and the agent's latency answering it, in order (not billed)."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("inbound", "outbound"):

@@ -342,7 +342,7 @@ class Dashboard:
             legs[leg_of(line.kind)] += line.usd
         return self.render(request, "call.html", cost=cost, voice_usd=ours,
                            legs={k: v for k, v in legs.items() if v},
-                           turns=getattr(cost, "turns", ()))
+                           turns=cost.turns)
 
 
 CSV_COLUMNS = ("call_sid", "started_at", "tenant", "vertical", "direction", "seconds",

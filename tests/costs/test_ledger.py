@@ -15,7 +15,14 @@ from tollbridge.costs.ledger import Ledger
 from tollbridge.costs.lineitem import CallCost, round_usd
 from tollbridge.costs.migrations import MIGRATIONS
 from tollbridge.costs.pricing import price_call
-from tollbridge.costs.usage import CallUsage, Handoff, LLMRequestUsage, STTUsage, TTSUsage
+from tollbridge.costs.usage import (
+    CallUsage,
+    Handoff,
+    LLMRequestUsage,
+    STTUsage,
+    TTSUsage,
+    Turn,
+)
 
 from .conftest import STARTED
 
@@ -40,7 +47,8 @@ def priced(catalog: Catalog, make_usage: MakeUsage) -> Callable[..., CallCost]:
 
 
 async def test_round_trip_is_exact(ledger_url: str, priced: Callable[..., CallCost]) -> None:
-    cost = priced()
+    cost = priced(turns=(Turn(D("3.25"), 812, None, 402, 190, "front_desk"),
+                         Turn(D("17.5"), None, 95, None, None, "booking")))
     async with await Ledger.open(ledger_url) as ledger:
         assert await ledger.get(cost.call_sid) is None
         stored = await ledger.record(cost)

@@ -59,6 +59,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
+from tollbridge import telemetry
 from tollbridge.builder import render_phrases
 from tollbridge.config import Vertical, e164
 from tollbridge.costs.usage import CallUsage
@@ -220,6 +221,7 @@ class Bridge:
                 "(or turn the check off for local development only)"
             )
         self.signatures = SignatureChecker(settings.auth_token) if settings.auth_token else None
+        telemetry.configure()  # from the OTEL_* variables, once per process; off by default
         self.on_finished = self._counted(on_finished)
         self.metrics = CallMetrics(active_calls=lambda: len(self.sessions))
         self.on_status = on_status
@@ -251,7 +253,10 @@ class Bridge:
             finally:
                 if self.pricer is not None:
                     try:
-                        self.metrics.call_priced(self.pricer(usage))
+                        cost = self.pricer(usage)
+                        self.metrics.call_priced(cost)
+                        if (watching := telemetry.active()) is not None:
+                            watching.call_priced(cost)
                     except Exception as error:  # a metric is not worth a call's record
                         log.warning("call_not_counted", call_sid=usage.call_sid,
                                     error=repr(error))
