@@ -293,7 +293,8 @@ class Dashboard:
             calls=calls, total=total, minutes=minutes,
             per_minute=(total * 60 / (minutes * 60)).quantize(Decimal("0.000001"))
             if minutes else None,
-            above=above, tenants=tenants, verticals=verticals, days=days, legs=LEGS,
+            above=above, tenants=tenants, verticals=verticals, days=days,
+            legs=[leg for leg in LEGS if any(row.legs[leg] for row in tenants)],
             top=top, burn=burn, chart=json.dumps(chart),
         )
 
