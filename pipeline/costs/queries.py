@@ -26,8 +26,9 @@ from tollbridge.costs.usage import Direction
 _SHARE_PLACES = Decimal("0.0001")
 
 Group = Literal["tenant", "vertical"]
-LEGS = ("telephony", "stt", "llm", "tts", "realtime")
-"""What a call pays for, by the part of the call that bills it (`leg_of`)."""
+LEGS = ("telephony", "stt", "llm", "tts", "realtime", "compute")
+"""What a call pays for, by the part of the call that bills it (`leg_of`): Twilio, each
+provider role, and the bridge's own CPU."""
 
 
 def leg_of(kind: str) -> str:

@@ -112,6 +112,11 @@ def _usd(value: Decimal | None) -> str:
     return "—" if value is None else f"${value:f}"
 
 
+def _unit_price(value: Decimal) -> str:
+    """A unit price to read: eight significant digits (the exact one is the cell's title)."""
+    return f"${value:f}" if len(value.as_tuple().digits) <= 8 else f"≈${float(value):.8g}"
+
+
 def _ts(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -142,7 +147,8 @@ class Dashboard:
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined,
         )
-        self._templates.filters.update(usd=_usd, ts=_ts, plain=lambda d: f"{d:f}")
+        self._templates.filters.update(usd=_usd, ts=_ts, plain=lambda d: f"{d:f}",
+                                       unit_price=_unit_price)
         self.app = self._build()
 
     async def ledger(self) -> Ledger:

@@ -3,7 +3,7 @@
   const source = document.getElementById("chart-data");
   if (!source || typeof Chart === "undefined") return;
   const data = JSON.parse(source.textContent);
-  const colours = { telephony: "#98a2b3", stt: "#7f9cf5", llm: "#f6ad55", tts: "#68d391", realtime: "#f687b3" };
+  const colours = { telephony: "#98a2b3", stt: "#7f9cf5", llm: "#f6ad55", tts: "#68d391", realtime: "#f687b3", compute: "#b794f4" };
   const money = (value) => "$" + Number(value).toFixed(4);
   new Chart(document.getElementById("spend-chart"), {
     type: "bar",
