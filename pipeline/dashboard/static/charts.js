@@ -25,7 +25,7 @@
   new Chart(document.getElementById("rate-chart"), {
     type: "line",
     data: { labels: data.days, datasets: rate },
-    options: { animation: false, responsive: true, scales: { y: { ticks: { callback: money } } } },
+    options: { animation: false, responsive: true, scales: { y: { beginAtZero: true, ticks: { callback: money } } } },
   });
   document.body.dataset.chartsDrawn = "yes";
 })();
