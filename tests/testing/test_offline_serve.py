@@ -9,12 +9,15 @@ and the record lands in the ledger the server writes.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import os
 import signal
 import sqlite3
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import FIXTURES
@@ -29,12 +32,14 @@ SALON = ROOT / "examples" / "salon"
 QUESTION = load_caller_audio(FIXTURES / "calls" / "salon_barge_in_dtmf.wav")[: 8000 * 8]
 """"Sorry, what are your opening hours?", and the pause after it."""
 TOKEN = "offline-test-auth-token"
+API_TOKEN = "offline-test-api-token-0123456789"
 
 
 async def test_serve_offline_answers_a_call_through_its_webhook_and_records_it(tmp_path: Path):
     port, ledger, log = free_port(), tmp_path / "ledger.db", tmp_path / "serve.log"
     env = {name: value for name, value in os.environ.items() if not name.endswith("_API_KEY")}
     env |= {"TWILIO_AUTH_TOKEN": TOKEN, "TOLLBRIDGE_SPOOL": str(tmp_path / "spool"),
+            "TOLLBRIDGE_API_TOKEN": API_TOKEN, "TOLLBRIDGE_MARGIN_FLOOR": "0.05",
             "GLAMBOOK_DB_URL": f"sqlite:///{tmp_path / 'glambook.db'}"}
     with log.open("w") as stderr:
         process = await asyncio.create_subprocess_exec(
@@ -47,6 +52,7 @@ async def test_serve_offline_answers_a_call_through_its_webhook_and_records_it(t
         await _answering(served)
         phone = await call_bridge(load_vertical(SALON), served.base, audio=QUESTION,
                                   auth_token=TOKEN, max_s=40)
+        shown = await dashboard_pages(served.base, phone.call_sid)
     finally:
         process.send_signal(signal.SIGTERM)
         code, _ = await served.exited(30)
@@ -65,3 +71,26 @@ async def test_serve_offline_answers_a_call_through_its_webhook_and_records_it(t
     # after it looked up the opening hours the question named
     provider, spoken = items["tts:aura-2-thalia-en"]
     assert provider == "deepgram" and spoken >= len("I looked that up for you.")
+    # the dashboard `serve` mounts shows the call, to the API token's holder only
+    assert shown["stranger"].status_code == 401 and call_sid not in shown["stranger"].text
+    assert shown["call"].status_code == 200 and "tts:aura-2-thalia-en" in shown["call"].text
+    [row] = list(csv.DictReader(io.StringIO(shown["csv"].text)))
+    assert (row["call_sid"], row["tenant"], row["vertical"]) == (call_sid, "glambook", "salon")
+    assert "$0.05/min" in shown["overview"].text  # the floor from TOLLBRIDGE_MARGIN_FLOOR
+
+
+async def dashboard_pages(base: str, call_sid: str) -> dict[str, httpx.Response]:
+    """The served dashboard's pages for the call, once its record is written (just after
+    the call)."""
+    bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with httpx.AsyncClient(base_url=base) as client, asyncio.timeout(15):
+        while call_sid not in (exported := await client.get(
+                "/dashboard/calls.csv", headers=bearer)).text:
+            await asyncio.sleep(0.1)
+        return {
+            "csv": exported,
+            "call": await client.get(f"/dashboard/calls/{call_sid}", headers=bearer),
+            "overview": await client.get("/dashboard/", headers=bearer),
+            "stranger": await client.get(f"/dashboard/calls/{call_sid}"),
+        }
+
