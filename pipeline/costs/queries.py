@@ -42,11 +42,13 @@ def _plain(quantity: Decimal) -> Decimal:
     return quantity.quantize(Decimal(1)) if quantity == quantity.to_integral() else quantity.normalize()
 
 
-def _minutes(seconds: Decimal) -> Decimal:
+def minutes_of(seconds: Decimal) -> Decimal:
+    """Minutes as reports show them: to four places."""
     return (seconds / 60).quantize(_SHARE_PLACES)
 
 
-def _per_minute(usd: Decimal, seconds: Decimal) -> Decimal | None:
+def per_minute(usd: Decimal, seconds: Decimal) -> Decimal | None:
+    """$/min as `CallCost.usd_per_minute` computes it; None for no time at all."""
     return round_usd(usd * 60 / seconds) if seconds else None
 
 
@@ -118,6 +120,8 @@ class ReportRow:
     """Speech paid but not heard: each call's `CallCost.unheard_speech_usd`, summed."""
     legs: dict[str, Decimal] = field(default_factory=dict)
     """Dollars per leg (`LEGS`), for the stacked bars."""
+    seconds: Decimal = Decimal(0)
+    """The calls' seconds, exact (`minutes` is rounded)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,7 +222,7 @@ class DayRow:
 
     @property
     def usd_per_minute(self) -> Decimal | None:
-        return _per_minute(self.total_usd, self.minutes * 60)
+        return per_minute(self.total_usd, self.minutes * 60)
 
 
 @dataclass(frozen=True)
@@ -261,9 +265,9 @@ class Queries:
                 group=by,
                 key=key,
                 calls=sums["calls"],
-                minutes=_minutes(seconds),
+                minutes=minutes_of(seconds),
                 total_usd=total,
-                usd_per_minute=_per_minute(total, seconds),
+                usd_per_minute=per_minute(total, seconds),
                 shares={
                     kind: (usd / total).quantize(_SHARE_PLACES) if total else Decimal(0)
                     for kind, usd in sorted(by_kind.items())
@@ -272,6 +276,7 @@ class Queries:
                 unheard_characters=_plain(unheard_characters[key]),
                 unheard_speech_usd=from_micros(sums["unheard_usd_micros"]),
                 legs=_legs(by_kind),
+                seconds=seconds,
             ))
         return out
 
@@ -285,7 +290,7 @@ class Queries:
             DayRow(
                 dt.date.fromisoformat(day),
                 calls[day]["calls"],
-                _minutes(from_micros(calls[day]["seconds_micros"])),
+                minutes_of(from_micros(calls[day]["seconds_micros"])),
                 from_micros(calls[day]["usd_micros"]),
                 _legs(kinds[day]),
             )
@@ -474,7 +479,7 @@ def _call_row(row: Mapping[str, Any]) -> CallRow:
         tenant=row["tenant"],
         vertical=row["vertical"],
         started_at=_moment(row["started_at"]),
-        minutes=_minutes(seconds),
+        minutes=minutes_of(seconds),
         total_usd=Decimal(str(row["total_usd"])),
         usd_per_minute=None if per_minute is None else Decimal(str(per_minute)),
         complete=not row["unpriced_items"],

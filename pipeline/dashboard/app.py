@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from tollbridge.costs.catalog import LLM_BILLING_RULE, Catalog
 from tollbridge.costs.database import TRANSIENT_ERRORS, LedgerError, safe_url
 from tollbridge.costs.ledger import Ledger
-from tollbridge.costs.queries import LEGS, CallFilter, leg_of
+from tollbridge.costs.queries import LEGS, CallFilter, leg_of, minutes_of, per_minute
 from tollbridge.dashboard.auth import (
     COOKIE,
     SESSION_S,
@@ -272,7 +272,7 @@ class Dashboard:
         outcomes = await queries.outcomes(where)
         calls = sum(row.calls for row in tenants)
         total = sum((row.total_usd for row in tenants), Decimal(0))
-        minutes = sum((row.minutes for row in tenants), Decimal(0))
+        seconds = sum((row.seconds for row in tenants), Decimal(0))
         above = None if query.floor is None else await queries.count(
             replace(where, above=query.floor))
         burn = []
@@ -296,9 +296,8 @@ class Dashboard:
         }
         return self.render(
             request, "overview.html", query=query, menus=await queries.choices(),
-            calls=calls, total=total, minutes=minutes,
-            per_minute=(total * 60 / (minutes * 60)).quantize(Decimal("0.000001"))
-            if minutes else None,
+            calls=calls, total=total, minutes=minutes_of(seconds),
+            per_minute=per_minute(total, seconds),
             above=above, tenants=tenants, verticals=verticals, days=days,
             legs=[leg for leg in LEGS if any(row.legs[leg] for row in tenants)],
             top=top, burn=burn, chart=json.dumps(chart),
