@@ -20,7 +20,9 @@
   });
   const rate = [{ label: "$/min", data: data.per_minute.map((v) => (v === null ? null : Number(v))), borderColor: "#2f6fde" }];
   if (data.floor !== null) {
-    rate.push({ label: "margin floor", data: data.days.map(() => Number(data.floor)), borderColor: "#c4320a", borderDash: [6, 4], pointRadius: 0 });
+    rate.push({ label: "margin floor", data: data.days.map(() => Number(data.floor)), borderColor: "#c4320a", borderDash: [6, 4],
+      // one day is one point: a dash marks the floor where no line can be drawn
+      pointRadius: data.days.length > 1 ? 0 : 12, pointStyle: "line" });
   }
   new Chart(document.getElementById("rate-chart"), {
     type: "line",
