@@ -143,7 +143,9 @@ def events(log: list[dict]) -> list[str]:
 async def test_sigterm_drains_calls_in_flight_then_ends_the_rest_with_a_farewell(tmp_path):
     async with serving(tmp_path, "--drain-grace", "4") as served:
         phone = served.softphone()
-        leaving = [asyncio.create_task(phone.call(script(hang_up_at=3.0))) for _ in range(2)]
+        # they hang up once the greeting has played, with room for a slow start on a loaded
+        # machine, and before the grace (4 s from the signal, sent once all five are live) ends
+        leaving = [asyncio.create_task(phone.call(script(hang_up_at=3.6))) for _ in range(2)]
         staying = [asyncio.create_task(phone.call(script(max_s=40))) for _ in range(3)]
         await served.live_calls(5)
         signalled = time.monotonic()
