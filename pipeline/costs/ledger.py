@@ -56,8 +56,6 @@ _CALL_COLUMNS = (
     "unheard_speech_usd",
 )
 _ITEM_COLUMNS = (
-    "call_sid",
-    "position",
     "item",
     "provider",
     "quantity",
@@ -396,41 +394,26 @@ class Ledger:
             f"ON CONFLICT (call_sid) DO UPDATE SET {updates}",
             *values,
         )
-        await tx.execute("DELETE FROM line_items WHERE call_sid = ?", cost.call_sid)
-        insert = (
-            f"INSERT INTO line_items ({', '.join(_ITEM_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_ITEM_COLUMNS))})"
-        )
-        for position, line in enumerate(cost.items):
-            await tx.execute(
-                insert,
-                cost.call_sid,
-                position,
-                line.item,
-                line.provider,
-                line.quantity,
-                line.unit,
-                line.unit_price_usd,
-                line.usd,
-                line.unpriced,
-                line.agent,
-            )
-        await tx.execute("DELETE FROM handoffs WHERE call_sid = ?", cost.call_sid)
-        for position, handoff in enumerate(cost.handoffs):
-            await tx.execute(
-                "INSERT INTO handoffs (call_sid, position, at_seconds, from_agent, to_agent) "
-                "VALUES (?, ?, ?, ?, ?)",
-                cost.call_sid, position, handoff.at_seconds, handoff.from_agent, handoff.to_agent,
-            )
-        await tx.execute("DELETE FROM turns WHERE call_sid = ?", cost.call_sid)
-        for position, turn in enumerate(cost.turns):
-            await tx.execute(
-                "INSERT INTO turns (call_sid, position, at_seconds, first_audio_ms, stt_ms, "
-                "llm_ms, tts_ms, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                cost.call_sid, position, turn.at_seconds, turn.first_audio_ms, turn.stt_ms,
-                turn.llm_ms, turn.tts_ms, turn.agent,
-            )
+        await _replace_rows(tx, "line_items", cost.call_sid, _ITEM_COLUMNS, [
+            (line.item, line.provider, line.quantity, line.unit, line.unit_price_usd, line.usd,
+             line.unpriced, line.agent) for line in cost.items])
+        await _replace_rows(tx, "handoffs", cost.call_sid,
+                            ("at_seconds", "from_agent", "to_agent"),
+                            [(h.at_seconds, h.from_agent, h.to_agent) for h in cost.handoffs])
+        await _replace_rows(tx, "turns", cost.call_sid,
+                            ("at_seconds", "first_audio_ms", "stt_ms", "llm_ms", "tts_ms", "agent"),
+                            [(t.at_seconds, t.first_audio_ms, t.stt_ms, t.llm_ms, t.tts_ms, t.agent)
+                             for t in cost.turns])
 
+
+async def _replace_rows(tx: Transaction, table: str, call_sid: str, columns: tuple[str, ...],
+                        rows: list[tuple[Any, ...]]) -> None:
+    """A call's rows of `table` (line items, handoffs, turns), in order, in place of the old."""
+    await tx.execute(f"DELETE FROM {table} WHERE call_sid = ?", call_sid)
+    names = ("call_sid", "position", *columns)
+    insert = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    for position, row in enumerate(rows):
+        await tx.execute(insert, call_sid, position, *row)
 
 def _apply_callbacks(cost: CallCost, stored: Mapping[str, Any]) -> CallCost:
     """Carry a reconciliation or Twilio price the database already holds into a new record."""
