@@ -278,7 +278,7 @@ class Dashboard:
         burn = []
         for row in verticals:
             stopped = sum(o.calls for o in outcomes if o.vertical == row.key
-                          and o.ended_by == "budget")
+                          and o.ended_by == "budget")  # as `CallSession` ends them
             budget = self.budgets.get(row.key)
             per_call = row.total_usd / row.calls if row.calls else Decimal(0)
             burn.append({
@@ -347,8 +347,7 @@ class Dashboard:
         for line in cost.items:
             legs[leg_of(line.kind)] += line.usd
         return self.render(request, "call.html", cost=cost, voice_usd=ours,
-                           legs={k: v for k, v in legs.items() if v},
-                           turns=cost.turns)
+                           legs={k: v for k, v in legs.items() if v})
 
 
 CSV_COLUMNS = ("call_sid", "started_at", "tenant", "vertical", "direction", "seconds",

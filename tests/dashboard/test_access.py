@@ -170,5 +170,8 @@ async def test_the_overview_shows_what_costs_report_says(served: Served):
             assert shown["minutes"] == f"{row.minutes}"
             assert shown["usd_per_minute"] == f"{row.usd_per_minute:f}"
             assert sum(Decimal(shown[leg]) for leg in LEGS if leg in shown) == row.total_usd
+    burn = re.search(r'id="budget-burn".*?<tr data-key="salon">.*?data-field="stopped">([^<]*)<',
+                     page, re.S)
+    assert burn is not None and burn.group(1) == "1 of 4"  # one salon call hit its budget
     incomplete = sum(row.incomplete_calls for row in report.tenants)
     assert incomplete == 1 and "incomplete" in page
