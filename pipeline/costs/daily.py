@@ -140,6 +140,26 @@ def item_sums_sql(day: str) -> str:
     )
 
 
+async def drift(tx: Transaction) -> str:
+    """How the tables disagree with the calls and line items stored ('' when they agree):
+    their counts, and the calls' total dollars."""
+    [kept] = await tx.fetch(
+        "SELECT COALESCE(SUM(calls), 0) AS calls, COALESCE(SUM(usd_micros), 0) AS usd "
+        "FROM daily_calls")
+    [stored] = await tx.fetch(
+        f"SELECT COUNT(*) AS calls, COALESCE(SUM({micros_sql('total_usd')}), 0) AS usd "
+        "FROM calls")
+    [kept_lines] = await tx.fetch("SELECT COALESCE(SUM(lines), 0) AS n FROM daily_items")
+    [lines] = await tx.fetch("SELECT COUNT(*) AS n FROM line_items")
+    found = []
+    if int(kept["calls"]) != int(stored["calls"]) or int(kept["usd"]) != int(stored["usd"]):
+        found.append(f"calls stored: {stored['calls']} for ${from_micros(stored['usd'])}, "
+                     f"in the daily totals: {kept['calls']} for ${from_micros(kept['usd'])}")
+    if int(kept_lines["n"]) != int(lines["n"]):
+        found.append(f"{lines['n']} line items stored, {kept_lines['n']} in the daily totals")
+    return "; ".join(found)
+
+
 async def rebuild(tx: Transaction, day: str) -> None:
     """Recompute both tables from every stored call."""
     await tx.execute("DELETE FROM daily_calls")

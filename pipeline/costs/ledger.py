@@ -116,6 +116,7 @@ class Ledger:
         ledger = cls(db)
         try:
             await ledger._migrate()
+            await ledger._check_daily_totals()
         except BaseException:
             await db.close()
             raise
@@ -159,6 +160,16 @@ class Ledger:
                     await self._store_unheard_speech(tx)
                     await daily.rebuild(tx, self._db.day_of("c.started_at"))
                 log.info("ledger migrated", version=migration.version, name=migration.name)
+
+    async def _check_daily_totals(self) -> None:
+        """Rebuild the daily totals if calls were written or deleted around the ledger (by
+        hand, by another tool): reports would miss them. Counting costs a few milliseconds
+        per 100,000 calls; the rebuild, about a second."""
+        async with self._db.transaction(write=False) as tx:
+            drift = await daily.drift(tx)
+        if drift:
+            log.warning("ledger_daily_totals_rebuilt", reason=drift)
+            await self.rebuild_daily_totals()
 
     async def rebuild_daily_totals(self) -> None:
         """Recompute the daily totals reports read from every stored call (they are kept

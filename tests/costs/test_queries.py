@@ -121,3 +121,28 @@ async def test_daily_totals_equal_the_sum_of_the_stored_calls(
                                                 "vertical, ended_by")
             assert kept_items == await tx.fetch("SELECT * FROM daily_items ORDER BY day, tenant, "
                                                 "vertical, item, provider, unit")
+
+
+async def test_calls_written_around_the_ledger_are_counted_when_it_next_opens(
+    ledger_url: str, make_usage: Callable[..., CallUsage], catalog: Catalog
+) -> None:
+    """A call copied in by hand and one deleted by hand: the daily totals no longer agree
+    with the calls, so the next open rebuilds them instead of reporting stale figures."""
+    rng = random.Random(7)
+    async with await Ledger.open(ledger_url) as ledger:
+        first, second = [await ledger.record(random_call(rng, make_usage, catalog))
+                         for _ in range(2)]
+        async with ledger._db.transaction() as tx:
+            for table in ("calls", "line_items"):
+                [row] = await tx.fetch(f"SELECT * FROM {table} LIMIT 1")
+                columns = ", ".join(row)
+                picked = ", ".join("call_sid || '-copy'" if c == "call_sid" else c for c in row)
+                await tx.execute(f"INSERT INTO {table} ({columns}) SELECT {picked} FROM {table} "
+                                 "WHERE call_sid = ?", first.call_sid)
+            await tx.execute("DELETE FROM calls WHERE call_sid = ?", second.call_sid)
+    async with await Ledger.open(ledger_url) as ledger:
+        [tenant] = await ledger.queries.totals("tenant", CallFilter(tenant=first.tenant))
+        everyone = await ledger.queries.totals("tenant")
+    assert sum(row.calls for row in everyone) == 2
+    assert sum((row.total_usd for row in everyone), D(0)) == 2 * first.total_usd
+    assert tenant.calls == 2 and tenant.total_usd == 2 * first.total_usd
