@@ -56,7 +56,7 @@ async def test_a_user_follows_a_replayed_call_from_the_overview_to_its_line_item
     replays = await asyncio.gather(*(
         replay_call(EXAMPLES / vertical, audio=FIXTURES / "calls" / f"{name}.wav",
                     cassette=FIXTURES / "calls" / f"{name}.cassette.json",
-                    ledger_url=ledger_url, speed=2.0, settle_s=4.0)
+                    ledger_url=ledger_url, speed=2.0, settle_s=2.0)
         for vertical, name in CALLS))
     async with await Ledger.open(ledger_url) as ledger:  # Twilio's price, as its API reports it
         await ledger.set_twilio_price(replays[0].cost.call_sid, Decimal("-0.0085"))
