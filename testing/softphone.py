@@ -249,6 +249,7 @@ class _Call:
         """How far into the caller's speech the frames sent so far reach."""
         self.quiet_since: float | None = None
         self.started = 0.0
+        self._frame_s = FRAME_S / script.speed
 
     def message(self, event: str, **body) -> str:
         """A stream message with the next sequence number, as Twilio numbers them."""
@@ -307,7 +308,7 @@ class _Call:
 
     async def talk(self) -> None:
         """Send the caller's side frame by frame on the audio clock until the call ends."""
-        frame_s = FRAME_S / self.script.speed
+        frame_s = self._frame_s
         while not self.closed.is_set():
             elapsed = self.chunk * FRAME_S
             ended_by = self._time_is_up(elapsed)
@@ -329,10 +330,16 @@ class _Call:
                                                           "callSid": self.result.call_sid}))
 
     async def _play_tick(self) -> None:
-        """Play 20 ms of agent audio; note the lead at Twilio and any stall in the speech."""
+        """Play 20 ms of agent audio; note the lead at Twilio and any stall in the speech.
+
+        Twilio plays on its own clock. A tick this loop runs late (a stall on a busy
+        machine; the ticks after it catch up) is audio Twilio would already have played,
+        so it is not counted as audio Twilio holds."""
         queued = self.playback.queued_bytes
         if queued:
-            self.result.lead_s.append(queued / 8000)
+            due = self.started + (self.chunk - 1) * self._frame_s
+            late_s = max(0.0, time.monotonic() - due) * self.script.speed
+            self.result.lead_s.append(max(0.0, queued / 8000 - late_s))
             playback = self.playback
             if playback.dry_ticks and playback.dry_ticks * FRAME_S < UNDERRUN_S:
                 self.result.underruns.append(playback.dry_ticks * FRAME_S)
