@@ -214,10 +214,17 @@ async def serve_dashboard(
         async def home() -> RedirectResponse:
             return RedirectResponse("/dashboard/")
 
-        with ShutdownSignals() as signals:
+        stop = asyncio.Event()  # no calls to drain: the first signal stops it
+        loop = asyncio.get_running_loop()
+        for sig in ShutdownSignals.SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+        try:
             async with running(app, host, port) as url:
                 announce(f"dashboard on {url}/dashboard/ (sign in with TOLLBRIDGE_API_TOKEN)")
-                await signals.drain.wait()
+                await stop.wait()
+        finally:
+            for sig in ShutdownSignals.SIGNALS:
+                loop.remove_signal_handler(sig)
     finally:
         await dashboard.close()
 
