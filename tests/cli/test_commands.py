@@ -20,9 +20,6 @@ from tests.cli.warm_cli import run_cli
 from tests.conftest import FIXTURES
 from tollbridge.transports.twilio.signature import SignatureChecker
 
-# one warm CLI parent (see warm_cli) for all of these, not one per test worker
-pytestmark = pytest.mark.xdist_group("warm-cli")
-
 ROOT = Path(__file__).resolve().parents[2]
 TOLLBRIDGE = [sys.executable, "-m", "tollbridge.cli"]
 
@@ -179,7 +176,6 @@ def test_call_json_prints_the_record_alone(tmp_path):
 
 
 @pytest.mark.long(35)
-@pytest.mark.xdist_group("readme-call")  # a fresh interpreter: no need of the warm parent
 def test_call_runs_the_readme_call_and_prints_its_cost(tmp_path):
     env = {"GLAMBOOK_DB_URL": f"sqlite:///{tmp_path / 'glambook.db'}", "COLUMNS": "120"}
     out = tmp_path / "agent.wav"

@@ -12,8 +12,7 @@ import pytest
 from tests.cli.test_commands import ROOT, free_port, run
 from tests.conftest import PG_URL, connect_postgres
 
-# The commands run forked from one warm parent (see warm_cli), on one test worker.
-pytestmark = pytest.mark.xdist_group("warm-cli")
+# The commands run forked from a warm parent in each worker (see warm_cli).
 
 SERVE_ENV = {"TWILIO_AUTH_TOKEN": "t", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk"}
 VERTICAL = str(ROOT / "tests" / "fixtures" / "frontdesk")
