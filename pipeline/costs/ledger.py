@@ -303,9 +303,10 @@ class Ledger:
         if since is not None and not isinstance(since, dt.datetime):
             since = dt.datetime.combine(since, dt.time(), dt.UTC)
         where = CallFilter(tenant=tenant, vertical=vertical, since=since)
+        spend = await self.queries.spend(where)
         return Report(
-            tenants=await self.queries.totals("tenant", where),
-            verticals=await self.queries.totals("vertical", where),
+            tenants=spend.totals("tenant"),
+            verticals=spend.totals("vertical"),
             above_floor=[] if floor is None else await self.queries.calls(
                 replace(where, above=floor), newest_first=False),
             floor=floor,

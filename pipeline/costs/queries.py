@@ -235,20 +235,20 @@ class OutcomeRow:
     total_usd: Decimal
 
 
-class Queries:
-    """The questions asked of a ledger; each answer is computed by its database."""
+@dataclass(frozen=True)
+class Spend:
+    """The daily sums over some calls (`Queries.spend`), and the totals a report or a page
+    shows, each folded from them in Python: a few rows per day."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    calls: Totals
+    """`daily_calls` sums by day, tenant, vertical and outcome."""
+    items: Totals
+    """`daily_items` sums by day, tenant, vertical and line item."""
 
-    async def _fetch(self, sql: str, args: Iterable[Any]) -> list[dict[str, Any]]:
-        async with self._db.transaction(write=False) as tx:
-            return await tx.fetch(sql, *args)
-
-    async def totals(self, by: Group, where: CallFilter = CallFilter()) -> list[ReportRow]:
+    def totals(self, by: Group) -> list[ReportRow]:
         """One row per tenant (or vertical): calls, minutes, dollars, $/min, shares and legs."""
-        calls = _fold(await self._daily_calls(where), ("tenant", "vertical").index(by) + 1)
-        items = await self._daily_items(where)
+        calls = _fold(self.calls, ("tenant", "vertical").index(by) + 1)
+        items = self.items
         kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
         unheard_characters: dict[str, Decimal] = defaultdict(Decimal)
         for (_, tenant, vertical, item, _, _), sums in items.items():
@@ -280,11 +280,11 @@ class Queries:
             ))
         return out
 
-    async def days(self, where: CallFilter = CallFilter()) -> list[DayRow]:
+    def days(self) -> list[DayRow]:
         """Spend per UTC day, oldest first, with each day's dollars per leg."""
-        calls = _fold(await self._daily_calls(where), 0)
+        calls = _fold(self.calls, 0)
         kinds: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-        for (day, _, _, item, _, _), sums in (await self._daily_items(where)).items():
+        for (day, _, _, item, _, _), sums in self.items.items():
             kinds[day][item.partition(":")[0]] += from_micros(sums["usd_micros"])
         return [
             DayRow(
@@ -297,10 +297,10 @@ class Queries:
             for day in sorted(calls)
         ]
 
-    async def top_items(self, where: CallFilter = CallFilter(), *, limit: int = 10) -> list[ItemRow]:
-        """The line items that cost the most over the calls `where` covers."""
+    def top_items(self, limit: int = 10) -> list[ItemRow]:
+        """The line items that cost the most."""
         items: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
-        for (_, _, _, item, provider, unit), sums in (await self._daily_items(where)).items():
+        for (_, _, _, item, provider, unit), sums in self.items.items():
             items[(item, provider, unit)].update(sums)
         ranked = sorted(items.items(), key=lambda kv: (-kv[1]["usd_micros"], kv[0]))[:limit]
         return [
@@ -309,13 +309,31 @@ class Queries:
             for (item, provider, unit), sums in ranked
         ]
 
-    async def outcomes(self, where: CallFilter = CallFilter()) -> list[OutcomeRow]:
+    def outcomes(self) -> list[OutcomeRow]:
         """Calls and dollars per vertical and the way the call ended."""
         rows: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-        for (_, _, vertical, ended_by), sums in (await self._daily_calls(where)).items():
+        for (_, _, vertical, ended_by), sums in self.calls.items():
             rows[(vertical, ended_by)].update(sums)
         return [OutcomeRow(vertical, ended_by, sums["calls"], from_micros(sums["usd_micros"]))
                 for (vertical, ended_by), sums in sorted(rows.items())]
+
+
+class Queries:
+    """The questions asked of a ledger; each answer is computed by its database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def _fetch(self, sql: str, args: Iterable[Any]) -> list[dict[str, Any]]:
+        async with self._db.transaction(write=False) as tx:
+            return await tx.fetch(sql, *args)
+
+    async def spend(self, where: CallFilter = CallFilter()) -> Spend:
+        """The daily sums over the calls `where` covers, read once for every total of a page."""
+        return Spend(await self._daily_calls(where), await self._daily_items(where))
+
+    async def totals(self, by: Group, where: CallFilter = CallFilter()) -> list[ReportRow]:
+        return (await self.spend(where)).totals(by)
 
     async def _daily_calls(self, where: CallFilter) -> Totals:
         return await self._daily(where, "daily_calls", daily.CALL_KEY, daily.CALL_SUMS,

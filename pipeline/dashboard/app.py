@@ -265,11 +265,9 @@ class Dashboard:
         query = parse_query(request, self.floor, listing=False)
         queries = (await self.ledger()).queries
         where = query.where
-        tenants = await queries.totals("tenant", where)
-        verticals = await queries.totals("vertical", where)
-        days = await queries.days(where)
-        top = await queries.top_items(where, limit=10)
-        outcomes = await queries.outcomes(where)
+        spend = await queries.spend(where)
+        tenants, verticals = spend.totals("tenant"), spend.totals("vertical")
+        days, top, outcomes = spend.days(), spend.top_items(limit=10), spend.outcomes()
         calls = sum(row.calls for row in tenants)
         total = sum((row.total_usd for row in tenants), Decimal(0))
         seconds = sum((row.seconds for row in tenants), Decimal(0))

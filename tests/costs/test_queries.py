@@ -92,7 +92,8 @@ async def test_daily_totals_equal_the_sum_of_the_stored_calls(
             CallFilter(tenant="glambook", until=midday),
         ):
             want = expected(calls, where)
-            tenants = {row.key: row for row in await ledger.queries.totals("tenant", where)}
+            spend = await ledger.queries.spend(where)
+            tenants = {row.key: row for row in spend.totals("tenant")}
             assert set(tenants) == set(want["tenants"]), where
             for key, sums in want["tenants"].items():
                 row = tenants[key]
@@ -100,13 +101,13 @@ async def test_daily_totals_equal_the_sum_of_the_stored_calls(
                         row.unheard_speech_usd) == (
                     sums["calls"], sums["usd"], (sums["seconds"] / 60).quantize(D("0.0001")),
                     sums["incomplete"], sums["unheard"]), (where, key)
-            days = {row.day: row for row in await ledger.queries.days(where)}
+            days = {row.day: row for row in spend.days()}
             assert set(days) == set(want["days"]), where
             for day, sums in want["days"].items():
                 assert days[day].total_usd == sums["usd"] and days[day].calls == sums["calls"]
                 assert {leg: usd for leg, usd in days[day].legs.items() if usd} == {
                     leg: sums[leg] for leg in days[day].legs if sums[leg]}, (where, day)
-            top = await ledger.queries.top_items(where, limit=100)
+            top = spend.top_items(limit=100)
             assert {(i.item, i.provider): i.usd for i in top} == {
                 k: v for k, v in want["items"].items()}, where
             assert [i.usd for i in top] == sorted((i.usd for i in top), reverse=True)
